@@ -1,0 +1,41 @@
+"""Schema for the `bench` config group (speed / memory presets)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tor_exp.errors import ConfigError
+
+BENCH_KINDS = ("prefill", "generate", "memory", "overhead")
+LOGITS_MODES = ("all", "last")
+
+
+@dataclass
+class BenchConfig:
+    """One preset: a batch × length grid, the FLOPs targets run beside `none` in the same process."""
+
+    kind: str = "prefill"
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4])
+    seq_lens: list[int] = field(default_factory=lambda: [256])
+    flops_targets: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3])
+    new_tokens: int = 100
+    warmup: int = 1
+    repeats: int = 3
+    logits: str = "last"
+    # decode with a captured CUDA graph (GPU only; ignored on CPU)
+    cuda_graph: bool = True
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in BENCH_KINDS:
+            raise ConfigError(f"bench.kind={self.kind!r}: must be one of {', '.join(BENCH_KINDS)}")
+        if self.logits not in LOGITS_MODES:
+            raise ConfigError(f"bench.logits={self.logits!r}: must be one of {', '.join(LOGITS_MODES)}")
+        for key, values in (("bench.batch_sizes", self.batch_sizes), ("bench.seq_lens", self.seq_lens)):
+            if not values or any(v <= 0 for v in values):
+                raise ConfigError(f"{key}={list(values)!r}: must be a non-empty list of positive integers")
+        if any(not 0.0 <= f < 1.0 for f in self.flops_targets):
+            raise ConfigError(f"bench.flops_targets={list(self.flops_targets)!r}: each must be in [0, 1)")
+        if self.repeats < 1:
+            raise ConfigError(f"bench.repeats={self.repeats!r}: must be >= 1")
+        if self.warmup < 0 or self.new_tokens < 1:
+            raise ConfigError("bench.warmup must be >= 0 and bench.new_tokens >= 1")

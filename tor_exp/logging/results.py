@@ -1,0 +1,85 @@
+"""results.json: the durable record of a run, written before (and independently of) any W&B upload."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"
+_VERSIONED = ("torch", "transformers", "lm_eval", "hydra-core", "omegaconf", "wandb", "mamba_ssm", "causal_conv1d", "tor_exp")
+
+# keys that do not change what a run computes: excluded from the resume hash
+_VOLATILE_KEYS = ("logger", "resume", "run_name")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def git_commit() -> str | None:
+    """Commit of the source tree tor_exp runs from (None outside a git checkout)."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def run_metadata() -> dict[str, Any]:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or platform.machine()
+    return {"versions": package_versions(), "git_commit": git_commit(), "host": platform.node(), "device_name": device,
+            "torch_threads": torch.get_num_threads()}
+
+
+def config_hash(resolved_config: dict[str, Any]) -> str:
+    """Stable hash of what a run computes, so an identical finished run can be skipped on resume."""
+    relevant = {k: v for k, v in resolved_config.items() if k not in _VOLATILE_KEYS}
+    blob = json.dumps(relevant, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_results(out_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
+    """Atomic write: a killed run never leaves a half-written results.json that resume would trust."""
+    path = Path(out_dir) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=False, default=_json_default))
+    os.replace(tmp, path)
+    return path
+
+
+def load_results(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

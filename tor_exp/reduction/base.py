@@ -1,0 +1,121 @@
+"""Method registry and config schema shared by every reduction method.
+
+Adding a method = one module here (a config dataclass + a ``ReductionMethod`` subclass registered with
+``@register_method``) + one YAML file in ``conf/reduction/`` that starts from the method's schema.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
+
+import torch
+from torch import Tensor
+
+from tor_exp.errors import ConfigError
+from tor_exp.reduction.state import TokenState
+
+IMPORTANCE_METRICS = ("clip", "unclipped", "l1", "l2")
+FEATURE_SOURCES = ("ssm_out", "mixer_out", "residual")
+FLOPS_SCOPES = ("backbone", "total")
+
+
+def check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: must be one of {', '.join(map(str, choices))}")
+
+
+def check_range(key: str, value: float | None, low: float, high: float, *, high_open: bool = False) -> None:
+    if value is None:
+        return
+    ok = low <= value < high if high_open else low <= value <= high
+    if not ok:
+        bracket = ")" if high_open else "]"
+        raise ConfigError(f"{key}={value!r}: must be in [{low}, {high}{bracket}")
+
+
+@dataclass
+class ReductionConfig:
+    """Keys every method shares: what to reduce where, and how much.
+
+    ``keep_ratio`` (ρ) wins over ``target_flops`` (f) when both are set; with neither, nothing is reduced.
+    ``locations`` null means the model's paper default; ``location_start``/``stride``/``stop`` build a
+    list instead (stop defaults to the model depth).
+    """
+
+    method: str = "none"
+    target_flops: Optional[float] = 0.2
+    keep_ratio: Optional[float] = None
+    flops_scope: str = "backbone"
+    locations: Optional[list[int]] = None
+    location_start: Optional[int] = None
+    location_stride: Optional[int] = None
+    location_stop: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        check_range("reduction.target_flops", self.target_flops, 0.0, 1.0, high_open=True)
+        if self.keep_ratio is not None and not (0.0 < self.keep_ratio <= 1.0):
+            raise ConfigError(f"reduction.keep_ratio={self.keep_ratio!r}: must be in (0, 1]")
+        check_choice("reduction.flops_scope", self.flops_scope, FLOPS_SCOPES)
+        if self.location_stride is not None and self.location_stride <= 0:
+            raise ConfigError(f"reduction.location_stride={self.location_stride!r}: must be > 0")
+
+
+class ReductionMethod:
+    """A token reduction applied at one location: ``reduce(state, features, keep_ratio, location)``.
+
+    ``features`` holds the tensors a method may rank or match on, each [B, N, *]: ``mixer_out`` (the hidden
+    stream, = state.hidden), ``residual`` and, when the adapter could capture it, ``ssm_out`` (the SSM output
+    before gate / gated norm / out_proj). Methods must treat unreducible tokens as absent.
+    """
+
+    name: ClassVar[str] = ""
+    #: feature sources this method reads; the adapter captures ``ssm_out`` only when listed.
+    def __init__(self, config: ReductionConfig):
+        self.config = config
+
+    @property
+    def needed_features(self) -> set[str]:
+        return set()
+
+    def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
+        raise NotImplementedError
+
+
+_METHODS: dict[str, tuple[type, type]] = {}
+
+
+def register_method(name: str, config_cls: type) -> Callable[[type], type]:
+    """Class decorator: register a method under ``name`` with its config dataclass (its Hydra schema)."""
+
+    def wrap(cls: type) -> type:
+        cls.name = name
+        _METHODS[name] = (config_cls, cls)
+        return cls
+
+    return wrap
+
+
+def registered_methods() -> dict[str, tuple[type, type]]:
+    return dict(_METHODS)
+
+
+def build_method(config: ReductionConfig) -> ReductionMethod:
+    """Instantiate the method a (validated) config names."""
+    if config.method not in _METHODS:
+        raise ConfigError(f"reduction.method={config.method!r}: must be one of {', '.join(sorted(_METHODS))}")
+    _, cls = _METHODS[config.method]
+    return cls(config)
+
+
+def num_to_remove(num_reducible: Tensor, keep_ratio: float, max_fraction: float | None = 0.5) -> Tensor:
+    """Per-row removal count r = n − ceil(ρ·n), capped at ⌊n·max_fraction⌋ (⌊n/2⌋ for bipartite methods).
+
+    A tiny epsilon keeps ceil from rounding 0.9*10 = 9.000000001 up to 10.
+    """
+    n = num_reducible.to(torch.float64)
+    keep = torch.ceil(n * keep_ratio - 1e-9)
+    r = (n - keep).clamp(min=0)
+    if max_fraction is not None:
+        r = torch.minimum(r, torch.floor(n * max_fraction))
+    return r.to(torch.long)

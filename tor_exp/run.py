@@ -1,0 +1,258 @@
+"""One Hydra job: load → (calibrate) → patch → evaluate / benchmark / generate → results.json (+ W&B)."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tor_exp.config import ValidatedConfig, register_configs, validate
+from tor_exp.logging.results import config_hash, load_results, run_metadata, write_results
+
+# Metric shown first per task in the comparison table (the paper's: acc_norm where lm-eval reports it).
+_PREFERRED_METRICS = ("acc_norm", "acc", "perplexity", "word_perplexity", "bits_per_byte")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from tor_exp.errors import ConfigError
+
+        raise ConfigError("device='cuda': no CUDA device is available (use device=cpu or device=auto)")
+    return torch.device(name)
+
+
+def output_dir() -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:  # called outside a Hydra job (tests, notebooks)
+        return Path.cwd()
+
+
+def run_label(v: ValidatedConfig) -> str:
+    if v.root.run_name:
+        return v.root.run_name
+    red = v.reduction
+    amount = f"rho{red.keep_ratio:g}" if red.keep_ratio is not None else f"f{(red.target_flops or 0):g}"
+    return f"{v.model.name}-{red.method}" + ("" if red.method == "none" else f"-{amount}")
+
+
+def sweep_group() -> str | None:
+    """All jobs of one multirun share a W&B group: the sweep dir's name."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        if hc.mode is not None and hc.mode.name == "MULTIRUN":
+            return Path(hc.sweep.dir).name
+    except ValueError:
+        pass
+    return None
+
+
+def run(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
+    """Run the job the config describes; returns the headline number (mean accuracy for eval) for sweepers."""
+    register_configs()
+    v = validate(cfg)
+    out_dir = Path(out_dir) if out_dir is not None else output_dir()
+    resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    chash = config_hash(resolved)
+    if v.root.resume:
+        previous = load_results(out_dir)
+        if previous and previous.get("status") == "complete" and previous.get("config_hash") == chash:
+            print(f"[tor_exp] results for this config already in {out_dir / 'results.json'}: skipped (resume=true)")
+            return previous.get("headline")
+
+    torch.manual_seed(v.root.seed)
+    device = resolve_device(v.root.device)
+    timings: dict[str, float] = {}
+
+    from tor_exp.models import build_schedule, load_model
+
+    t0 = time.perf_counter()
+    model_cfg = v.model
+    if v.root.dtype is not None:
+        model_cfg.dtype = v.root.dtype
+    model, tokenizer = load_model(model_cfg, device=device)
+    timings["load_s"] = time.perf_counter() - t0
+    schedule = build_schedule(v.reduction, v.model)
+
+    results: dict[str, Any] = {
+        "status": "running",
+        "config_hash": chash,
+        "task": v.root.task,
+        "run_name": run_label(v),
+        "model": v.model.name,
+        "method": v.reduction.method,
+        "target_flops": v.reduction.target_flops if v.reduction.keep_ratio is None else None,
+        "keep_ratio": schedule.keep_ratio,
+        "locations": list(schedule.locations),
+        "device": str(device),
+        "dtype": model_cfg.dtype,
+    }
+    headline: float | None = None
+    if v.root.task == "eval":
+        headline = _run_eval(v, model, tokenizer, schedule, results, timings)
+    elif v.root.task == "bench":
+        from tor_exp.bench import run_benchmark
+
+        t0 = time.perf_counter()
+        results.update(run_benchmark(model, tokenizer, v.model, v.reduction, v.bench, out_dir=out_dir, device=device))
+        timings["bench_s"] = time.perf_counter() - t0
+    else:
+        headline = None
+        _run_generate(v, model, tokenizer, schedule, results, timings)
+
+    results["headline"] = headline
+    results["timings"] = timings
+    results.update(run_metadata())
+    results["config"] = resolved
+    results["status"] = "complete"
+    path = write_results(out_dir, results)
+    print(f"[tor_exp] results: {path}")
+    if v.logger.backend == "wandb":
+        from tor_exp.logging.wandb_logger import log_to_wandb
+
+        log_to_wandb(v.logger, results, out_dir, results["run_name"], sweep_group())
+    return headline
+
+
+def calibrate_if_needed(method: Any, model: Any, tokenizer: Any, device: torch.device, *,
+                        seq_len: int = 128, batch_size: int = 4) -> int:
+    """Methods with post-training thresholds (LTMP) see calibration text first; never the evaluation items.
+
+    Returns the number of calibration sequences used (0 when the method needs none).
+    """
+    if not hasattr(method, "calibrating"):
+        return 0
+    from tor_exp.models import reduced_forward
+
+    text = (Path(__file__).parent / "assets" / "calibration.txt").read_text()
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
+    chunks = [ids[i:i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len // 2)] or [ids]
+    with method.calibrating(), torch.no_grad():
+        for i in range(0, len(chunks), batch_size):
+            batch = torch.stack(chunks[i:i + batch_size]).to(device)
+            reduced_forward(model, batch, logits="last")
+    return len(chunks)
+
+
+def _evaluate_with(method_name: str, v: ValidatedConfig, model: Any, tokenizer: Any, schedule: Any,
+                   timings: dict[str, float], device: torch.device) -> dict[str, Any]:
+    from tor_exp.evaluation.runner import evaluate
+    from tor_exp.models import patch, unpatch
+    from tor_exp.reduction import build_method
+
+    t0 = time.perf_counter()
+    if method_name == "none":
+        out = evaluate(model, tokenizer, v.eval, reduction_label="none")
+        timings["eval_none_s"] = time.perf_counter() - t0
+        return out
+    method = build_method(v.reduction)
+    patch(model, method, schedule)
+    try:
+        timings["calibration_sequences"] = calibrate_if_needed(method, model, tokenizer, device)
+        out = evaluate(model, tokenizer, v.eval, reduction_label=method_name)
+    finally:
+        unpatch(model)
+    timings[f"eval_{method_name}_s"] = time.perf_counter() - t0
+    return out
+
+
+def _run_eval(v: ValidatedConfig, model: Any, tokenizer: Any, schedule: Any, results: dict[str, Any],
+              timings: dict[str, float]) -> float | None:
+    device = next(model.parameters()).device
+    method_name = v.reduction.method
+    rows: list[tuple[str, dict[str, Any]]] = []
+    if v.eval.compare_baseline and method_name != "none":
+        baseline = _evaluate_with("none", v, model, tokenizer, schedule, timings, device)
+        results["baseline"] = {"method": "none", "metrics": baseline["metrics"]}
+        rows.append(("none", baseline))
+    out = _evaluate_with(method_name, v, model, tokenizer, schedule, timings, device)
+    rows.append((method_name, out))
+    results["metrics"] = out["metrics"]
+    results["flops_per_task"] = out.get("flops", {})
+    results["alignment"] = out.get("alignment", {})
+    results["num_requests"] = out.get("num_requests")
+    realised = [r for r in (out.get("flops") or {}).values() if isinstance(r, (int, float))]
+    results["realised_flops_reduction"] = sum(realised) / len(realised) if realised else 0.0
+    print_comparison(rows, results)
+    return mean_accuracy(out["metrics"])
+
+
+def _run_generate(v: ValidatedConfig, model: Any, tokenizer: Any, schedule: Any, results: dict[str, Any],
+                  timings: dict[str, float]) -> None:
+    from tor_exp.models import patch, unpatch
+    from tor_exp.models.generation import generate_text
+    from tor_exp.reduction import build_method
+
+    patched = v.reduction.method != "none"
+    if patched:
+        patch(model, build_method(v.reduction), schedule)
+    t0 = time.perf_counter()
+    try:
+        text = generate_text(model, tokenizer, v.root.prompt, max_new_tokens=v.root.max_new_tokens)
+    finally:
+        if patched:
+            unpatch(model)
+    timings["generate_s"] = time.perf_counter() - t0
+    results["prompt"] = v.root.prompt
+    results["continuation"] = text
+    print(f"{v.root.prompt}\033[1m{text}\033[0m")
+
+
+def main_metric(metrics: dict[str, Any]) -> tuple[str, float] | None:
+    for name in _PREFERRED_METRICS:
+        value = metrics.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return name, float(value)
+    return None
+
+
+def mean_accuracy(metrics: dict[str, dict[str, Any]]) -> float | None:
+    """The paper's "Avg.": mean over tasks of acc_norm where reported, else acc."""
+    values = []
+    for task_metrics in metrics.values():
+        for name in ("acc_norm", "acc"):
+            value = task_metrics.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
+                values.append(float(value))
+                break
+    return sum(values) / len(values) if values else None
+
+
+def print_comparison(rows: list[tuple[str, dict[str, Any]]], results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    tasks = sorted({task for _, out in rows for task in out["metrics"]})
+    table = Table(title=f"{results['model']}: target FLOPs reduction {results.get('target_flops')}, "
+                        f"keep ratio {results['keep_ratio']:.4f}, locations {results['locations']}")
+    table.add_column("method")
+    table.add_column("realised FLOPs ↓", justify="right")
+    for task in tasks:
+        table.add_column(task, justify="right")
+    table.add_column("avg acc", justify="right")
+    for name, out in rows:
+        flops = [x for x in (out.get("flops") or {}).values() if isinstance(x, (int, float))]
+        cells = [name, f"{100 * sum(flops) / len(flops):.1f}%" if flops else "0.0%"]
+        for task in tasks:
+            metric = main_metric(out["metrics"].get(task, {}))
+            extra = out["metrics"].get(task, {}).get("perplexity")
+            if metric is None:
+                cells.append("–")
+            else:
+                text = f"{metric[0]} {metric[1]:.3f}"
+                if extra is not None and metric[0] != "perplexity":
+                    text += f" / ppl {extra:.2f}"
+                cells.append(text)
+        avg = mean_accuracy(out["metrics"])
+        cells.append("–" if avg is None else f"{avg:.3f}")
+        table.add_row(*cells)
+    Console().print(table)
