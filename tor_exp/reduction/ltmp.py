@@ -1,0 +1,179 @@
+"""LTMP (Learned Thresholds token Merging and Pruning), post-training adaptation (``reduction=ltmp``).
+
+Per location two thresholds: θ_p on importance (prune reducible tokens with S < θ_p) and θ_m on similarity
+(then, among the remaining reducible tokens, A/B alternate as in ``pumer`` and every A whose best cosine
+similarity to a B is > θ_m merges into it, plain mean, both streams). Pruning runs first so a pruned token
+is never a merge source or destination. Counts per row vary with the content (ragged rows).
+
+No training: thresholds are *calibrated*. Inside ``with method.calibrating():`` every ``reduce`` call
+computes, per location, the thresholds that remove exactly the scheduled count on that batch (the sum over
+rows of r = n − ceil(ρ·n), capped at ⌊n/2⌋), of which round(prune_share · total) by pruning and the rest by
+merging; thresholds are midpoints between consecutive order statistics of S (ascending) and of the best
+similarities (descending) pooled over the batch's reducible tokens, and they are applied at once (so later
+locations are calibrated on the states they will really see). On exit, each location's thresholds are frozen
+as the mean over its calibration batches. Uncalibrated inference raises ConfigError (no implicit
+calibration: silently calibrating on evaluation data would leak it). ``state_dict``/``load_state_dict``
+(or the ``thresholds_file`` config key, a JSON of the state dict) save and restore the thresholds.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from tor_exp.errors import ConfigError
+from tor_exp.reduction.base import (
+    FEATURE_SOURCES,
+    IMPORTANCE_METRICS,
+    ReductionConfig,
+    ReductionMethod,
+    check_choice,
+    check_range,
+    num_to_remove,
+    register_method,
+)
+from tor_exp.reduction.importance import apply_reduction, best_match, compact_indices, get_feature, token_importance
+from tor_exp.reduction.pumer import alternate_sets
+from tor_exp.reduction.state import TokenState
+
+
+@dataclass
+class LTMPConfig(ReductionConfig):
+    """LTMP keys: ``metric``, ``importance_source``, ``similarity_source``, ``prune_share`` (fraction of the
+    scheduled removal done by pruning during calibration), ``thresholds_file`` (JSON from ``state_dict``)."""
+
+    method: str = "ltmp"
+    metric: str = "clip"
+    importance_source: str = "ssm_out"
+    similarity_source: str = "mixer_out"
+    prune_share: float = 0.5
+    thresholds_file: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("reduction.metric", self.metric, IMPORTANCE_METRICS)
+        check_choice("reduction.importance_source", self.importance_source, ("ssm_out", "mixer_out"))
+        check_choice("reduction.similarity_source", self.similarity_source, FEATURE_SOURCES)
+        check_range("reduction.prune_share", self.prune_share, 0.0, 1.0)
+
+
+def _threshold_below(values: Tensor, count: int) -> float:
+    """θ with exactly ``count`` of ``values`` strictly below it (up to ties): midpoint of neighbours."""
+    v = torch.sort(values.double()).values
+    total = v.numel()
+    if count <= 0:
+        return float(v[0])
+    if count >= total:
+        return float(torch.nextafter(v[-1], v.new_tensor(math.inf)))
+    return float((v[count - 1] + v[count]) / 2)
+
+
+def _threshold_above(values: Tensor, count: int) -> float:
+    """θ with exactly ``count`` of ``values`` strictly above it (up to ties)."""
+    v = torch.sort(values.double(), descending=True).values
+    total = v.numel()
+    if count <= 0:
+        return float(v[0])
+    if count >= total:
+        return float(torch.nextafter(v[-1], v.new_tensor(-math.inf)))
+    return float((v[count - 1] + v[count]) / 2)
+
+
+@register_method("ltmp", LTMPConfig)
+class LTMP(ReductionMethod):
+    """Threshold-based merging + pruning with per-location thresholds calibrated post training."""
+
+    config: LTMPConfig
+
+    def __init__(self, config: LTMPConfig):
+        super().__init__(config)
+        #: location → (θ_m, θ_p), frozen thresholds used at inference.
+        self.thresholds: dict[int, tuple[float, float]] = {}
+        self._records: Optional[dict[int, list[tuple[float, float]]]] = None
+        if config.thresholds_file:
+            if not os.path.isfile(config.thresholds_file):
+                raise ConfigError(f"reduction.thresholds_file={config.thresholds_file!r}: file not found")
+            with open(config.thresholds_file) as fh:
+                self.load_state_dict(json.load(fh))
+
+    @property
+    def needed_features(self) -> set[str]:
+        return {self.config.importance_source, self.config.similarity_source}
+
+    # ------------------------------------------------------------------ calibration / persistence
+    @property
+    def is_calibrating(self) -> bool:
+        return self._records is not None
+
+    @contextlib.contextmanager
+    def calibrating(self) -> Iterator["LTMP"]:
+        """Record per-location thresholds on every ``reduce`` inside; freeze their means on exit."""
+        self._records = {}
+        try:
+            yield self
+        finally:
+            records, self._records = self._records, None
+            for loc, values in records.items():
+                t = torch.tensor(values, dtype=torch.float64)
+                self.thresholds[loc] = (float(t[:, 0].mean()), float(t[:, 1].mean()))
+
+    def calibrate(self, batches: Iterable[Any], forward: Callable[[Any], Any]) -> dict[int, tuple[float, float]]:
+        """Run ``forward(batch)`` (a patched model's forward) on each calibration batch; return the thresholds."""
+        with self.calibrating():
+            for batch in batches:
+                forward(batch)
+        return dict(self.thresholds)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"method": "ltmp", "thresholds": {str(k): [v[0], v[1]] for k, v in sorted(self.thresholds.items())}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.thresholds = {int(k): (float(v[0]), float(v[1])) for k, v in state["thresholds"].items()}
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise ConfigError(f"reduction.thresholds_file: not an LTMP state dict ({err})") from err
+
+    # ------------------------------------------------------------------ reduction
+    def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
+        cfg = self.config
+        reducible = state.reducible & state.valid
+        if not bool(reducible.any()):
+            return state
+        score = token_importance(get_feature(features, cfg.importance_source, "importance_source", state), cfg.metric)
+        sim = get_feature(features, cfg.similarity_source, "similarity_source", state)
+
+        if self.is_calibrating:
+            total = int(num_to_remove(reducible.sum(dim=1), keep_ratio).sum().item())
+            n_prune = int(math.floor(cfg.prune_share * total + 0.5))
+            theta_p = _threshold_below(score[reducible], n_prune)
+        elif location in self.thresholds:
+            theta_m, theta_p = self.thresholds[location]
+        else:
+            raise ConfigError(
+                f"reduction.method=ltmp: no calibrated thresholds for location {location}; run calibration "
+                "batches inside `with method.calibrating():` or load them (reduction.thresholds_file)"
+            )
+
+        pruned = reducible & (score < theta_p)
+        a_idx, a_valid, b_idx, b_valid = alternate_sets(reducible & ~pruned)
+        g, dst = best_match(sim, a_idx, a_valid, b_idx, b_valid)
+        if self.is_calibrating:
+            finite = g[torch.isfinite(g)]
+            n_merge = min(total - int(pruned.sum().item()), finite.numel())
+            theta_m = _threshold_above(finite, n_merge) if finite.numel() else 1.0
+            self._records.setdefault(location, []).append((theta_m, theta_p))
+        merged = a_valid & torch.isfinite(g) & (g > theta_m)
+
+        p_idx, p_valid = compact_indices(pruned)
+        src = torch.cat([p_idx, a_idx], dim=1)
+        src_valid = torch.cat([p_valid, merged], dim=1)
+        merge = torch.cat([torch.zeros_like(p_valid), merged], dim=1)
+        dst_all = torch.cat([torch.zeros_like(p_idx), dst], dim=1)
+        new_state, _ = apply_reduction(state, src, src_valid, dst_all, merge_hidden=merge, merge_residual=merge)
+        return new_state

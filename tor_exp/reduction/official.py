@@ -1,0 +1,316 @@
+"""Parity mode: the behaviour of the authors' released implementation (METHOD.md §6), op for op.
+
+Used to explain the published numbers (``reduction=utrc_official | evit_official | pumer_official``); the
+paper-mode methods (``utrc``, ``evit``, ``pumer``) are what the paper *describes*. Written from the behaviour
+spelled out in METHOD.md §6, not from the released code. Conventions of the released code kept here:
+
+* the whole current (padded) sequence is reducible: ``TokenState.reducible``/protected tokens are ignored;
+  N = current length, ``num_keep = math.ceil(N * ρ)`` (Python float, no epsilon),
+  ``r = min(N − num_keep, N // 2)`` for the bipartite methods; r ≤ 0 ⇒ unchanged;
+* metric X = the block's mixer output (d_model), detached; ``clip`` ⇒ X = max(X, 0);
+* Xn = X / ‖X‖₂ with no epsilon (an all-zero metric token gives NaN exactly as the released code would);
+* sizes restart at 1 at every location: dst ← (dst + Σ contributions) / (1 + Σ size contributions).
+
+Torch ops whose tie-breaking decides results (kept identical to the released code's choices so results match
+on the same device and torch version): ``torch.sort(dim=tokens, descending=True)`` (default, not stable) for
+the per-channel sort, ``Tensor.max(dim=-1)`` for node_max/node_idx, ``Tensor.argsort(descending=True)``
+(default, not stable) for the edge order, ``Tensor.sort(dim=1)`` for src/unm, ``Tensor.topk(k, dim=1)`` for
+``hybrid`` (values and the ones tensor [B, r, 1]), ``scatter_reduce(reduce="sum")`` (include_self) for sums,
+and for EViT ``Tensor.sort(dim=1)`` ascending.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from tor_exp.reduction.base import ReductionConfig, ReductionMethod, check_choice, register_method
+from tor_exp.reduction.state import TokenState
+
+OFFICIAL_METRICS = ("clip", "unclipped")
+OFFICIAL_STRATEGIES = ("prune", "merge", "hybrid")
+
+
+# ---------------------------------------------------------------------------------------------- matching
+def official_removal(length: int, keep_ratio: float) -> int:
+    """r = min(N − ceil(N·ρ), N // 2) with Python's float ceil (the released code's arithmetic)."""
+    return min(length - math.ceil(length * keep_ratio), length // 2)
+
+
+def _metric(metric_x: Tensor, clip: bool) -> Tensor:
+    x = metric_x.detach()
+    return x.clamp(min=0) if clip else x
+
+
+def _edges(a: Tensor, b: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
+    """ToMe edge selection: (unm_idx [B, Na−r], src_idx [B, r], dst_idx [B, r]).
+
+    src and unm are sorted ascending; dst stays in edge (most-similar-first) order, so the j-th smallest
+    source is paired with the destination of the j-th most similar edge (released behaviour).
+    """
+    scores = a @ b.transpose(-1, -2)
+    node_max, node_idx = scores.max(dim=-1)
+    edge = node_max.argsort(dim=-1, descending=True)
+    unm_idx, src_idx = edge[:, r:], edge[:, :r]
+    dst_idx = node_idx.gather(1, src_idx)
+    return unm_idx.sort(dim=1).values, src_idx.sort(dim=1).values, dst_idx
+
+
+def official_match_sorted(xn: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
+    """UTRC matching: each channel sorted independently over tokens (rows of Xs are not tokens),
+    a = Xs[:, N//2:], b = Xs[:, :N//2]; a-row i is applied to position 2i, b-row j to position 2j+1."""
+    xs = xn.sort(dim=1, descending=True).values
+    mid = xs.shape[1] // 2
+    return _edges(xs[:, mid:], xs[:, :mid], r)
+
+
+def official_match_tome(xn: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
+    """PuMer/ToMe matching on the real tokens: a = even positions, b = odd positions."""
+    return _edges(xn[:, ::2], xn[:, 1::2], r)
+
+
+def official_kept_index(length: int, unm_idx: Tensor) -> Tensor:
+    """Positions that survive, ascending: unmerged evens (2i) and every odd position (2j+1)."""
+    batch = unm_idx.shape[0]
+    odd = torch.arange(1, length, 2, device=unm_idx.device).expand(batch, -1)
+    return torch.cat([2 * unm_idx, odd], dim=1).sort(dim=1).values
+
+
+def official_apply(x: Tensor, unm_idx: Tensor, src_idx: Tensor, dst_idx: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """Apply one strategy to a stream x [B, N, D]; returns (values [B, N−r, D] in original order,
+    size_src [B, r]: the size each source contributed to its destination (1 or 0)).
+
+    merge: full sources, size 1 each; prune: contributions 0, size 0; hybrid: k = r // 2, per channel keep
+    the k largest signed source values (``topk(k, dim=1)`` over the source axis) and zero the rest, sizes by
+    the same top-k rule on a ones tensor [B, r, 1].
+    """
+    batch, length, dim = x.shape
+    r = src_idx.shape[1]
+    evens, odds = x[:, ::2], x[:, 1::2]
+    unm = evens.gather(1, unm_idx[..., None].expand(-1, -1, dim))
+    src = evens.gather(1, src_idx[..., None].expand(-1, -1, dim))
+    size_src = torch.ones(batch, r, 1, dtype=x.dtype, device=x.device)
+    if mode == "prune":
+        src = torch.zeros_like(src)
+        size_src = torch.zeros_like(size_src)
+    elif mode == "hybrid":
+        k = r // 2
+        value_mask = torch.zeros_like(src).scatter_(1, src.topk(k, dim=1).indices, 1)
+        src = src * value_mask
+        size_mask = torch.zeros_like(size_src).scatter_(1, size_src.topk(k, dim=1).indices, 1)
+        size_src = size_src * size_mask
+    elif mode != "merge":
+        raise ValueError(f"unknown strategy {mode!r}")
+    dst_sum = odds.scatter_reduce(1, dst_idx[..., None].expand(-1, -1, dim), src, reduce="sum")
+    dst_size = torch.ones(batch, odds.shape[1], 1, dtype=x.dtype, device=x.device).scatter_reduce(
+        1, dst_idx[..., None], size_src, reduce="sum"
+    )
+    dst_new = dst_sum / dst_size
+    out = torch.zeros_like(x)
+    out[:, 1::2] = dst_new
+    out.scatter_(1, (2 * unm_idx)[..., None].expand(-1, -1, dim), unm)
+    kept = official_kept_index(length, unm_idx)
+    return out.gather(1, kept[..., None].expand(-1, -1, dim)), size_src[..., 0]
+
+
+def _unchanged(hidden: Tensor, residual: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    batch, length = hidden.shape[:2]
+    return hidden, residual, torch.arange(length, device=hidden.device).expand(batch, -1).clone()
+
+
+# ---------------------------------------------------------------------------------------------- public API
+def official_utrc(
+    hidden: Tensor,
+    residual: Tensor,
+    metric_x: Tensor,
+    keep_ratio: float,
+    hidden_mode: str = "hybrid",
+    residual_mode: str = "merge",
+    clip: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Released UTRC at one location → (hidden [B,N−r,D], residual [B,N−r,D], kept_index [B,N−r])."""
+    hidden, residual, kept, _ = _official_utrc(hidden, residual, metric_x, keep_ratio, hidden_mode, residual_mode, clip)
+    return hidden, residual, kept
+
+
+def _official_utrc(hidden, residual, metric_x, keep_ratio, hidden_mode, residual_mode, clip, tome=False):
+    length = hidden.shape[1]
+    r = official_removal(length, keep_ratio)
+    if r <= 0:
+        return (*_unchanged(hidden, residual), None)
+    x = _metric(metric_x, clip)
+    xn = x / x.norm(dim=-1, keepdim=True)
+    unm_idx, src_idx, dst_idx = (official_match_tome if tome else official_match_sorted)(xn, r)
+    new_hidden, _ = official_apply(hidden, unm_idx, src_idx, dst_idx, hidden_mode)
+    new_residual, size_src = official_apply(residual, unm_idx, src_idx, dst_idx, residual_mode)
+    return new_hidden, new_residual, official_kept_index(length, unm_idx), (src_idx, dst_idx, size_src)
+
+
+def official_pumer(
+    hidden: Tensor, residual: Tensor, metric_x: Tensor, keep_ratio: float, clip: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Released PuMer (ToMe bipartite on even/odd positions, full-vector average) at one location."""
+    hidden, residual, kept, _ = _official_utrc(hidden, residual, metric_x, keep_ratio, "merge", "merge", clip, tome=True)
+    return hidden, residual, kept
+
+
+def official_evit_mask(metric_x: Tensor, keep_ratio: float, clip: bool = True) -> Optional[Tensor]:
+    """Keep mask [B, N] of the released EViT, or None when nothing is removed.
+
+    s = Σ_d X_d with exact zeros → −inf; ``s.sort(dim=1)`` ascending; key = value at index num_keep; keep
+    s ≤ key (the num_keep+1 *lowest* scores). The released code then flattens the kept tokens and reshapes
+    to B rows; when that fails (total kept not divisible by B, only possible with ties) it retries with
+    num_keep+1. No 50 % cap, no fusion.
+    """
+    batch, length = metric_x.shape[:2]
+    s = _metric(metric_x, clip).sum(dim=-1).clone()
+    s[s == 0] = float("-inf")
+    num_keep = math.ceil(length * keep_ratio)
+    if num_keep >= length:
+        return None
+    sorted_s = s.sort(dim=1).values
+    while num_keep < length:
+        key = sorted_s[:, num_keep : num_keep + 1]
+        keep = ~(s > key)
+        if int(keep.sum().item()) % batch == 0:
+            return keep
+        num_keep += 1
+    return None
+
+
+def _flat_take(t: Tensor, keep: Tensor) -> Tensor:
+    """t[keep] reshaped to B rows: the released row-major flatten (rows only stay intact when every row
+    keeps the same count)."""
+    return t[keep].reshape(keep.shape[0], -1, *t.shape[2:])
+
+
+def official_evit(
+    hidden: Tensor, residual: Tensor, metric_x: Tensor, keep_ratio: float, clip: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Released EViT at one location → (hidden, residual, kept_index); same positions in both streams."""
+    keep = official_evit_mask(metric_x, keep_ratio, clip)
+    if keep is None:
+        return _unchanged(hidden, residual)
+    index = torch.arange(hidden.shape[1], device=hidden.device).expand_as(keep)
+    return _flat_take(hidden, keep), _flat_take(residual, keep), _flat_take(index, keep)
+
+
+# ---------------------------------------------------------------------------------------------- registered
+@dataclass
+class OfficialConfig(ReductionConfig):
+    """Shared parity-mode keys: released default ρ = 0.905 (≈ 29.8 % FLOPs at 64 layers) and ``metric``."""
+
+    target_flops: Optional[float] = None
+    keep_ratio: Optional[float] = 0.905
+    metric: str = "clip"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("reduction.metric", self.metric, OFFICIAL_METRICS)
+
+
+@dataclass
+class UTRCOfficialConfig(OfficialConfig):
+    """Released UTRC: ``hidden`` (hybrid) and ``residual`` (merge) strategies ∈ prune | merge | hybrid."""
+
+    method: str = "utrc_official"
+    hidden: str = "hybrid"
+    residual: str = "merge"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("reduction.hidden", self.hidden, OFFICIAL_STRATEGIES)
+        check_choice("reduction.residual", self.residual, OFFICIAL_STRATEGIES)
+
+
+@dataclass
+class EViTOfficialConfig(OfficialConfig):
+    method: str = "evit_official"
+
+
+@dataclass
+class PuMerOfficialConfig(OfficialConfig):
+    method: str = "pumer_official"
+
+
+def _state_after(state: TokenState, hidden: Tensor, residual: Tensor, kept: Tensor, sizes: Tensor) -> TokenState:
+    take = lambda t: t.gather(1, kept)  # noqa: E731
+    return TokenState(
+        hidden=hidden,
+        residual=residual,
+        positions=take(state.positions),
+        sizes=take(sizes),
+        reducible=take(state.reducible),
+        valid=take(state.valid),
+    )
+
+
+class _OfficialBipartite(ReductionMethod):
+    tome: bool = False
+
+    @property
+    def needed_features(self) -> set[str]:
+        return {"mixer_out"}
+
+    def _modes(self) -> tuple[str, str]:
+        return "merge", "merge"
+
+    def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
+        metric_x = features.get("mixer_out") if features else None
+        metric_x = state.hidden if metric_x is None else metric_x
+        hidden_mode, residual_mode = self._modes()
+        hidden, residual, kept, match = _official_utrc(
+            state.hidden, state.residual, metric_x, keep_ratio, hidden_mode, residual_mode,
+            self.config.metric == "clip", tome=self.tome,
+        )
+        if match is None:
+            return state
+        src_idx, dst_idx, size_src = match
+        # bookkeeping only (the released values restart sizes at 1): residual-stream counts
+        sizes = state.sizes
+        odd_sizes = sizes[:, 1::2].scatter_add(1, dst_idx, sizes[:, ::2].gather(1, src_idx) * size_src.to(sizes.dtype))
+        sizes = sizes.clone()
+        sizes[:, 1::2] = odd_sizes
+        return _state_after(state, hidden, residual, kept, sizes)
+
+
+@register_method("utrc_official", UTRCOfficialConfig)
+class UTRCOfficial(_OfficialBipartite):
+    """Released UTRC (per-channel-sorted matching, even/odd application, sizes restart at 1)."""
+
+    def _modes(self) -> tuple[str, str]:
+        return self.config.hidden, self.config.residual
+
+
+@register_method("pumer_official", PuMerOfficialConfig)
+class PuMerOfficial(_OfficialBipartite):
+    """Released PuMer: ToMe bipartite on even/odd positions, full-vector average in both streams."""
+
+    tome = True
+
+
+@register_method("evit_official", EViTOfficialConfig)
+class EViTOfficial(ReductionMethod):
+    """Released EViT: keeps the num_keep+1 *lowest*-scored tokens, no fusion."""
+
+    @property
+    def needed_features(self) -> set[str]:
+        return {"mixer_out"}
+
+    def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
+        metric_x = features.get("mixer_out") if features else None
+        metric_x = state.hidden if metric_x is None else metric_x
+        keep = official_evit_mask(metric_x, keep_ratio, self.config.metric == "clip")
+        if keep is None:
+            return state
+        return TokenState(
+            hidden=_flat_take(state.hidden, keep),
+            residual=_flat_take(state.residual, keep),
+            positions=_flat_take(state.positions, keep),
+            sizes=_flat_take(state.sizes, keep),
+            reducible=_flat_take(state.reducible, keep),
+            valid=_flat_take(state.valid, keep),
+        )
