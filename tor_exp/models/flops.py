@@ -70,12 +70,13 @@ class ModelShape:
         return cls.from_hf_config(tiny_hf_config(cfg))
 
 
-def layer_flop_terms(shape: ModelShape, seq_len: int) -> dict[str, float]:
+def layer_flop_terms(shape: ModelShape, seq_len: int, reference: bool = False) -> dict[str, float]:
     """FLOPs of one block (pre-norm + mixer) on one sequence of ``seq_len`` tokens, by term.
 
-    Mamba-2 terms follow HF's chunked SSD reference: intra-chunk products over whole (zero-padded) chunks of
-    ``chunk_size`` and an inter-chunk recurrence quadratic in the number of chunks, so they are not exactly
-    linear in ``seq_len``.
+    Mamba-2 SSD terms: by default the ideal chunked algorithm, linear in ``seq_len`` (intra-chunk products
+    over chunks of ``chunk_size``, a linear pass over chunk states), so every layer costs the same per token.
+    ``reference=True`` counts what HF's torch reference computes instead (whole zero-padded chunks and an
+    inter-chunk recurrence quadratic in the number of chunks) — what ``FlopCounterMode`` measures on CPU.
     """
     n, d, e, s = float(seq_len), shape.d_model, shape.d_inner, shape.state_size
     k = shape.conv_kernel
@@ -92,15 +93,20 @@ def layer_flop_terms(shape: ModelShape, seq_len: int) -> dict[str, float]:
         t["out_proj"] = 2.0 * n * e * d
         return t
     h, p, g, q = shape.n_heads, shape.head_dim, shape.n_groups, shape.chunk_size
-    chunks = math.ceil(seq_len / q) if seq_len > 0 else 0
-    padded = float(chunks * q)
+    if reference:
+        chunks = float(math.ceil(seq_len / q)) if seq_len > 0 else 0.0
+        padded = chunks * q
+        inter = 2.0 * (chunks + 1) ** 2 * h * p * s
+    else:
+        padded, chunks = n, n / q
+        inter = 2.0 * chunks * h * p * s
     conv_dim = e + 2 * g * s
     t["in_proj"] = 2.0 * n * d * (2 * e + 2 * g * s + h)
     t["conv1d"] = 2.0 * n * conv_dim * k
     t["ssd_scores"] = 2.0 * padded * q * h * s               # C·Bᵀ inside each chunk
     t["ssd_intra"] = 2.0 * padded * q * h * p                # (scores ∘ decay) · x
     t["ssd_chunk_states"] = 2.0 * padded * h * p * s         # Σ_l B_l x_l per chunk
-    t["ssd_inter_chunk"] = 2.0 * (chunks + 1) ** 2 * h * p * s  # chunk-state recurrence
+    t["ssd_inter_chunk"] = inter                             # chunk-state recurrence
     t["ssd_state_out"] = 2.0 * padded * h * p * s            # C · chunk start state
     t["ssd_elementwise"] = padded * (q * h * 3 + h * p * 4)  # segsum, decays, dt·x, D skip
     t["gated_norm"] = 7.0 * n * e
@@ -108,8 +114,8 @@ def layer_flop_terms(shape: ModelShape, seq_len: int) -> dict[str, float]:
     return t
 
 
-def layer_flops(shape: ModelShape, seq_len: int, matmul_only: bool = False) -> float:
-    terms = layer_flop_terms(shape, seq_len)
+def layer_flops(shape: ModelShape, seq_len: int, matmul_only: bool = False, reference: bool = False) -> float:
+    terms = layer_flop_terms(shape, seq_len, reference)
     return float(sum(v for key, v in terms.items() if not matmul_only or key in MATMUL_TERMS))
 
 
@@ -118,9 +124,12 @@ def head_flop_terms(shape: ModelShape, n_tokens: int, n_logits: int) -> dict[str
     return {"norm_f": 4.0 * n_tokens * shape.d_model, "lm_head": 2.0 * n_logits * shape.d_model * shape.vocab_size}
 
 
-def model_flops(shape: ModelShape, tokens_per_layer: Sequence[int], n_logits: int, matmul_only: bool = False) -> float:
+def model_flops(
+    shape: ModelShape, tokens_per_layer: Sequence[int], n_logits: int, matmul_only: bool = False,
+    reference: bool = False,
+) -> float:
     """FLOPs of one sequence whose layer l sees ``tokens_per_layer[l]`` tokens (embedding lookups cost 0)."""
-    backbone = sum(layer_flops(shape, int(n), matmul_only) for n in tokens_per_layer)
+    backbone = sum(layer_flops(shape, int(n), matmul_only, reference) for n in tokens_per_layer)
     head = head_flop_terms(shape, int(tokens_per_layer[-1]), n_logits)
     return backbone + (head["lm_head"] if matmul_only else sum(head.values()))
 

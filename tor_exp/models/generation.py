@@ -1,0 +1,73 @@
+"""Generation with token reduction: reduce during the prefill only, decode unreduced (METHOD.md §5).
+
+A patched model's ``forward`` (see :mod:`tor_exp.models.patch`) already does the right thing under HF's
+``generate``: the prefill arrives with an empty cache, so it is reduced — with each row's last prompt token
+protected, since it predicts the first new token — and every block's mixer writes its conv window and SSM
+state for exactly the (shorter) sequence that block saw; decode steps arrive with a filled cache and run the
+unmodified HF forward, one token at a time. Batched prompts should be left-padded (HF's convention for
+generation); the prefill left-aligns each layer's tokens before its mixer so padding never enters a state.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from transformers.cache_utils import DynamicCache
+
+from tor_exp.models.patch import ReducedOutput, get_patch, last_valid_index, reduced_forward
+
+
+def prefill(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Optional[Tensor] = None,
+    protected: Optional[Tensor] = None,
+) -> ReducedOutput:
+    """Reduced prefill of a (patched or plain) model: last-token logits [B, 1, V] and the filled cache.
+
+    The last real token of every row is protected in addition to ``protected``.
+    """
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    last = torch.zeros_like(valid)
+    last.scatter_(1, last_valid_index(valid)[:, None], True)
+    protected = last if protected is None else (protected.bool() | last)
+    cache = DynamicCache(config=model.config)
+    return reduced_forward(model, input_ids, attention_mask, protected, logits="last", cache=cache)
+
+
+def decode_step(model: nn.Module, token: Tensor, cache: Any) -> Tensor:
+    """One unreduced decode step [B] → logits [B, V], updating ``cache`` in place (original HF forward)."""
+    info = get_patch(model)
+    cls = info.original_class if info is not None else type(model)
+    out = cls.forward(model, input_ids=token[:, None], cache=cache, use_cache=True)
+    return out.logits[:, -1]
+
+
+@torch.no_grad()
+def generate_text(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: str | Sequence[str],
+    max_new_tokens: int = 32,
+    greedy: bool = True,
+    **generate_kwargs: Any,
+) -> str | list[str]:
+    """Continue ``prompt`` (or a list of prompts, left-padded) with ``model.generate``; returns the new text."""
+    single = isinstance(prompt, str)
+    prompts = [prompt] if single else list(prompt)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = side
+    device = next(model.parameters()).device
+    input_ids, attention_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = model.generate(
+        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=not greedy,
+        pad_token_id=pad_id, **generate_kwargs,
+    )
+    texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+    return texts[0] if single else texts
