@@ -1,0 +1,69 @@
+"""Schema for the `eval` config group (registered by the Hydra entry as group ``eval``, name ``eval_schema``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from tor_exp.errors import ConfigError
+
+ALIGNMENTS = ("exact", "offset")
+FIXTURE_TASKS = ("lambada_fixture", "hellaswag_fixture", "piqa_fixture", "arc_easy_fixture",
+                 "arc_challenge_fixture", "winogrande_fixture")
+PAPER_TASKS = ("lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
+PKG_PREFIX = "pkg://"
+
+
+@dataclass
+class EvalConfig:
+    """What to score and how.
+
+    ``alignment``: ``exact`` protects the scored positions and gathers logits by original position (every
+    scored token is predicted from its true predecessor); ``offset`` reproduces the released evaluation
+    (nothing protected, lm-eval's slice rule on the shortened logits) and counts requests it mis-scores.
+    ``include_paths`` are extra lm-eval task folders; ``pkg://x/y`` means ``<installed tor_exp>/x/y``.
+    """
+
+    tasks: list[str] = field(default_factory=lambda: list(FIXTURE_TASKS))
+    include_paths: list[str] = field(default_factory=lambda: ["pkg://evaluation/tasks"])
+    limit: Optional[int] = None
+    batch_size: int = 8
+    alignment: str = "exact"
+    num_fewshot: int = 0
+    log_samples: bool = False
+    compare_baseline: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, str):
+            raise ConfigError(f"eval.tasks={self.tasks!r}: must be a list of task names")
+        if not self.tasks or not all(isinstance(t, str) and t for t in self.tasks):
+            raise ConfigError(f"eval.tasks={list(self.tasks)!r}: must be a non-empty list of task names")
+        if isinstance(self.include_paths, str):
+            raise ConfigError(f"eval.include_paths={self.include_paths!r}: must be a list of folders")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit <= 0):
+            raise ConfigError(f"eval.limit={self.limit!r}: must be a positive integer or null")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ConfigError(f"eval.batch_size={self.batch_size!r}: must be a positive integer")
+        if self.alignment not in ALIGNMENTS:
+            raise ConfigError(f"eval.alignment={self.alignment!r}: must be one of {', '.join(ALIGNMENTS)}")
+        if isinstance(self.num_fewshot, bool) or not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
+            raise ConfigError(f"eval.num_fewshot={self.num_fewshot!r}: must be an integer >= 0")
+        for key in ("log_samples", "compare_baseline"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"eval.{key}={getattr(self, key)!r}: must be true or false")
+
+
+def resolve_include_path(path: str) -> str:
+    """``pkg://sub/dir`` -> absolute folder inside the installed tor_exp package; other paths made absolute."""
+    import os
+
+    import tor_exp
+
+    if path.startswith(PKG_PREFIX):
+        root = os.path.dirname(os.path.abspath(tor_exp.__file__))
+        resolved = os.path.join(root, path[len(PKG_PREFIX):])
+    else:
+        resolved = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(resolved):
+        raise ConfigError(f"eval.include_paths: {path!r} is not a folder ({resolved})")
+    return resolved
