@@ -284,6 +284,39 @@ def resolve_locations(reduction_cfg: Any, model_cfg: Any) -> list[int]:
     return sorted(locs)
 
 
+def shape_from_model_config(model_cfg: Any) -> Optional[ModelShape]:
+    """The model shape without loading weights: tiny configs, local directories, or a hub config.json that is
+    already in the local HF cache (never downloads). None when unknown."""
+    import json
+    import os
+
+    from tor_exp.models.loading import hf_config_from_mamba_ssm, resolve_path
+
+    if getattr(model_cfg, "source", None) == "tiny":
+        return ModelShape.from_model_config(model_cfg)
+    path = resolve_path(model_cfg.path) if getattr(model_cfg, "path", None) else None
+    if not path:
+        return None
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(path, "config.json")
+        except Exception:  # noqa: BLE001 - an unusable id simply means "unknown"
+            cached = None
+        if not isinstance(cached, str):
+            return None
+        cfg_file = cached
+    with open(cfg_file) as fh:
+        raw = json.load(fh)
+    if "d_model" in raw:  # mamba_ssm layout
+        return ModelShape.from_hf_config(hf_config_from_mamba_ssm(raw, model_cfg.family))
+    from transformers import AutoConfig
+
+    return ModelShape.from_hf_config(AutoConfig.from_pretrained(os.path.dirname(cfg_file)))
+
+
 def build_schedule(
     reduction_cfg: Any,
     model_cfg: Any,
@@ -308,7 +341,7 @@ def build_schedule(
     if target is None:
         return Schedule(locations=locations, keep_ratio=1.0, target_flops=None)
     scope = getattr(reduction_cfg, "flops_scope", "backbone")
-    if scope == "total" and shape is None and getattr(model_cfg, "source", None) == "tiny":
-        shape = ModelShape.from_model_config(model_cfg)
+    if scope == "total" and shape is None:
+        shape = shape_from_model_config(model_cfg)
     rho = solve_keep_ratio(int(model_cfg.n_layer), locations, float(target), scope, shape, seq_len, logits)
     return Schedule(locations=locations, keep_ratio=rho, target_flops=float(target))

@@ -24,6 +24,7 @@ from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 from transformers.utils import ModelOutput
 
 from tor_exp.models.flops import ModelShape, Schedule, realised_flops_reduction
+from tor_exp.models.mamba_ssm_backend import is_mamba_ssm_model, mamba_ssm_reduced_forward
 from tor_exp.reduction.state import TokenState
 
 _ATTR = "_tor_exp_patch"
@@ -229,6 +230,15 @@ def reduced_forward(
     info = get_patch(model)
     if method is None and info is not None:
         method, schedule = info.method, (schedule or info.schedule)
+    if is_mamba_ssm_model(model):  # backend: mamba_ssm (GPU only, untested here)
+        full, state, counts = mamba_ssm_reduced_forward(model, input_ids, method, schedule, attention_mask, protected)
+        positions, valid = state.positions, state.valid
+        if logits == "last":
+            idx = last_valid_index(valid)[:, None]
+            full, positions, valid = _gather_tokens(full, idx), torch.gather(positions, 1, idx), torch.gather(valid, 1, idx)
+        n_input = (attention_mask.bool().sum(1) if attention_mask is not None
+                   else torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device))
+        return ReducedOutput(full, positions, valid, counts, n_input, realised_flops_reduction(counts.cpu(), n_input.cpu()))
     hidden, state, counts = drive_backbone(model, input_ids, attention_mask, protected, method, schedule, cache)
     positions, valid = state.positions, state.valid
     if logits == "last":
@@ -323,6 +333,9 @@ def _patched_class(cls: type) -> type:
 
 def patch(model: nn.Module, method: Any, schedule: Schedule) -> nn.Module:
     """Make ``model`` reduce tokens with ``method`` at ``schedule``; patching again replaces both."""
+    if is_mamba_ssm_model(model):  # no HF forward to swap: reduced_forward reads the patch info
+        setattr(model, _ATTR, PatchInfo(method=method, schedule=schedule, original_class=type(model)))
+        return model
     if getattr(model, "backbone", None) is None or not hasattr(model.backbone, "layers"):
         raise TypeError(f"patch() expects a HF Mamba/Mamba-2 causal LM, got {type(model).__name__}")
     bad = [l for l in schedule.locations if not 0 <= l < len(model.backbone.layers) - 1]
@@ -341,7 +354,8 @@ def unpatch(model: nn.Module) -> nn.Module:
     """Undo :func:`patch` (no-op on an unpatched model)."""
     info = get_patch(model)
     if info is not None:
-        model.__class__ = info.original_class
+        if model.__class__ is not info.original_class:
+            model.__class__ = info.original_class
         delattr(model, _ATTR)
     return model
 
