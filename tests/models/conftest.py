@@ -14,7 +14,8 @@ LOCATIONS = [2, 4, 6]
 def tiny_cfg(family: str, **tiny) -> ModelConfig:
     shape = dict(d_model=32, n_layer=8, state_size=8, head_dim=8, chunk_size=16) | tiny
     return ModelConfig(name=f"test_{family}", family=family, source="tiny", n_layer=shape["n_layer"],
-                       locations=LOCATIONS, tiny=TinyModelConfig(**shape), seed=0)
+                       locations=[l for l in LOCATIONS if l < shape["n_layer"] - 1], tiny=TinyModelConfig(**shape),
+                       seed=0)
 
 
 @pytest.fixture(scope="session")
