@@ -1,0 +1,274 @@
+"""Runs → table rows in the paper's layout (model × method × FLOPs; LAMBADA PPL/acc, five tasks, Avg.).
+
+Sources: every ``results.json`` under a sweep dir, or the runs of a W&B group (rebuilt from their config and the
+``metrics/<task>/<metric>`` summary keys that :func:`tor_exp.logging.wandb_logger.flatten_metrics` writes).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from tor_exp.reporting.paper import (
+    ACC_COLUMNS,
+    COLUMNS,
+    find_paper_row,
+    load_paper_results,
+    paper_values,
+    table_for_experiment,
+)
+
+RESULTS_FILE = "results.json"
+#: paper column → task-name stem (after dropping ``_fixture``; every ``lambada*`` task counts as LAMBADA)
+TASK_STEMS = ("hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
+#: which lm-eval metric each column reports (the Mamba papers' convention), with the fallback when absent
+COLUMN_METRICS = {
+    "lambada_acc": ("acc", "acc_norm"),
+    "hellaswag": ("acc_norm", "acc"),
+    "piqa": ("acc", "acc_norm"),
+    "arc_easy": ("acc", "acc_norm"),
+    "arc_challenge": ("acc_norm", "acc"),
+    "winogrande": ("acc", "acc_norm"),
+}
+#: method order inside one FLOPs level (the paper's: baselines first, ours last)
+METHOD_ORDER = ("none", "pumer", "pumer_official", "evit", "evit_official", "ltmp", "utrc", "utrc_official")
+#: reduction keys that tell runs of one (model, method, FLOPs) apart in ablations
+DESIGN_KEYS = ("metric", "importance_source", "similarity_source", "hidden", "q", "hybrid_prune_by", "residual",
+               "residual_q", "size_weighted", "fuse", "prune_share", "flops_scope")
+
+
+def task_column(task: str) -> Optional[str]:
+    """lm-eval task name → paper column stem: ``lambada_openai``/``lambada_fixture`` → ``lambada`` etc."""
+    name = task.lower()
+    if name.endswith("_fixture"):
+        name = name[: -len("_fixture")]
+    if name.startswith("lambada"):
+        return "lambada"
+    return name if name in TASK_STEMS else None
+
+
+def _clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Drop lm-eval's ``,none`` filter suffix and non-numbers."""
+    out: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        name = key.split(",", 1)[0]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value)):
+            out.setdefault(name, float(value))
+    return out
+
+
+def paper_columns(metrics: dict[str, dict[str, Any]]) -> dict[str, Optional[float]]:
+    """Per-task metrics → the table's columns: PPL as is, accuracies in %, Avg. over the accuracies present."""
+    values: dict[str, Optional[float]] = {c: None for c in COLUMNS}
+    for task, task_metrics in (metrics or {}).items():
+        stem = task_column(task)
+        if stem is None:
+            continue
+        m = _clean_metrics(task_metrics)
+        if stem == "lambada" and "perplexity" in m:
+            values["lambada_ppl"] = m["perplexity"]
+        column = "lambada_acc" if stem == "lambada" else stem
+        for name in COLUMN_METRICS[column]:
+            if name in m:
+                values[column] = 100.0 * m[name]
+                break
+    accs = [values[c] for c in ACC_COLUMNS if values[c] is not None]
+    values["avg"] = sum(accs) / len(accs) if accs else None
+    return values
+
+
+@dataclass
+class ReportRow:
+    """One table row: our numbers, the paper's (when it has the setting), and where they came from."""
+
+    model: str
+    method: str
+    target_flops: Optional[float]
+    keep_ratio: Optional[float]
+    realised_flops: Optional[float]
+    variant: str
+    ours: dict[str, Optional[float]]
+    paper: dict[str, Optional[float]]
+    paper_table: Optional[str]
+    alignment: Optional[str]
+    source: str
+    design: dict[str, Any] = field(default_factory=dict)
+    locations: list[int] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def load_sweep(path: str | Path, *, include_incomplete: bool = False) -> list[dict[str, Any]]:
+    """Every ``results.json`` below ``path`` (sorted by path), each with ``_path`` = its folder."""
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such sweep/run directory")
+    found = [root / RESULTS_FILE] if (root / RESULTS_FILE).is_file() else []
+    found += sorted(p for p in root.rglob(RESULTS_FILE) if p != root / RESULTS_FILE)
+    results = []
+    for file in found:
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if not include_incomplete and data.get("status") != "complete":
+            continue
+        data["_path"] = str(file.parent)
+        results.append(data)
+    return results
+
+
+def _unflatten_summary(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    metrics: dict[str, dict[str, float]] = {}
+    for key, value in summary.items():
+        if key.startswith("metrics/") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            parts = key.split("/")
+            if len(parts) == 3:
+                metrics.setdefault(parts[1], {})[parts[2]] = float(value)
+    return metrics
+
+
+def results_from_wandb(config: dict[str, Any], summary: dict[str, Any], name: str = "",
+                       url: str = "") -> dict[str, Any]:
+    """A results.json-shaped dict from one W&B run's config (the resolved Hydra config) and summary."""
+    model = (config.get("model") or {}).get("name")
+    reduction = config.get("reduction") or {}
+    bench = {k[len("bench/"):]: v for k, v in summary.items() if k.startswith("bench/")}
+
+    def first(*values: Any) -> Any:
+        return next((v for v in values if v is not None), None)
+
+    return {
+        "status": "complete",
+        "task": config.get("task", "eval"),
+        "run_name": name,
+        "model": model,
+        "method": reduction.get("method"),
+        "target_flops": first(summary.get("target_flops"), reduction.get("target_flops")),
+        "keep_ratio": first(summary.get("keep_ratio"), reduction.get("keep_ratio")),
+        "locations": reduction.get("locations") or (config.get("model") or {}).get("locations") or [],
+        "realised_flops_reduction": summary.get("realised_flops_reduction"),
+        "metrics": _unflatten_summary(summary),
+        "bench_summary": bench,
+        "config": config,
+        "_path": url or name,
+    }
+
+
+def load_wandb_group(group: str, *, entity: Optional[str] = None, project: str = "tor_exp") -> list[dict[str, Any]]:
+    """Runs of a W&B group (needs network and a login), as results.json-shaped dicts."""
+    import wandb
+
+    api = wandb.Api()
+    path = f"{entity}/{project}" if entity else project
+    out = []
+    for run in api.runs(path, filters={"group": group}):
+        if getattr(run, "state", "finished") != "finished":
+            continue
+        summary = dict(run.summary._json_dict) if hasattr(run.summary, "_json_dict") else dict(run.summary)
+        out.append(results_from_wandb(dict(run.config), summary, name=run.name, url=getattr(run, "url", "")))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- rows
+def _design_of(result: dict[str, Any]) -> dict[str, Any]:
+    reduction = (result.get("config") or {}).get("reduction") or {}
+    return {k: reduction[k] for k in DESIGN_KEYS if k in reduction}
+
+
+def _stream_label(mode: Any, q: Any) -> str:
+    return {"merge": "M-only", "prune": "P-only"}.get(str(mode), f"q={q:g}" if isinstance(q, (int, float)) else str(mode))
+
+
+def _variant(design: dict[str, Any], keys: Iterable[str], locations: list[int], show_locations: bool) -> str:
+    keys = set(keys)
+    parts = []
+    if keys & {"hidden", "q", "residual", "residual_q"}:
+        parts.append(f"{_stream_label(design.get('hidden'), design.get('q'))} / "
+                     f"{_stream_label(design.get('residual'), design.get('residual_q'))}")
+    parts += [f"{k}={design[k]}" for k in DESIGN_KEYS
+              if k in keys and k not in ("hidden", "q", "residual", "residual_q") and k in design]
+    if show_locations:
+        parts.append("locations=[" + ",".join(str(l) for l in locations) + "]")
+    return ", ".join(parts)
+
+
+def _experiment_of(result: dict[str, Any]) -> Optional[str]:
+    return ((result.get("config") or {}).get("logger") or {}).get("group")
+
+
+def _flops_of(result: dict[str, Any]) -> Optional[float]:
+    if result.get("method") == "none":
+        return 0.0
+    return result.get("target_flops")
+
+
+def _realised(result: dict[str, Any]) -> Optional[float]:
+    per_task = result.get("flops_per_task") or {}
+    values = []
+    for v in per_task.values():
+        if isinstance(v, dict):
+            v = v.get("realised_reduction", v.get("realised"))
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            values.append(float(v))
+    if values:
+        return sum(values) / len(values)
+    value = result.get("realised_flops_reduction")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def collect_rows(results: list[dict[str, Any]], *, prefer_table: Optional[str] = None,
+                 paper: Optional[dict[str, Any]] = None) -> list[ReportRow]:
+    """Eval runs → rows, sorted model → FLOPs → method → variant; ``prefer_table`` picks between paper tables
+    that print the same setting (default: the table of the sweep's experiment, from ``logger.group``)."""
+    paper = paper or load_paper_results()
+    evals = [r for r in results if r.get("task", "eval") == "eval" and r.get("metrics")]
+    # design keys / locations that vary between runs of one (model, method) become the row's variant label
+    varying: dict[tuple[str, str], set[str]] = {}
+    locs_vary: dict[tuple[str, str], bool] = {}
+    by_group: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in evals:
+        by_group.setdefault((r.get("model"), r.get("method")), []).append(r)
+    for key, group in by_group.items():
+        designs = [_design_of(r) for r in group]
+        varying[key] = {k for k in DESIGN_KEYS if len({json.dumps(d.get(k)) for d in designs}) > 1}
+        locs_vary[key] = len({json.dumps(r.get("locations")) for r in group}) > 1
+    rows = []
+    for r in evals:
+        key = (r.get("model"), r.get("method"))
+        design = _design_of(r)
+        locations = list(r.get("locations") or [])
+        flops = _flops_of(r)
+        prefer = prefer_table or table_for_experiment(_experiment_of(r))
+        probe = {"model": r.get("model"), "method": r.get("method"), "target_flops": flops, "locations": locations,
+                 **{k: design.get(k) for k in ("metric", "hidden", "q", "residual", "residual_q")}}
+        table, paper_row = find_paper_row(probe, prefer, paper)
+        rows.append(ReportRow(
+            model=str(r.get("model")), method=str(r.get("method")), target_flops=flops,
+            keep_ratio=r.get("keep_ratio"), realised_flops=_realised(r),
+            variant=_variant(design, varying[key], locations, locs_vary[key]),
+            ours=paper_columns(r.get("metrics") or {}), paper=paper_values(paper_row), paper_table=table,
+            alignment=((r.get("config") or {}).get("eval") or {}).get("alignment"), source=str(r.get("_path", "")),
+            design=design, locations=locations, tasks=sorted((r.get("metrics") or {}).keys()),
+        ))
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    rows.sort(key=lambda x: (x.model, x.target_flops if x.target_flops is not None else -1.0,
+                             order.get(x.method, len(order)), x.method, x.variant))
+    return rows
+
+
+def bench_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flattened benchmark rows (``results["bench"]["rows"]``) of every bench run, tagged with the model."""
+    out = []
+    for r in results:
+        if r.get("task") != "bench":
+            continue
+        bench = r.get("bench") or {}
+        for row in bench.get("rows") or []:
+            out.append({"model": r.get("model"), "device_name": bench.get("device_name"), **row})
+    return out
