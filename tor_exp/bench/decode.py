@@ -158,6 +158,7 @@ class StaticDecoder:
         self.ids = torch.zeros(self.batch_size, dtype=torch.long, device=device)
         self.use_graph = bool(graph) and device.type == "cuda"
         self._graph: Any = None
+        self.logits: Optional[Tensor] = None
 
     @property
     def graphed(self) -> bool:
@@ -181,6 +182,7 @@ class StaticDecoder:
             h = residual + self.step_fn(block.mixer, x, self.conv[i], self.ssm[i], self.kernels)
         h = self.backbone.norm_f(h)
         logits = self.model.lm_head(h.to(self.model.lm_head.weight.dtype))
+        self.logits = logits  # the graph's static output; read after run() for checks
         self.ids.copy_(logits.argmax(dim=-1))
 
     def _capture(self) -> None:

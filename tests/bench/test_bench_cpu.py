@@ -1,0 +1,189 @@
+"""The benchmark presets run end to end on a tiny random Mamba-2 on CPU and their rows are consistent.
+
+No assertion is about how fast anything is: the rows must agree with the schedule (realised FLOPs from an
+independent integer simulation of the keep counts), with each other (speed-up = t_none / t_method) and the
+decode path must reproduce ``model.generate`` greedy.
+"""
+import math
+
+import pytest
+import torch
+
+from tor_exp.bench import run_benchmark
+from tor_exp.bench.config import BenchConfig
+from tor_exp.bench.decode import StaticDecoder, states_from_cache
+from tor_exp.bench.overhead import ReduceTimer, timed_reduce
+from tor_exp.bench.runner import Variant, build_variants, forward_fn
+from tor_exp.errors import ConfigError
+from tor_exp.models import ModelConfig, TinyModelConfig, load_model, patch, unpatch
+from tor_exp.reduction import registered_methods
+
+N_LAYER = 6
+LOCATIONS = [1, 3]
+
+
+def tiny_cfg(family="mamba2"):
+    return ModelConfig(name=f"tiny_{family}", family=family, n_layer=N_LAYER, locations=LOCATIONS,
+                       tiny=TinyModelConfig(d_model=32, n_layer=N_LAYER, chunk_size=16, head_dim=16, state_size=8))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = tiny_cfg()
+    model, tok = load_model(cfg)
+    return model, tok, cfg
+
+
+def utrc_cfg(**kw):
+    cls, _ = registered_methods()["utrc"]
+    return cls(**kw)
+
+
+def expected_proxy(n: int, rho: float, protected_last: bool = False) -> float:
+    """Layer-average token reduction from integer keep counts: keep ceil(ρ·n) of the n reducible tokens
+    (at most half removed) at every location; the protected last token is never reducible."""
+    counts, cur = [], n
+    for layer in range(N_LAYER):
+        counts.append(cur)
+        if layer in LOCATIONS:
+            reducible = cur - (1 if protected_last else 0)
+            r = min(reducible - math.ceil(rho * reducible - 1e-9), reducible // 2)
+            cur -= r
+    return 1.0 - sum(counts) / (N_LAYER * n)
+
+
+def test_prefill_rows_consistent(tiny, tmp_path):
+    model, tok, cfg = tiny
+    bench = BenchConfig(kind="prefill", batch_sizes=[2], seq_lens=[40], flops_targets=[0.2, 0.3], warmup=0,
+                        repeats=2)
+    out = run_benchmark(model, tok, cfg, utrc_cfg(), bench, out_dir=tmp_path, device="cpu")
+    rows = out["bench"]["rows"]
+    assert [r["variant"] for r in rows] == ["none", "utrc@20%", "utrc@30%"]
+    base = rows[0]
+    assert base["realised_proxy"] == 0.0 and base["keep_ratio"] == 1.0
+    for r in rows[1:]:
+        assert r["realised_proxy"] == pytest.approx(expected_proxy(40, r["keep_ratio"]), abs=1e-12)
+        # continuous schedule vs integer counts: within one token per location per layer
+        assert abs(r["realised_proxy"] - r["target_flops"]) <= len(LOCATIONS) / 40
+        assert r["speedup"] == pytest.approx(base["prefill_min_s"] / r["prefill_min_s"])
+        assert r["ideal_speedup"] == pytest.approx(1 / (1 - r["realised_backbone"]))
+        assert r["of_ideal"] == pytest.approx(r["speedup"] / r["ideal_speedup"])
+        assert len(r["times_s"]) == 2 and r["prefill_min_s"] == min(r["times_s"])
+    assert rows[2]["keep_ratio"] < rows[1]["keep_ratio"] < 1.0
+    summary = out["bench_summary"]
+    assert summary["prefill.f30.speedup"] == pytest.approx(rows[2]["speedup"])
+    assert all(isinstance(v, float) for v in summary.values())
+    assert (tmp_path / "bench_prefill.png").stat().st_size > 1000
+    md = (tmp_path / "bench_prefill.md").read_text()
+    assert len(md.strip().splitlines()) == 5 and "utrc@30%" in md
+
+
+def test_generate_rows_consistent(tiny):
+    model, tok, cfg = tiny
+    bench = BenchConfig(kind="generate", batch_sizes=[2], seq_lens=[33], flops_targets=[0.3], new_tokens=4,
+                        warmup=0, repeats=1)
+    out = run_benchmark(model, tok, cfg, utrc_cfg(), bench, device="cpu")
+    rows = out["bench"]["rows"]
+    assert out["bench"]["decode_path"] == "static"
+    none, red = rows
+    for r in rows:
+        assert r["generated_shape"] == [2, 4]
+        assert r["tokens_per_s"] > 0
+        assert r["tokens_per_s"] == pytest.approx(2 * 4 / r["total_min_s"])
+        assert r["total_min_s"] == pytest.approx(r["prefill_min_s"] + r["decode_min_s"])
+        assert r["decode_ms_per_token"] == pytest.approx(1000 * r["decode_min_s"] / 3)
+    # the last prompt token is protected during a generation prefill
+    assert red["realised_proxy"] == pytest.approx(expected_proxy(33, red["keep_ratio"], protected_last=True))
+    assert red["throughput_gain"] == pytest.approx(none["total_min_s"] / red["total_min_s"])
+    p, d, f = none["prefill_min_s"], none["decode_min_s"], red["realised_backbone"]
+    assert red["ideal_gain"] == pytest.approx((p + d) / (p * (1 - f) + d))
+
+
+def test_memory_and_overhead_rows_on_cpu(tiny):
+    model, tok, cfg = tiny
+    mem = run_benchmark(model, tok, cfg, utrc_cfg(), BenchConfig(kind="memory", batch_sizes=[2], seq_lens=[32],
+                        flops_targets=[0.3], warmup=0, plot=False), device="cpu")["bench"]["rows"]
+    vocab = model.config.vocab_size
+    by = {(r["logits"], r["variant"]): r for r in mem}
+    assert by[("all", "none")]["logits_bytes"] == 2 * 32 * vocab * 4
+    assert by[("last", "none")]["logits_bytes"] == 2 * 1 * vocab * 4
+    # full logits shrink with the surviving tokens (rows right-padded to the longest survivor)
+    assert by[("all", "utrc@30%")]["logits_bytes"] < by[("all", "none")]["logits_bytes"]
+    assert by[("last", "utrc@30%")]["logits_saving"] == 0.0
+    assert all(r["peak_allocated_bytes"] is None and r["nvml_peak_bytes"] is None for r in mem)
+
+    over = run_benchmark(model, tok, cfg, utrc_cfg(), BenchConfig(kind="overhead", batch_sizes=[2], seq_lens=[32],
+                         flops_targets=[0.2], warmup=1, repeats=2, plot=False), device="cpu")["bench"]["rows"]
+    assert over[0]["reduce_calls"] == 0 and over[0]["overhead_share"] == 0.0
+    assert over[1]["reduce_calls"] == len(LOCATIONS)
+    assert 0.0 < over[1]["overhead_share"] < 1.0
+    assert over[1]["reduce_median_s"] < over[1]["prefill_median_s"]
+
+
+def test_reduce_timer_wraps_and_restores():
+    class M:
+        def reduce(self, x):
+            return x + 1
+
+    m, timer = M(), ReduceTimer("cpu")
+    with timed_reduce(m, timer):
+        assert m.reduce(1) == 2 and m.reduce(2) == 3
+    assert timer.calls == 2 and timer.total_s() >= 0.0
+    assert "reduce" not in vars(m) and m.reduce(5) == 6
+
+
+@pytest.mark.parametrize("method", ["none", "utrc"])
+def test_static_decode_equals_generate_greedy(tiny, method):
+    """Reduced prefill + the static decode step (the CPU fallback of the CUDA graph) = patched model.generate."""
+    model, tok, cfg = tiny
+    ids = torch.randint(0, 256, (3, 37), generator=torch.Generator().manual_seed(3))
+    variant = Variant("none", "none", 0.0)
+    if method == "utrc":
+        variant = build_variants(model, cfg, utrc_cfg(), BenchConfig(flops_targets=[0.3]), 37)[1]
+        patch(model, variant.method, variant.schedule)
+    try:
+        with torch.no_grad():
+            ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                                 pad_token_id=0)[:, 37:]
+            out = forward_fn(model, ids, variant, "last", with_cache=True)()
+            if method == "utrc":
+                assert int(out.counts[0, -1]) < 37  # the prefill really was reduced
+            first = out.logits[:, -1].argmax(-1)
+            states = states_from_cache(out.cache, N_LAYER)
+            dec = StaticDecoder(model, states)
+            dec.load(states, first)
+            mine = torch.cat([first[:, None], dec.run(7)], dim=1)
+    finally:
+        unpatch(model)
+    assert torch.equal(mine, ref)
+
+
+@pytest.mark.parametrize("family", ["mamba2", "mamba"])
+def test_static_step_logits_match_hf_decode(family):
+    """The static step's logits equal HF's own cached decode step (Mamba-1 and Mamba-2)."""
+    cfg = tiny_cfg(family)
+    cfg.n_layer = cfg.tiny.n_layer = 3
+    cfg.locations = [1]
+    model, _ = load_model(cfg)
+    ids = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(5))
+    nxt = torch.tensor([7, 11])
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        cache = out.cache
+        states = states_from_cache(cache, 3)
+        dec = StaticDecoder(model, states)
+        dec.load(states, nxt)
+        dec.run(1)
+        ref = model(input_ids=nxt[:, None], cache=cache, use_cache=True).logits[:, -1]
+    torch.testing.assert_close(dec.logits.float(), ref, rtol=1e-4, atol=1e-5)
+    # the decoder's buffers moved on, the prefill's states were not touched
+    torch.testing.assert_close(dec.ssm[0], states_from_cache(cache, 3).ssm[0])
+
+
+def test_bench_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"bench.memory_logits"):
+        BenchConfig(memory_logits=["some"])
+    with pytest.raises(ConfigError, match=r"bench.decode"):
+        BenchConfig(decode="fast")
+    with pytest.raises(ConfigError, match=r"bench.flops_targets"):
+        BenchConfig(flops_targets=[1.0])
