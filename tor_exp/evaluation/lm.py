@@ -39,6 +39,7 @@ from lm_eval.models.utils import (
 from lm_eval.models.utils_hf import stop_sequences_criteria
 from tqdm import tqdm
 
+import lm_eval.models  # noqa: F401  (fills lm-eval's lazy model registry before ours is added)
 from tor_exp.errors import ConfigError
 from tor_exp.evaluation.config import ALIGNMENTS
 
@@ -163,7 +164,7 @@ class TorExpLM(TemplateLM):
         if model is None or isinstance(model, str):
             if model is None:
                 raise ConfigError("eval model_args: `model` (a model config name or path) is required")
-            model, tokenizer, target = build_from_config(model, reduction, overrides)
+            model, tokenizer, target = build_from_config(model, reduction, overrides, device)
             target_flops = target if target_flops is None else target_flops
         elif overrides:
             raise ConfigError(f"eval model_args {sorted(overrides)}: overrides need `model` given by name")
@@ -393,9 +394,8 @@ class TorExpLM(TemplateLM):
         return [float(t) for t in totals]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Greedy/sampled generation with lm-eval's stop handling. Reduction applies to the prefill only (the
-        models package's ``generate`` when present); otherwise the model's own ``generate``."""
-        gen_fn = _models_generate()
+        """Generation with lm-eval's stop handling through the model's ``generate``: a patched model reduces the
+        prefill only (METHOD.md §5). Requests are counted; their FLOPs are not measured (no token counts)."""
         reorder = Collator([(r.args, getattr(r, "task_name", None) or UNKNOWN_TASK) for r in requests],
                            sort_fn=lambda x: (-len(self.tok_encode(x[0][0])), x[0][0]),
                            group_by="gen_kwargs", group_fn=lambda x: x[0][1])
@@ -420,13 +420,10 @@ class TorExpLM(TemplateLM):
             ids, mask = ids.to(self._device), mask.to(self._device)
             stopping = stop_sequences_criteria(self.tokenizer, until, width, len(encoded))
             with torch.no_grad():
-                if gen_fn is not None:
-                    out = gen_fn(self.model, ids, attention_mask=mask, max_new_tokens=max_gen,
-                                 stopping_criteria=stopping, pad_token_id=self.pad_token_id, **kwargs)
-                else:
-                    out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_gen,
-                                              stopping_criteria=stopping, pad_token_id=self.pad_token_id,
-                                              use_cache=True, **kwargs)
+                # a patched model reduces the prefill only (last prompt token protected), decodes unreduced
+                out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_gen,
+                                          stopping_criteria=stopping, pad_token_id=self.pad_token_id,
+                                          use_cache=True, **kwargs)
             sequences = out.sequences if hasattr(out, "sequences") else out
             for row, (args, task), ctx_tokens in zip(sequences.tolist(), chunk, encoded):
                 text = postprocess_generated_text(self.tok_decode(row[width:]), until, None)
@@ -440,20 +437,10 @@ class TorExpLM(TemplateLM):
         return reorder.get_original(results)
 
 
-def _models_generate() -> Optional[Callable]:
-    """The models package's prefill-reduced ``generate(model, input_ids, ...)`` if it exists."""
-    if importlib.util.find_spec("tor_exp.models") is None:
-        return None
-    if importlib.util.find_spec("tor_exp.models.generation") is None:
-        return None
-    from tor_exp.models import generation
-
-    return getattr(generation, "generate", None)
-
-
 # ----------------------------------------------------------------------------------------------- build by name
-def build_from_config(model: str, reduction: Optional[str], overrides: dict[str, Any]):
+def build_from_config(model: str, reduction: Optional[str], overrides: dict[str, Any],
+                      device: Optional[str] = None):
     """Compose the project's Hydra config for ``model`` / ``reduction`` and return (model, tokenizer, target)."""
     from tor_exp.evaluation.building import build_patched_model
 
-    return build_patched_model(model, reduction, overrides)
+    return build_patched_model(model, reduction, overrides, device=device)

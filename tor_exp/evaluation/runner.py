@@ -150,27 +150,40 @@ def _metrics(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _target(model, lm) -> Optional[float]:
-    if lm.target_flops is not None:
-        return lm.target_flops
-    for holder in (model, getattr(model, "config", None)):
-        value = getattr(holder, "tor_exp_target_flops", None)
-        if value is not None:
-            return float(value)
-    return None
+def _schedule_info(model) -> dict[str, Any]:
+    """Target FLOPs reduction / keep ratio / locations of the model's patch (empty when unpatched)."""
+    try:
+        from tor_exp.models.patch import get_patch
+    except ImportError:  # pragma: no cover - the models package ships with tor_exp
+        return {}
+    info = get_patch(model)
+    if info is None:
+        return {}
+    sched = info.schedule
+    return {"target": getattr(sched, "target_flops", None), "keep_ratio": getattr(sched, "keep_ratio", None),
+            "locations": list(getattr(sched, "locations", []) or [])}
 
 
-def run_once(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
-             target_flops: Optional[float] = None, reduced_forward=None) -> dict[str, Any]:
-    """One lm-eval pass (no baseline comparison); see :func:`evaluate` for the returned layout."""
+def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
+             reduced_forward=None) -> dict[str, Any]:
+    """Score ``model`` (patched or not) on ``eval_cfg.tasks`` with lm-eval; one pass, no baseline.
+
+    Returns ``{"reduction", "metrics": {task: {metric: v, metric_stderr: s}}, "flops": {task: realised backbone
+    FLOPs reduction}, "flops_detail": {task: {realised, target, ...}}, "alignment": {"mode", task: {offset_short,
+    offset_empty, offset_misaligned}}, "num_requests": {task: n}, "n_samples": {task: docs}, "config": {...}}``.
+    The realised reduction comes from the real per-layer token counts (backbone FLOPs are linear in the token
+    count); short prompts reduce less than the target, so both are reported. The caller (the Hydra runner)
+    evaluates ``reduction=none`` separately when ``eval.compare_baseline`` is set.
+    """
     import lm_eval
 
     from tor_exp.evaluation.lm import TorExpLM
 
     tm = task_manager(list(eval_cfg.include_paths), list(eval_cfg.tasks))
     specs, all_local = task_specs(list(eval_cfg.tasks), tm)
-    lm = TorExpLM(model=model, tokenizer=tokenizer, alignment=eval_cfg.alignment,
-                  batch_size=eval_cfg.batch_size, target_flops=target_flops, reduced_forward=reduced_forward)
+    sched = _schedule_info(model)
+    lm = TorExpLM(model=model, tokenizer=tokenizer, alignment=eval_cfg.alignment, batch_size=eval_cfg.batch_size,
+                  target_flops=sched.get("target"), reduced_forward=reduced_forward)
     with offline_datasets(all_local):
         raw = lm_eval.simple_evaluate(
             model=lm, tasks=specs, num_fewshot=eval_cfg.num_fewshot, limit=eval_cfg.limit,
@@ -180,29 +193,31 @@ def run_once(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
     if raw is None:  # non-zero rank in a distributed run
         return {}
     stats = lm.stats_dict()
-    target = _target(model, lm)
     tasks = list(raw["results"].keys())
-    flops = {}
-    alignment = {"mode": eval_cfg.alignment}
+    flops: dict[str, float] = {}
+    detail: dict[str, dict[str, Any]] = {}
+    alignment: dict[str, Any] = {"mode": eval_cfg.alignment}
     for task in tasks:
         s = stats.get(task, {})
-        flops[task] = {
-            "realised_reduction": s.get("realised_reduction", 0.0),
-            "target": target,
-            "input_tokens": s.get("input_tokens", 0),
-            "rolling_requests": s.get("rolling_requests", 0),
+        flops[task] = float(s.get("realised_reduction", 0.0))
+        detail[task] = {
+            "realised": flops[task], "target": sched.get("target"), "keep_ratio": sched.get("keep_ratio"),
+            "input_tokens": s.get("input_tokens", 0), "layer_tokens_full": s.get("layer_tokens_full", 0.0),
+            "layer_tokens_real": s.get("layer_tokens_real", 0.0), "rolling_requests": s.get("rolling_requests", 0),
+            "generate_requests": s.get("generate_requests", 0),
         }
         if s.get("rolling_requests"):
-            flops[task]["note"] = ("loglikelihood_rolling scores every position: nothing is reducible, "
-                                   "these requests run unreduced")
+            detail[task]["note"] = ("loglikelihood_rolling scores every position: nothing is reducible, "
+                                    "these requests ran unreduced (realised reduction 0)")
         alignment[task] = {k: s.get(k, 0) for k in ("offset_short", "offset_empty", "offset_misaligned")}
     out: dict[str, Any] = {
         "reduction": reduction_label,
         "metrics": _metrics(raw["results"]),
         "flops": flops,
+        "flops_detail": detail,
         "alignment": alignment,
         "num_requests": {task: stats.get(task, {}).get("requests", 0) for task in tasks},
-        "n_samples": {t: v.get("effective", v.get("original")) if isinstance(v, dict) else v
+        "n_samples": {t: (v.get("effective", v.get("original")) if isinstance(v, dict) else v)
                       for t, v in raw.get("n-samples", {}).items()},
         "config": {"tasks": list(eval_cfg.tasks), "limit": eval_cfg.limit, "num_fewshot": eval_cfg.num_fewshot,
                    "batch_size": eval_cfg.batch_size, "alignment": eval_cfg.alignment},
@@ -210,75 +225,3 @@ def run_once(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
     if eval_cfg.log_samples:
         out["samples"] = raw.get("samples", {})
     return out
-
-
-def compare(reduced: dict[str, Any], baseline: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per task and metric: reduced, baseline and their difference (reduced − baseline)."""
-    table: dict[str, dict[str, Any]] = {}
-    for task, metrics in reduced.get("metrics", {}).items():
-        base = baseline.get("metrics", {}).get(task, {})
-        table[task] = {}
-        for metric, value in metrics.items():
-            if metric.endswith("_stderr") or metric not in base:
-                continue
-            b = base[metric]
-            diff = None if value is None or b is None else value - b
-            table[task][metric] = {"reduced": value, "baseline": b, "delta": diff}
-    return table
-
-
-def format_comparison(table: dict[str, dict[str, Any]], flops: dict[str, Any]) -> str:
-    lines = [f"{'task':24s} {'metric':12s} {'reduced':>10s} {'baseline':>10s} {'delta':>9s} {'realised':>9s}"]
-    for task, metrics in table.items():
-        realised = flops.get(task, {}).get("realised_reduction", 0.0)
-        for metric, row in metrics.items():
-            fmt = lambda v: "nan" if v is None else f"{v:.4f}"  # noqa: E731
-            lines.append(f"{task:24s} {metric:12s} {fmt(row['reduced']):>10s} {fmt(row['baseline']):>10s} "
-                         f"{fmt(row['delta']):>9s} {realised:9.3f}")
-    return "\n".join(lines)
-
-
-def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
-             baseline_model=None, target_flops: Optional[float] = None) -> dict[str, Any]:
-    """Score ``model`` on ``eval_cfg.tasks``.
-
-    Returns ``{"metrics": {task: {metric: v, metric_stderr: s}}, "flops": {task: {"realised_reduction", "target",
-    ...}}, "alignment": {"mode", task: {offset_short, offset_empty, offset_misaligned}}, "num_requests": {task: n},
-    ...}``. With ``eval.compare_baseline`` and a reduction active, the unreduced model is scored too
-    (``baseline_model`` if given, else the same model through an unpatched forward) and ``"baseline"`` /
-    ``"comparison"`` are added and printed.
-    """
-    result = run_once(model, tokenizer, eval_cfg, reduction_label=reduction_label, target_flops=target_flops)
-    if not eval_cfg.compare_baseline or reduction_label == "none":
-        return result
-    if baseline_model is not None:
-        base = run_once(baseline_model, tokenizer, eval_cfg, reduction_label="none")
-    else:
-        with unreduced(model) as (plain_model, plain_forward):
-            base = run_once(plain_model, tokenizer, eval_cfg, reduction_label="none",
-                            reduced_forward=plain_forward)
-    result["baseline"] = {k: base[k] for k in ("metrics", "flops", "num_requests") if k in base}
-    result["comparison"] = compare(result, base)
-    print(format_comparison(result["comparison"], result["flops"]))
-    return result
-
-
-@contextlib.contextmanager
-def unreduced(model):
-    """Yield (model, forward) that computes the same model without reduction.
-
-    Uses the models package's ``unreduced`` context when it has one; otherwise the model as it is, through the
-    plain HF forward (correct for unpatched models and for patches that only act inside ``reduced_forward``).
-    """
-    from tor_exp.evaluation.lm import _plain_reduced_forward
-
-    try:
-        from tor_exp.models import patch as patch_mod
-    except ImportError:
-        patch_mod = None
-    ctx = getattr(patch_mod, "unreduced", None) if patch_mod is not None else None
-    if ctx is not None:
-        with ctx(model):
-            yield model, None
-    else:
-        yield model, _plain_reduced_forward
