@@ -133,6 +133,18 @@ def _unflatten_summary(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
     return metrics
 
 
+def _locations_from_config(reduction: dict[str, Any], model: dict[str, Any]) -> list[int]:
+    """The schedule's locations from a resolved config (W&B keeps the config, not the schedule)."""
+    from types import SimpleNamespace
+
+    try:
+        from tor_exp.models.flops import resolve_locations
+
+        return list(resolve_locations(SimpleNamespace(**reduction), SimpleNamespace(**model)))
+    except Exception:  # an incomplete config: fall back to the explicit keys
+        return list(reduction.get("locations") or model.get("locations") or [])
+
+
 def results_from_wandb(config: dict[str, Any], summary: dict[str, Any], name: str = "",
                        url: str = "") -> dict[str, Any]:
     """A results.json-shaped dict from one W&B run's config (the resolved Hydra config) and summary."""
@@ -151,7 +163,7 @@ def results_from_wandb(config: dict[str, Any], summary: dict[str, Any], name: st
         "method": reduction.get("method"),
         "target_flops": first(summary.get("target_flops"), reduction.get("target_flops")),
         "keep_ratio": first(summary.get("keep_ratio"), reduction.get("keep_ratio")),
-        "locations": reduction.get("locations") or (config.get("model") or {}).get("locations") or [],
+        "locations": _locations_from_config(reduction, config.get("model") or {}),
         "realised_flops_reduction": summary.get("realised_flops_reduction"),
         "metrics": _unflatten_summary(summary),
         "bench_summary": bench,

@@ -1,0 +1,242 @@
+"""Offline report: table values equal results.json, paper column equals the data file, plots, W&B spec."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tor_exp.report import build_report, build_wandb_report_spec, main, render_markdown
+from tor_exp.reporting.collect import collect_rows, load_sweep, paper_columns, results_from_wandb, task_column
+from tor_exp.reporting.paper import PAPER_FILE, find_paper_row, load_paper_results
+from tor_exp.reporting.plots import series
+
+PAPER_TASKS = ("lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
+L64 = [12, 17, 22, 27, 32, 37, 42]
+
+
+def fake_metrics(seed: float) -> dict:
+    """lm-eval-shaped metrics; acc and acc_norm differ so the per-task metric choice is visible."""
+    m = {"lambada_openai": {"perplexity": 10.0 + seed, "perplexity_stderr": 0.5, "acc": 0.60 - seed / 100,
+                            "acc_stderr": 0.01}}
+    for i, task in enumerate(PAPER_TASKS[1:]):
+        m[task] = {"acc": 0.50 + i / 100 - seed / 200, "acc_stderr": 0.01, "acc_norm": 0.55 + i / 100 - seed / 300,
+                   "acc_norm_stderr": 0.01}
+    return m
+
+
+def write_run(root: Path, sub: str, *, model="mamba2_2.7b", method="utrc", flops=0.2, group="table1_mamba2",
+              metrics=None, status="complete", locations=L64, **reduction) -> dict:
+    red = {"method": method, "target_flops": flops, "keep_ratio": None, "metric": "clip", "hidden": "hybrid",
+           "q": 0.5, "residual": "merge", "residual_q": 0.5, **reduction}
+    res = {"status": status, "task": "eval", "model": model, "method": method, "target_flops": flops,
+           "keep_ratio": 1.0 if method == "none" else 0.94, "locations": locations,
+           "metrics": metrics if metrics is not None else fake_metrics(flops * 10),
+           "flops_per_task": {t: 0.9 * flops for t in PAPER_TASKS}, "realised_flops_reduction": 0.9 * flops,
+           "config": {"reduction": red, "model": {"name": model}, "eval": {"alignment": "exact"},
+                      "logger": {"group": group}, "task": "eval"}}
+    d = root / sub
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps(res))
+    return res
+
+
+def parse_table(markdown: str) -> list[dict[str, str]]:
+    lines = [l for l in markdown.splitlines() if l.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in l.strip("|").split("|")))) for l in lines[2:]]
+
+
+def split_cell(cell: str) -> tuple[float | None, float | None]:
+    ours, paper = (x.strip() for x in cell.split(" / "))
+    return (None if ours == "–" else float(ours)), (None if paper == "–" else float(paper))
+
+
+# ----------------------------------------------------------------------------------------------- mapping
+def test_task_names_map_to_paper_columns():
+    assert task_column("lambada_openai") == "lambada"
+    assert task_column("lambada_fixture") == "lambada"
+    assert task_column("lambada_standard") == "lambada"
+    assert task_column("hellaswag_fixture") == "hellaswag"
+    assert task_column("arc_challenge") == "arc_challenge"
+    assert task_column("winogrande_fixture") == "winogrande"
+    assert task_column("mmlu") is None
+
+
+def test_paper_columns_use_the_mamba_metric_convention():
+    m = fake_metrics(0.0)
+    cols = paper_columns(m)
+    assert cols["lambada_ppl"] == 10.0
+    assert cols["lambada_acc"] == pytest.approx(60.0)
+    assert cols["hellaswag"] == pytest.approx(55.0)          # acc_norm
+    assert cols["piqa"] == pytest.approx(51.0)               # acc, although acc_norm is reported
+    assert cols["arc_easy"] == pytest.approx(52.0)           # acc
+    assert cols["arc_challenge"] == pytest.approx(58.0)      # acc_norm
+    assert cols["winogrande"] == pytest.approx(54.0)         # acc
+    assert cols["avg"] == pytest.approx((60 + 55 + 51 + 52 + 58 + 54) / 6)
+    # lm-eval's ",none" suffix and a task with only one metric
+    cols = paper_columns({"piqa_fixture": {"acc_norm,none": 0.25}})
+    assert cols["piqa"] == pytest.approx(25.0) and cols["avg"] == pytest.approx(25.0) and cols["lambada_ppl"] is None
+
+
+# ------------------------------------------------------------------------------------------ paper data
+def test_paper_data_file_is_consistent():
+    data = json.loads(PAPER_FILE.read_text())
+    sizes = {t: len(v["rows"]) for t, v in data["tables"].items()}
+    assert sizes == {"table1": 17, "table2": 17, "table3": 8, "table4": 6, "table5": 7, "table6": 7}
+    printed_exceptions = {("table1", "mamba2_2.7b", "evit", 0.2), ("table6", "mamba2_2.7b", "ltmp", 0.1)}
+    for t in ("table1", "table2", "table6"):
+        for r in data["tables"][t]["rows"]:
+            mean = sum(r[c] for c in data["columns"][1:7]) / 6
+            if (t, r["model"], r["method"], r["target_flops"]) not in printed_exceptions:
+                assert abs(mean - r["avg"]) <= 0.051, (t, r)
+    # spot checks typed from the paper
+    t1 = {(r["model"], r["method"], r["target_flops"]): r for r in data["tables"]["table1"]["rows"]}
+    assert t1[("mamba2_2.7b", "utrc", 0.3)]["lambada_ppl"] == 42.61
+    assert t1[("mamba2_1.3b", "pumer", 0.2)]["lambada_ppl"] == 49017.23
+    assert [r["lambada_ppl"] for r in data["tables"]["table5"]["rows"]][-1] == 40.61
+
+
+def test_paper_lookup_respects_design_and_preference():
+    base = {"model": "mamba2_2.7b", "method": "utrc", "target_flops": 0.3, "locations": L64, "metric": "clip",
+            "hidden": "hybrid", "q": 0.5, "residual": "merge", "residual_q": 0.5}
+    assert find_paper_row(base)[0] == "table1" and find_paper_row(base)[1]["lambada_ppl"] == 42.61
+    table, row = find_paper_row(base, prefer="table5")
+    assert table == "table5" and row["lambada_ppl"] == 40.61
+    table, row = find_paper_row({**base, "hidden": "merge", "residual": "merge"})
+    assert table == "table5" and row["avg"] == 54.0
+    table, row = find_paper_row({**base, "target_flops": 0.2, "metric": "l2"})
+    assert table == "table3" and row["lambada_ppl"] == 19.86
+    table, row = find_paper_row({**base, "target_flops": 0.2, "locations": [20, 25, 30, 35, 40, 45, 50]})
+    assert table == "table4" and row["avg"] == 57.8
+    assert find_paper_row({**base, "target_flops": 0.25}) == (None, None)
+    assert find_paper_row({**base, "model": "tiny_mamba2"}) == (None, None)
+    # parity methods compare with the method they reproduce; none ignores the FLOPs target
+    assert find_paper_row({**base, "method": "evit_official", "target_flops": 0.1})[1]["lambada_ppl"] == 11.43
+    assert find_paper_row({"model": "mamba_2.8b", "method": "none", "target_flops": 0.0})[1]["avg"] == 63.3
+
+
+# ---------------------------------------------------------------------------------------------- report
+def test_markdown_table_equals_results_and_paper(tmp_path):
+    sweep = tmp_path / "multirun" / "table1_mamba2"
+    runs = [write_run(sweep, "a/none", method="none", flops=0.0),
+            write_run(sweep, "a/evit", method="evit", flops=0.2),
+            write_run(sweep, "a/utrc", method="utrc", flops=0.2),
+            write_run(sweep, "b/utrc", model="tiny_mamba2", method="utrc", flops=0.2, locations=[4, 7, 10, 13])]
+    write_run(sweep, "c/killed", method="pumer", flops=0.1, status="running")
+    assert len(load_sweep(sweep)) == 4  # the incomplete run is left out
+    built = build_report(sweep, tmp_path / "out")
+    table = parse_table(built["paths"]["markdown"].read_text())
+    assert [(r["Model"], r["Method"]) for r in table] == [
+        ("Mamba-2-2.7B", "baseline"), ("Mamba-2-2.7B", "EViT"), ("Mamba-2-2.7B", "Ours (UTRC)"),
+        ("tiny_mamba2", "Ours (UTRC)")]
+    paper = {(r["model"], r["method"], r["target_flops"]): r for r in load_paper_results()["tables"]["table1"]["rows"]}
+    titles = load_paper_results()["column_titles"]
+    by_key = {(r["model"], r["method"]): r for r in runs}
+    models = {"Mamba-2-2.7B": "mamba2_2.7b", "tiny_mamba2": "tiny_mamba2"}
+    methods = {"baseline": "none", "EViT": "evit", "Ours (UTRC)": "utrc"}
+    for row in table:
+        model, method = models[row["Model"]], methods[row["Method"]]
+        res = by_key[(model, method)]
+        m = res["metrics"]
+        expected_ours = {
+            "lambada_ppl": m["lambada_openai"]["perplexity"], "lambada_acc": 100 * m["lambada_openai"]["acc"],
+            "hellaswag": 100 * m["hellaswag"]["acc_norm"], "piqa": 100 * m["piqa"]["acc"],
+            "arc_easy": 100 * m["arc_easy"]["acc"], "arc_challenge": 100 * m["arc_challenge"]["acc_norm"],
+            "winogrande": 100 * m["winogrande"]["acc"]}
+        expected_ours["avg"] = sum(v for k, v in expected_ours.items() if k != "lambada_ppl") / 6
+        p = paper.get((model, method, res["target_flops"]))
+        for col, title in titles.items():
+            ours, theirs = split_cell(row[title])
+            digits = 2 if col == "lambada_ppl" else 1
+            assert ours == round(expected_ours[col], digits), (row, col)
+            assert theirs == (None if p is None else p[col]), (row, col)
+        assert row["paper"] == ("table1" if p else "–")
+        assert row["FLOPs ↓ target"] == f"{100 * res['target_flops']:.1f}%"
+        assert row["realised"] == f"{100 * 0.9 * res['target_flops']:.1f}%"
+    # report.json keeps full precision
+    rows = json.loads(built["paths"]["json"].read_text())["rows"]
+    utrc = next(r for r in rows if r["model"] == "mamba2_2.7b" and r["method"] == "utrc")
+    assert utrc["ours"]["lambada_ppl"] == by_key[("mamba2_2.7b", "utrc")]["metrics"]["lambada_openai"]["perplexity"]
+    assert utrc["paper"]["avg"] == 58.7
+    # plots: PNG files, and the plotted series are the table's numbers (line starts at the 0 % row)
+    for name in ("accuracy", "ppl"):
+        assert built["paths"][name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = series(built["rows"], "avg")
+    base_avg = next(r for r in built["rows"] if r.method == "none").ours["avg"]
+    assert lines["mamba2_2.7b utrc"] == [(0.0, pytest.approx(base_avg)), (20.0, pytest.approx(utrc["ours"]["avg"]))]
+    assert series(built["rows"], "avg", which="paper")["mamba2_2.7b utrc"] == [(0.0, 63.8), (20.0, 58.7)]
+
+
+def test_ablation_rows_get_variants_and_their_table(tmp_path):
+    sweep = tmp_path / "table5_design"
+    write_run(sweep, "m_m", flops=0.3, group="table5_design", hidden="merge", residual="merge")
+    write_run(sweep, "q05_m", flops=0.3, group="table5_design")
+    write_run(sweep, "q08_q02", flops=0.3, group="table5_design", q=0.8, residual="hybrid", residual_q=0.2)
+    rows = collect_rows(load_sweep(sweep))
+    got = {r.variant: (r.paper_table, r.paper["lambada_ppl"], r.paper["avg"], r.paper["hellaswag"]) for r in rows}
+    assert got == {"M-only / M-only": ("table5", 42.61, 54.0, None),
+                   "q=0.5 / M-only": ("table5", 40.61, 54.7, None),  # Table 5's print, not Table 1's 42.61
+                   "q=0.8 / q=0.2": ("table5", 42.65, 54.3, None)}
+    table = parse_table(render_markdown(rows))
+    assert sorted(r["Variant"] for r in table) == ["M-only / M-only", "q=0.5 / M-only", "q=0.8 / q=0.2"]
+    assert {r["Variant"]: split_cell(r["LAMBADA PPL ↓"])[1] for r in table}["q=0.5 / M-only"] == 40.61
+    # the same runs without an experiment name fall back to Table 1 for the paper default
+    rows = collect_rows([{**r, "config": {**r["config"], "logger": {}}} for r in load_sweep(sweep)])
+    assert {r.variant: r.paper["lambada_ppl"] for r in rows}["q=0.5 / M-only"] == 42.61
+
+
+def test_wandb_runs_become_the_same_rows(tmp_path):
+    res = write_run(tmp_path, "r", method="evit", flops=0.1)
+    res["config"]["model"].update(n_layer=64, locations=L64)
+    res["config"]["reduction"].update(locations=None, location_start=None, location_stride=None, location_stop=None)
+    summary = {f"metrics/{t}/{k}": v for t, ms in res["metrics"].items() for k, v in ms.items()}
+    summary.update(target_flops=0.1, keep_ratio=0.97, realised_flops_reduction=0.09)
+    converted = results_from_wandb(res["config"], summary, name="mamba2_2.7b-evit-f0.1")
+    assert converted["metrics"] == res["metrics"]
+    [row] = collect_rows([converted])
+    assert row.ours == paper_columns(res["metrics"])
+    assert row.paper["lambada_ppl"] == 11.43 and row.realised_flops == pytest.approx(0.09)
+    # start/stride locations are rebuilt the way the schedule builds them
+    res["config"]["reduction"].update(location_start=20, location_stride=5, location_stop=51)
+    assert results_from_wandb(res["config"], summary)["locations"] == [20, 25, 30, 35, 40, 45, 50]
+
+
+def test_wandb_report_spec_builds_offline(monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    import wandb_workspaces.reports.v2 as wr
+    from wandb_workspaces.expr import expr_to_filters
+
+    report = build_wandb_report_spec("ent", "proj", "table1_mamba2", markdown="| a |\n|---|\n| 1 |",
+                                     methods=("none", "utrc"))
+    assert (report.entity, report.project) == ("ent", "proj") and "table1_mamba2" in report.title
+    grid = next(b for b in report.blocks if isinstance(b, wr.PanelGrid))
+    assert [rs.name for rs in grid.runsets] == ["none", "utrc"]
+    for rs, method in zip(grid.runsets, ("none", "utrc")):
+        f = expr_to_filters(rs.filters)  # parses; group and method are both constrained
+        leaves = {(x.key.section, x.key.name): x.value for x in f.filters}
+        assert leaves[("run", "group")] == "table1_mamba2"
+        assert leaves[("config", "reduction.method")] == method
+    scatters = [p for p in grid.panels if isinstance(p, wr.ScatterPlot)]
+    assert scatters[0].y.name == "avg_acc" and scatters[0].x.name == "target_flops"
+    ppl = next(p for p in scatters if "perplexity" in p.y.name)
+    assert ppl.log_y is True and ppl.y.name == "metrics/lambada_openai/perplexity"
+    assert {p.y.name for p in scatters} >= {f"metrics/{t}/{m}" for t, m in (
+        ("hellaswag", "acc_norm"), ("piqa", "acc"), ("arc_easy", "acc"), ("arc_challenge", "acc_norm"),
+        ("winogrande", "acc"), ("lambada_openai", "acc"))}
+    md = next(b for b in report.blocks if isinstance(b, wr.MarkdownBlock))
+    assert md.text.startswith("| a |")
+
+
+def test_cli_writes_report_and_rejects_unknown_source(tmp_path, capsys, monkeypatch):
+    write_run(tmp_path / "sw", "x", method="none", flops=0.0)
+    assert main([str(tmp_path / "sw"), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
+    assert (tmp_path / "o" / "report.md").is_file() and not (tmp_path / "o" / "accuracy_vs_flops.png").exists()
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wbcfg"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert main([str(tmp_path / "no-such-dir")]) == 2
+    assert "W&B group lookup failed" in capsys.readouterr().err
