@@ -151,3 +151,12 @@ def test_build_schedule_variants():
     s = build_schedule(_Red(flops_scope="total"), tiny)
     shape = ModelShape.from_model_config(tiny)
     assert flops_reduction(8, LOCATIONS, s.keep_ratio, "total", shape, None) == pytest.approx(0.2, abs=1e-8)
+
+
+def test_build_schedule_with_registered_reduction_config():
+    import tor_exp.reduction as R
+
+    config_cls, _ = R.registered_methods()["utrc"]
+    s = build_schedule(config_cls(method="utrc", target_flops=0.1), tiny_cfg("mamba2"))
+    assert s.locations == LOCATIONS
+    assert flops_reduction(8, LOCATIONS, s.keep_ratio) == pytest.approx(0.1, abs=1e-9)

@@ -232,3 +232,21 @@ def test_patch_rejects_bad_locations(model):
     with pytest.raises(ConfigError, match="reduction.locations"):
         patch(model, KeepFirst(), Schedule([2, 7], 0.5))
     assert not is_patched(model)
+
+
+@torch.no_grad()
+def test_bfloat16_keeps_the_residual_in_fp32(family):
+    from dataclasses import replace
+
+    from conftest import tiny_cfg
+    from tor_exp.models.loading import load_model
+
+    model, _ = load_model(replace(tiny_cfg(family, n_layer=4), locations=[1], dtype="bfloat16"))
+    ids, mask = padded_batch([24, 19], seed=9)
+    ref = model(ids, attention_mask=mask).logits
+    method = KeepFirst()
+    out = reduced_forward(model, ids, mask, method=method, schedule=Schedule([1], 1.0))
+    real = mask.bool()
+    assert torch.equal(out.logits[real], ref[real])  # same ops, same dtypes as HF's blocks
+    seen = method.seen[0]
+    assert seen["residual"].dtype == torch.float32 and seen["mixer_out"].dtype == torch.bfloat16

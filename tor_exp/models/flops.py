@@ -157,7 +157,10 @@ def flops_reduction(
     if scope != "total":
         raise ConfigError(f"reduction.flops_scope={scope!r}: must be one of backbone, total")
     if shape is None:
-        raise ConfigError("reduction.flops_scope=total: needs the model shape (load the model first)")
+        raise ConfigError(
+            "reduction.flops_scope=total: needs the model shape; pass "
+            "shape=ModelShape.from_hf_config(model.config) to build_schedule once the model is loaded"
+        )
     n = int(seq_len or 1024)
     per_token_layer = layer_flops(shape, n) / n
     head = head_flop_terms(shape, 1, 1)
@@ -252,9 +255,6 @@ class Schedule:
     locations: list[int] = field(default_factory=list)
     keep_ratio: float = 1.0
     target_flops: Optional[float] = None
-
-    def is_location(self, layer: int) -> bool:
-        return layer in self.locations and self.keep_ratio < 1.0
 
 
 def resolve_locations(reduction_cfg: Any, model_cfg: Any) -> list[int]:
