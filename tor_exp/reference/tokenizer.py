@@ -1,43 +1,22 @@
-"""Byte-level tokenizer for the reference model (ids 0..255 = raw bytes, 256 = eos, 257 = pad).
+"""Byte-level tokenizer of the reference model: ids 0..255 = raw bytes, 256 = eos, 257 = pad.
 
-Why its own module: ``tor_exp/models/tokenizer.py`` did not exist when the reference model was trained; this
-builder is tiny, deterministic and needs no download. It is a ``PreTrainedTokenizerFast`` (a merge-free BPE over
-the GPT-2 byte alphabet) so the HF/lm-eval stack treats it like any tokenizer, and it is saved next to the
-weights, so loading never calls this code.
+Reuses :func:`tor_exp.models.tokenizer.byte_tokenizer` (same id layout) so tiny test models and the shipped
+reference model share one tokenizer; it is saved next to the weights, so loading never rebuilds it.
 """
 
 from __future__ import annotations
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
+
+from tor_exp.models.tokenizer import BYTE_VOCAB_SIZE, byte_tokenizer
 
 EOS_ID = 256
 PAD_ID = 257
-VOCAB_SIZE = 258
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable-unicode map (the alphabet of the ByteLevel pre-tokenizer)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
+VOCAB_SIZE = BYTE_VOCAB_SIZE
 
 
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A tokenizer whose id for every byte equals the byte value, so ``ids == list(text.encode())``."""
-    b2u = _bytes_to_unicode()
-    vocab = {b2u[b]: b for b in range(256)}
-    vocab["<eos>"] = EOS_ID
-    vocab["<pad>"] = PAD_ID
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
-    fast.model_max_length = 1 << 20
-    return fast
+    """The shared byte tokenizer; ``ids == list(text.encode("utf-8"))``."""
+    tok = byte_tokenizer()
+    assert tok.eos_token_id == EOS_ID and tok.pad_token_id == PAD_ID and len(tok) == VOCAB_SIZE
+    return tok

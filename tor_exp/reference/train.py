@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to lr * this")
     ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--schedule", choices=("steps", "time"), default="steps",
+                    help="cosine over --steps, or over wall-clock time from (re)start to --deadline (robust to a "
+                         "shared, contended CPU; --steps is then only an upper bound)")
     ap.add_argument("--weight-decay", type=float, default=0.1)
     ap.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.95))
     ap.add_argument("--clip", type=float, default=1.0)
@@ -87,11 +90,13 @@ def sample_batch(stream: torch.Tensor, batch: int, seq: int, gen: torch.Generato
     return stream[idx].long()
 
 
-def lr_at(step: int, args: argparse.Namespace) -> float:
-    """Linear warm-up then cosine decay to lr * min_lr_ratio."""
+def lr_at(step: int, args: argparse.Namespace, time_frac: float | None = None) -> float:
+    """Linear warm-up then cosine decay to lr * min_lr_ratio (over steps, or over the given time fraction)."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
     frac = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    if time_frac is not None:
+        frac = min(1.0, max(0.0, time_frac))
     return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
@@ -112,7 +117,7 @@ def train_step(model: Mamba2ForCausalLM, opt: torch.optim.Optimizer, window: tor
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.AdamW:
@@ -172,21 +177,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.export_only:
         export(model, args.out / "export")
         return
-    (args.out / "train_args.json").write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v)
-                                                          for k, v in vars(args).items()}, indent=2))
+    args_file = args.out / (f"train_args_resume{step0}.json" if step0 else "train_args.json")
+    args_file.write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                                    indent=2))
     train_stream = encode_docs(read_split(args.data, "train"))
     val_stream = encode_docs(read_split(args.data, "calib"))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params={n_params} train_bytes={train_stream.numel()} val_bytes={val_stream.numel()}", flush=True)
     gen = torch.Generator().manual_seed(args.seed + step0)
     deadline = _deadline_ts(args.deadline)
+    if args.schedule == "time" and deadline is None:
+        raise ValueError("--schedule time needs --deadline")
     log = (args.out / "train_log.jsonl").open("a")
     t0 = time.time()
     step = step0
     for step in range(step0, args.steps):
-        loss = train_step(model, opt, sample_batch(train_stream, args.batch, args.seq, gen), lr_at(step, args),
-                          args.clip)
-        rec: dict = {"step": step + 1, "loss": loss, "lr": lr_at(step, args), "elapsed_s": time.time() - t0}
+        tf = (time.time() - t0) / (deadline - t0) if args.schedule == "time" else None
+        lr = lr_at(step, args, tf)
+        loss = train_step(model, opt, sample_batch(train_stream, args.batch, args.seq, gen), lr, args.clip)
+        rec: dict = {"step": step + 1, "loss": loss, "lr": lr, "elapsed_s": time.time() - t0}
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             rec["val_loss"] = eval_loss(model, val_stream, args.eval_batches, args.batch, args.seq)
         if (step + 1) % args.log_every == 0 or "val_loss" in rec or step == step0:

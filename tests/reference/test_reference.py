@@ -1,0 +1,197 @@
+"""Tests of the shipped reference model, its quality task, data preparation and training step."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors import safe_open
+
+from tor_exp.reference import ASSETS_DIR, TASK_DIR
+from tor_exp.reference.data import clean_rst, split_of
+from tor_exp.reference.evaluate import ngram_logprobs, sequence_nll_per_byte
+from tor_exp.reference.make_task import CONT_MAX, CONT_MIN, CTX_MAX, CTX_MIN, sampled, shingle_hashes
+from tor_exp.reference.tokenizer import EOS_ID, build_byte_tokenizer
+from tor_exp.reference.train import lm_loss, lr_at, make_optimizer, model_config, build_parser, train_step
+
+REPO = Path(__file__).resolve().parents[2]
+ITEMS = [json.loads(line) for line in (TASK_DIR / "reference_heldout.jsonl").read_text().splitlines()]
+# A paragraph of the *training* split (tutorial/appetite.rst, PSF licence): positive control for the fingerprint.
+TRAIN_SNIPPET = ("If you do much work on computers, eventually you find that there's some task you'd like to "
+                 "automate. For example, you may wish to perform a search-and-replace over a large number of text "
+                 "files, or rename and rearrange a bunch of photo files in a complicated way.")
+
+
+@pytest.fixture(scope="module")
+def metrics() -> dict:
+    return json.loads((ASSETS_DIR / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped model through the public loader and the model=reference config (fp16 files -> fp32)."""
+    from omegaconf import OmegaConf
+
+    from tor_exp.models.config import ModelConfig
+    from tor_exp.models.loading import load_model
+
+    raw = OmegaConf.to_container(OmegaConf.load(REPO / "conf/model/reference.yaml"))
+    raw.pop("defaults")
+    torch.set_num_threads(1)
+    model, tok = load_model(ModelConfig(**raw))
+    return model, tok
+
+
+# ---------------------------------------------------------------------------------------------------- task
+def test_task_yaml_schema() -> None:
+    cfg = yaml.safe_load((TASK_DIR / "reference_heldout.yaml").read_text())
+    assert cfg["task"] == "reference_heldout" and cfg["output_type"] == "loglikelihood"
+    assert cfg["doc_to_text"] == "{{context}}" and cfg["doc_to_target"] == "{{continuation}}"
+    assert {m["metric"]: m["aggregation"] for m in cfg["metric_list"]} == {"perplexity": "perplexity", "acc": "mean"}
+    rel = cfg["dataset_kwargs"]["data_files"]["test"]
+    assert not Path(rel).is_absolute() and (TASK_DIR / rel).is_file()
+    ev = yaml.safe_load((REPO / "conf/eval/reference.yaml").read_text())
+    assert ev["tasks"] == ["reference_heldout"] and ev["include_paths"] == ["pkg://reference/task"]
+
+
+def test_task_items_schema() -> None:
+    assert len(ITEMS) == 96 and [it["id"] for it in ITEMS] == list(range(96))
+    for it in ITEMS:
+        assert set(it) == {"id", "doc_id", "context", "continuation"}
+        ctx, cont = it["context"], it["continuation"]
+        assert CTX_MIN <= len(ctx) <= CTX_MAX and CONT_MIN <= len(cont) <= CONT_MAX
+        assert cont.startswith(" ") and not cont.startswith("  ") and not ctx.endswith(" ")
+        assert (ctx + cont).isascii()
+    assert len({it["context"] for it in ITEMS}) == len(ITEMS)
+
+
+def test_task_items_come_from_heldout_documents_only() -> None:
+    assert all(split_of(it["doc_id"]) == "heldout" for it in ITEMS)
+    assert split_of("tutorial/appetite.rst.txt") == "train"
+    train_fp = np.load(ASSETS_DIR / "train_shingles.npy")
+    # positive control: training text is found by the fingerprint
+    assert np.isin(sampled(shingle_hashes(TRAIN_SNIPPET)), train_fp).any()
+    for it in ITEMS:
+        h = sampled(shingle_hashes(it["context"] + it["continuation"]))
+        assert h.size > 0, it["id"]  # every item is actually checked
+        assert not np.isin(h, train_fp).any(), f"item {it['id']} overlaps the training split"
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def test_shipped_weights_are_small_fp16(metrics: dict) -> None:
+    f = ASSETS_DIR / "model.safetensors"
+    assert f.stat().st_size <= 15 * 2**20
+    with safe_open(str(f), "pt") as sf:
+        dtypes = {sf.get_slice(k).get_dtype() for k in sf.keys()}
+    assert dtypes == {"F16"}
+    cfg = json.loads((ASSETS_DIR / "config.json").read_text())
+    assert cfg["num_hidden_layers"] >= 24 and metrics["n_params"] > 1_000_000
+
+
+def test_shipped_weights_reproduce_recorded_loss(shipped, metrics: dict) -> None:
+    model, tok = shipped
+    assert next(model.parameters()).dtype == torch.float32 and model.config.num_hidden_layers == 24
+    ref = metrics["reference_items"]
+    texts = [ITEMS[i]["context"] + ITEMS[i]["continuation"] for i in ref["ids"]]
+    assert tok(texts[0])["input_ids"] == list(texts[0].encode())
+    got = sequence_nll_per_byte(model, texts)
+    np.testing.assert_allclose(got, ref["nll_per_byte"], atol=2e-3)
+
+
+def test_model_beats_bigram_baseline(shipped, metrics: dict) -> None:
+    model, _ = shipped
+    held = metrics["heldout"]
+    assert held["model"]["bits_per_byte"] < held["bigram_kn"]["bits_per_byte"] - 0.5
+    assert held["bigram_kn"]["bits_per_byte"] < held["unigram_add1"]["bits_per_byte"]
+    # independently on task text: naive add-one bigram from the shipped training counts, scored in a loop
+    counts = np.load(ASSETS_DIR / "bigram_counts.npy").astype(np.int64)
+    texts = [it["context"] + it["continuation"] for it in ITEMS[-6:]]
+    nll_bigram = []
+    for t in texts:
+        b = list(t.encode())
+        nll_bigram.append(-sum(math.log((counts[p, n] + 1) / (counts[p].sum() + counts.shape[0]))
+                               for p, n in zip(b[:-1], b[1:])) / (len(b) - 1))
+    nll_model = sequence_nll_per_byte(model, texts)
+    assert np.mean(nll_model) < np.mean(nll_bigram) - 0.3
+
+
+# ---------------------------------------------------------------------------------------------------- pieces
+def test_ngram_tables_are_distributions() -> None:
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 5, size=(258, 258))
+    counts[3] = 0  # an unseen context falls back to the continuation distribution
+    for name, table in ngram_logprobs(counts).items():
+        np.testing.assert_allclose(np.exp(table).sum(1), 1.0, atol=1e-9, err_msg=name)
+    # add-one bigram by hand for one cell
+    t = ngram_logprobs(counts)["bigram_add1"]
+    assert math.isclose(math.exp(t[5, 7]), (counts[5, 7] + 1) / (counts[5].sum() + 258))
+
+
+def test_tokenizer_is_bytes() -> None:
+    tok = build_byte_tokenizer()
+    s = "naïve café, 3 < 4\n"
+    assert tok(s)["input_ids"] == list(s.encode()) and tok.decode(tok(s)["input_ids"]) == s
+    assert tok.eos_token_id == EOS_ID == 256 and tok.pad_token_id == 257
+
+
+def test_clean_rst_keeps_prose_drops_code() -> None:
+    src = """Title
+=====
+
+The :func:`sorted` function returns a :class:`~collections.abc.Sequence` built from ``items``. For
+example::
+
+    >>> sorted([3, 1, 2])
+    [1, 2, 3]
+
+.. note::
+
+   Sorting is stable, which means that equal keys keep their original order in the result.
+
+.. code-block:: python
+
+   x = 1 + 2 + 3 + 4 + 5 + 6 + 7 + 8 + 9 + 10 + 11 + 12 + 13 + 14
+
+Read `the HOWTO <https://example.org/>`_ for *many* more details about sorting lists in Python.
+"""
+    out = clean_rst(src).split("\n\n")
+    assert out == [
+        "The sorted function returns a Sequence built from items. For example:",
+        "Sorting is stable, which means that equal keys keep their original order in the result.",
+        "Read the HOWTO for many more details about sorting lists in Python.",
+    ]
+
+
+def test_lr_schedule() -> None:
+    args = build_parser().parse_args(["--data", "x", "--out", "y", "--steps", "100", "--warmup", "10",
+                                      "--lr", "1e-3", "--min-lr-ratio", "0.1"])
+    assert math.isclose(lr_at(0, args), 1e-4) and math.isclose(lr_at(9, args), 1e-3)
+    assert math.isclose(lr_at(10, args), 1e-3) and math.isclose(lr_at(100, args), 1e-4)
+    assert math.isclose(lr_at(55, args), 1e-3 * (0.1 + 0.9 * 0.5))
+    assert math.isclose(lr_at(50, args, time_frac=1.0), 1e-4)
+
+
+def test_train_step_lowers_loss_on_toy_model() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    args = build_parser().parse_args(["--data", "x", "--out", "y", "--d-model", "32", "--n-layer", "2",
+                                      "--head-dim", "16", "--state-size", "16", "--chunk-size", "16",
+                                      "--lr", "3e-3"])
+    from transformers import Mamba2ForCausalLM
+
+    model = Mamba2ForCausalLM(model_config(args))
+    assert model.config.num_heads == 4 and model.config.vocab_size == 258
+    opt = make_optimizer(model, args)
+    batch = torch.tensor([list(b"the cat sat on the mat. " * 2)[:33]] * 2)
+    with torch.no_grad():
+        before = float(lm_loss(model, batch))
+    losses = [train_step(model, opt, batch, 3e-3, 1.0) for _ in range(15)]
+    with torch.no_grad():
+        after = float(lm_loss(model, batch))
+    assert math.isclose(losses[0], before, rel_tol=1e-4)
+    assert after < before - 1.0, (before, after)
