@@ -132,8 +132,12 @@ def test_registered_wrappers_equal_the_pure_functions(cfg) -> None:
         exp = official_utrc(hidden, residual, hidden, 0.7, cfg.hidden, cfg.residual)
     assert torch.equal(out.hidden, exp[0]) and torch.equal(out.residual, exp[1])
     assert torch.equal(out.positions, exp[2])
-    if not isinstance(cfg, EViTOfficialConfig) and cfg.method != "utrc_official" or getattr(cfg, "residual", "") == "merge":
+    if isinstance(cfg, EViTOfficialConfig):
+        assert out.sizes.sum().item() == out.valid.sum().item()  # pure removal
+    elif getattr(cfg, "residual", "merge") == "merge":
         assert out.sizes.sum().item() == 46.0  # residual merge conserves the bookkeeping counts
+    else:  # residual hybrid: r = 23 - ceil(16.1) = 6 per row, k = r // 2 = 3 of them count
+        assert out.sizes.sum().item() == 2 * (23 - 6 + 3)
 
 
 def test_official_ignores_protection_like_the_released_code() -> None:
