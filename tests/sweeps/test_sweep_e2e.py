@@ -1,0 +1,124 @@
+"""End to end: the smoke sweep (tiny Mamba-2, one fixture task) completes and, run again, resumes in place.
+
+Fast variant: Hydra's basic launcher in this process (both jobs, then a rerun that skips both, then a rerun
+after one job's results.json was lost, as a killed sweep leaves it). Slow variant: the same through
+``launcher=local`` (hydra-submitit-launcher's submitit_local: one process per job).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SKIP_MESSAGE = "skipped (resume=true)"
+JOBS = ("tiny_mamba2/none/f0.0", "tiny_mamba2/utrc/f0.2")
+
+
+def sweep_args(sweep_dir: Path) -> list[str]:
+    # eval.limit=2: two LAMBADA fixture requests per job keep each job at a few seconds on one CPU thread
+    return ["-m", "experiment=smoke", f"hydra.sweep.dir={sweep_dir}", "eval.limit=2"]
+
+
+def run_in_process(monkeypatch, args: list[str]) -> None:
+    from hydra.core.global_hydra import GlobalHydra
+
+    import tor_exp.__main__ as entry
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["tor_exp", *args])
+    try:
+        entry.main()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def snapshot(sweep_dir: Path) -> dict[str, tuple[int, str]]:
+    out = {}
+    for job in JOBS:
+        path = sweep_dir / job / "results.json"
+        out[job] = (path.stat().st_mtime_ns, path.read_text())
+    return out
+
+
+def check_results(sweep_dir: Path) -> None:
+    for job in JOBS:
+        res = json.loads((sweep_dir / job / "results.json").read_text())
+        assert res["status"] == "complete" and res["model"] == "tiny_mamba2"
+        assert res["num_requests"] == {"lambada_fixture": 2}
+        assert res["config"]["logger"]["group"] == "smoke"
+        if job.endswith("none/f0.0"):
+            assert res["method"] == "none" and res["realised_flops_reduction"] == 0.0
+        else:
+            assert res["method"] == "utrc" and res["target_flops"] == 0.2
+            assert 0.0 < res["realised_flops_reduction"] <= 0.5
+            assert res["keep_ratio"] < 1.0
+
+
+def completed_sweep(tmp_path, monkeypatch, capsys) -> tuple[Path, dict]:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    sweep = tmp_path / "multirun" / "smoke"
+    run_in_process(monkeypatch, sweep_args(sweep))
+    first = capsys.readouterr().out
+    assert first.count(SKIP_MESSAGE) == 0
+    check_results(sweep)
+    before = snapshot(sweep)
+
+    run_in_process(monkeypatch, sweep_args(sweep))
+    second = capsys.readouterr().out
+    assert second.count(SKIP_MESSAGE) == 2
+    assert snapshot(sweep) == before  # nothing rewritten
+    return sweep, before
+
+
+def test_smoke_sweep_completes_and_resumes_in_process(tmp_path, monkeypatch, capsys):
+    """Both jobs run, then a rerun of the same command skips both (results.json untouched)."""
+    completed_sweep(tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.slow
+def test_killed_and_changed_sweeps_rerun_only_what_is_missing(tmp_path, monkeypatch, capsys):
+    sweep, before = completed_sweep(tmp_path, monkeypatch, capsys)
+
+    # a killed sweep: one job never wrote results.json → only that job runs again
+    lost = sweep / JOBS[1] / "results.json"
+    lost.unlink()
+    run_in_process(monkeypatch, sweep_args(sweep))
+    third = capsys.readouterr().out
+    assert third.count(SKIP_MESSAGE) == 1
+    after = snapshot(sweep)
+    assert after[JOBS[0]] == before[JOBS[0]]
+    redone, old = json.loads(after[JOBS[1]][1]), json.loads(before[JOBS[1]][1])
+    assert redone["config_hash"] == old["config_hash"]
+    assert redone["metrics"] == old["metrics"]  # deterministic: same seed, same tiny model
+
+    # a changed config is not skipped: different hash → that job recomputes
+    run_in_process(monkeypatch, sweep_args(sweep)[:-1] + ["eval.limit=3"])
+    assert capsys.readouterr().out.count(SKIP_MESSAGE) == 0
+    assert json.loads((sweep / JOBS[0] / "results.json").read_text())["num_requests"] == {"lambada_fixture": 3}
+
+
+@pytest.mark.slow
+def test_smoke_sweep_through_submitit_local_resumes(tmp_path):
+    """launcher=local: each job is its own process (submitit); the second sweep skips both jobs."""
+    sweep = tmp_path / "multirun" / "smoke"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "tor_exp", *sweep_args(sweep), "launcher=local"]
+    first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    check_results(sweep)
+    logs = sorted((sweep / ".submitit").rglob("*_log.out"))
+    assert len(logs) == 2  # two submitit jobs
+    before = snapshot(sweep)
+
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert snapshot(sweep) == before
+    logs = sorted((sweep / ".submitit").rglob("*_log.out"))
+    assert len(logs) == 4
+    skipped = [p for p in logs if SKIP_MESSAGE in p.read_text()]
+    assert len(skipped) == 2
