@@ -207,52 +207,57 @@ def _run_generate(v: ValidatedConfig, model: Any, tokenizer: Any, schedule: Any,
     print(f"{v.root.prompt}\033[1m{text}\033[0m")
 
 
-def main_metric(metrics: dict[str, Any]) -> tuple[str, float] | None:
-    for name in _PREFERRED_METRICS:
-        value = metrics.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return name, float(value)
-    return None
+def task_columns(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(task, metric, header) per table column: the paper's metric per task (acc_norm for HellaSwag and ARC-C,
+    LAMBADA perplexity and acc), else the first of acc_norm/acc/perplexity a task reports."""
+    from tor_exp.reporting.collect import COLUMN_METRICS, task_column
+
+    columns = []
+    for task in sorted(metrics):
+        reported = {k.split(",", 1)[0] for k in metrics[task]}
+        stem = task_column(task)
+        if stem == "lambada":
+            wanted = ["perplexity", "acc"]
+        elif stem is not None:
+            wanted = [next((m for m in COLUMN_METRICS[stem] if m in reported), COLUMN_METRICS[stem][0])]
+        else:
+            wanted = [next((m for m in _PREFERRED_METRICS if m in reported), "acc")]
+        short = task.replace("_fixture", "").replace("_openai", "")
+        columns += [(task, m, f"{short} {m.replace('perplexity', 'ppl')}") for m in wanted if m in reported]
+    return columns
 
 
 def mean_accuracy(metrics: dict[str, dict[str, Any]]) -> float | None:
-    """The paper's "Avg.": mean over tasks of acc_norm where reported, else acc."""
+    """The paper's "Avg.": mean over tasks of each task's paper metric (acc_norm for HellaSwag/ARC-C, else acc)."""
     values = []
-    for task_metrics in metrics.values():
-        for name in ("acc_norm", "acc"):
-            value = task_metrics.get(name)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
-                values.append(float(value))
-                break
+    for task, metric, _ in task_columns(metrics):
+        value = metrics[task].get(metric)
+        if metric in ("acc", "acc_norm") and isinstance(value, (int, float)) and not math.isnan(value):
+            values.append(float(value))
     return sum(values) / len(values) if values else None
 
 
 def print_comparison(rows: list[tuple[str, dict[str, Any]]], results: dict[str, Any]) -> None:
+    import shutil
+
     from rich.console import Console
     from rich.table import Table
 
-    tasks = sorted({task for _, out in rows for task in out["metrics"]})
+    columns = task_columns(rows[-1][1]["metrics"])
     table = Table(title=f"{results['model']}: target FLOPs reduction {results.get('target_flops')}, "
                         f"keep ratio {results['keep_ratio']:.4f}, locations {results['locations']}")
     table.add_column("method")
-    table.add_column("realised FLOPs ↓", justify="right")
-    for task in tasks:
-        table.add_column(task, justify="right")
+    table.add_column("FLOPs ↓ (realised)", justify="right")
+    for _, _, header in columns:
+        table.add_column(header, justify="right")
     table.add_column("avg acc", justify="right")
     for name, out in rows:
         flops = [x for x in (out.get("flops") or {}).values() if isinstance(x, (int, float))]
         cells = [name, f"{100 * sum(flops) / len(flops):.1f}%" if flops else "0.0%"]
-        for task in tasks:
-            metric = main_metric(out["metrics"].get(task, {}))
-            extra = out["metrics"].get(task, {}).get("perplexity")
-            if metric is None:
-                cells.append("–")
-            else:
-                text = f"{metric[0]} {metric[1]:.3f}"
-                if extra is not None and metric[0] != "perplexity":
-                    text += f" / ppl {extra:.2f}"
-                cells.append(text)
+        for task, metric, _ in columns:
+            value = out["metrics"].get(task, {}).get(metric)
+            cells.append("–" if value is None else (f"{value:.4g}" if metric == "perplexity" else f"{value:.3f}"))
         avg = mean_accuracy(out["metrics"])
         cells.append("–" if avg is None else f"{avg:.3f}")
         table.add_row(*cells)
-    Console().print(table)
+    Console(width=max(160, shutil.get_terminal_size().columns)).print(table)

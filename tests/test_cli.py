@@ -1,0 +1,68 @@
+"""The entry point end to end on the tiny model: results.json contents, resume, generate."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tor_exp.models import ModelConfig, build_schedule
+from tor_exp.reduction.utrc import UTRCConfig
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "tor_exp", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("smoke")
+    proc = _run("model=tiny_mamba2", "eval=smoke", "eval.limit=4", f"hydra.run.dir={out}", cwd=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_results_json_has_the_documented_fields(smoke_run) -> None:
+    out, proc = smoke_run
+    results = json.loads((out / "results.json").read_text())
+    for key in ("model", "method", "target_flops", "keep_ratio", "realised_flops_reduction", "metrics", "timings",
+                "versions", "git_commit", "config", "baseline", "flops_per_task", "locations"):
+        assert key in results, key
+    assert results["model"] == "tiny_mamba2" and results["method"] == "utrc"
+    assert results["target_flops"] == pytest.approx(0.2)
+    # ρ in results is the solver's ρ for this model and target
+    schedule = build_schedule(UTRCConfig(target_flops=0.2), ModelConfig(**{k: v for k, v in
+                                                                           results["config"]["model"].items()
+                                                                           if k != "tiny"}))
+    assert results["keep_ratio"] == pytest.approx(schedule.keep_ratio)
+    assert results["locations"] == list(schedule.locations)
+    # short prompts with protected continuations reduce less than the target, never more
+    assert 0.0 < results["realised_flops_reduction"] <= 0.2 + 1e-9
+    assert set(results["metrics"]) == set(results["config"]["eval"]["tasks"])
+    assert set(results["baseline"]["metrics"]) == set(results["metrics"])
+    assert results["versions"]["torch"]
+    assert "FLOPs" in proc.stdout and "none" in proc.stdout and "utrc" in proc.stdout
+
+
+def test_rerun_with_same_config_is_skipped(smoke_run) -> None:
+    out, _ = smoke_run
+    before = (out / "results.json").read_text()
+    proc = _run("model=tiny_mamba2", "eval=smoke", "eval.limit=4", f"hydra.run.dir={out}", cwd=out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "skipped" in proc.stdout
+    assert (out / "results.json").read_text() == before
+
+
+def test_generate_prints_a_continuation(tmp_path: Path) -> None:
+    proc = _run("task=generate", "model=tiny_mamba2", "max_new_tokens=5", "prompt=Hello", f"hydra.run.dir={tmp_path}",
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["prompt"] == "Hello"
+    assert isinstance(results["continuation"], str)
+    assert "Hello" in proc.stdout
