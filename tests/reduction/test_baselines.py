@@ -12,7 +12,7 @@ from tor_exp.reduction.evit import EViTConfig
 from tor_exp.reduction.none import NoneConfig
 from tor_exp.reduction.pumer import PuMerConfig
 
-SETTINGS = settings(max_examples=40, deadline=None, database=None)
+SETTINGS = settings(max_examples=30, deadline=None, database=None)
 
 S = torch.tensor([0.5, 0.3, 0.9, 0.1, 0.7, 0.2])
 HIDDEN = torch.tensor([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.1, 1.0], [1.0, 1.0], [1.0, -1.0]])

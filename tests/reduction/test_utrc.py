@@ -10,7 +10,7 @@ from naive_reference import assert_row_matches, batches, ref_utrc, row_inputs
 from tor_exp.reduction import TokenState, build_method
 from tor_exp.reduction.utrc import UTRCConfig
 
-SETTINGS = settings(max_examples=40, deadline=None, database=None)
+SETTINGS = settings(max_examples=30, deadline=None, database=None)
 
 # ------------------------------------------------------------------------------------------ hand example
 # N = 6, ρ = 0.6 ⇒ keep ceil(3.6) = 4, r = 2. S = [.5, .3, .9, .1, .7, .2] ⇒ M_A = {3, 5, 1}, M_B = {0, 2, 4}.
