@@ -23,7 +23,7 @@ from tor_exp.reporting.collect import (
     results_from_wandb,
     task_column,
 )
-from tor_exp.reporting.paper import COLUMNS, load_paper_results
+from tor_exp.reporting.paper import COLUMNS, canonical_model, load_paper_results
 from tor_exp.reporting.plots import plot_accuracy_vs_flops, plot_bench, plot_ppl_vs_flops
 
 __all__ = [
@@ -66,7 +66,7 @@ def render_markdown(rows: list[ReportRow], *, title: str = "tor_exp report", not
             method = f"{data['method_titles'].get(base, base)} (official)"
         if r.alignment == "offset":
             method += " [offset]"
-        cells = [data["model_titles"].get(r.model, r.model), method]
+        cells = [data["model_titles"].get(canonical_model(r.model), r.model), method]
         if show_variant:
             cells.append(r.variant or "")
         cells += [_pct(r.target_flops), _pct(r.realised_flops),

@@ -26,7 +26,7 @@ def fake_metrics(seed: float) -> dict:
     return m
 
 
-def write_run(root: Path, sub: str, *, model="mamba2_2.7b", method="utrc", flops=0.2, group="table1_mamba2",
+def write_run(root: Path, sub: str, *, model="mamba2-2.7b", method="utrc", flops=0.2, group="table1_mamba2",
               metrics=None, status="complete", locations=L64, **reduction) -> dict:
     red = {"method": method, "target_flops": flops, "keep_ratio": None, "metric": "clip", "hidden": "hybrid",
            "q": 0.5, "residual": "merge", "residual_q": 0.5, **reduction}
@@ -115,6 +115,9 @@ def test_paper_lookup_respects_design_and_preference():
     # parity methods compare with the method they reproduce; none ignores the FLOPs target
     assert find_paper_row({**base, "method": "evit_official", "target_flops": 0.1})[1]["lambada_ppl"] == 11.43
     assert find_paper_row({"model": "mamba_2.8b", "method": "none", "target_flops": 0.0})[1]["avg"] == 63.3
+    # model config names (dashes, -hf suffix) find the same rows
+    assert find_paper_row({"model": "mamba-2.8b-hf", "method": "none"})[1]["avg"] == 63.3
+    assert find_paper_row({**base, "model": "mamba2-2.7b"})[1]["lambada_ppl"] == 42.61
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -134,7 +137,7 @@ def test_markdown_table_equals_results_and_paper(tmp_path):
     paper = {(r["model"], r["method"], r["target_flops"]): r for r in load_paper_results()["tables"]["table1"]["rows"]}
     titles = load_paper_results()["column_titles"]
     by_key = {(r["model"], r["method"]): r for r in runs}
-    models = {"Mamba-2-2.7B": "mamba2_2.7b", "tiny_mamba2": "tiny_mamba2"}
+    models = {"Mamba-2-2.7B": "mamba2-2.7b", "tiny_mamba2": "tiny_mamba2"}
     methods = {"baseline": "none", "EViT": "evit", "Ours (UTRC)": "utrc"}
     for row in table:
         model, method = models[row["Model"]], methods[row["Method"]]
@@ -146,7 +149,7 @@ def test_markdown_table_equals_results_and_paper(tmp_path):
             "arc_easy": 100 * m["arc_easy"]["acc"], "arc_challenge": 100 * m["arc_challenge"]["acc_norm"],
             "winogrande": 100 * m["winogrande"]["acc"]}
         expected_ours["avg"] = sum(v for k, v in expected_ours.items() if k != "lambada_ppl") / 6
-        p = paper.get((model, method, res["target_flops"]))
+        p = paper.get((model.replace("-", "_"), method, res["target_flops"]))
         for col, title in titles.items():
             ours, theirs = split_cell(row[title])
             digits = 2 if col == "lambada_ppl" else 1
@@ -157,16 +160,16 @@ def test_markdown_table_equals_results_and_paper(tmp_path):
         assert row["realised"] == f"{100 * 0.9 * res['target_flops']:.1f}%"
     # report.json keeps full precision
     rows = json.loads(built["paths"]["json"].read_text())["rows"]
-    utrc = next(r for r in rows if r["model"] == "mamba2_2.7b" and r["method"] == "utrc")
-    assert utrc["ours"]["lambada_ppl"] == by_key[("mamba2_2.7b", "utrc")]["metrics"]["lambada_openai"]["perplexity"]
+    utrc = next(r for r in rows if r["model"] == "mamba2-2.7b" and r["method"] == "utrc")
+    assert utrc["ours"]["lambada_ppl"] == by_key[("mamba2-2.7b", "utrc")]["metrics"]["lambada_openai"]["perplexity"]
     assert utrc["paper"]["avg"] == 58.7
     # plots: PNG files, and the plotted series are the table's numbers (line starts at the 0 % row)
     for name in ("accuracy", "ppl"):
         assert built["paths"][name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = series(built["rows"], "avg")
     base_avg = next(r for r in built["rows"] if r.method == "none").ours["avg"]
-    assert lines["mamba2_2.7b utrc"] == [(0.0, pytest.approx(base_avg)), (20.0, pytest.approx(utrc["ours"]["avg"]))]
-    assert series(built["rows"], "avg", which="paper")["mamba2_2.7b utrc"] == [(0.0, 63.8), (20.0, 58.7)]
+    assert lines["mamba2-2.7b utrc"] == [(0.0, pytest.approx(base_avg)), (20.0, pytest.approx(utrc["ours"]["avg"]))]
+    assert series(built["rows"], "avg", which="paper")["mamba2-2.7b utrc"] == [(0.0, 63.8), (20.0, 58.7)]
 
 
 def test_ablation_rows_get_variants_and_their_table(tmp_path):

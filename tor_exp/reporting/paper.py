@@ -32,6 +32,14 @@ def load_paper_results(path: str | Path | None = None) -> dict[str, Any]:
     return _load(str(path or PAPER_FILE))
 
 
+def canonical_model(name: Any) -> str:
+    """Model config names (``mamba2-2.7b``, ``mamba-2.8b-hf``) → the data file's keys (``mamba2_2.7b``)."""
+    key = str(name).lower().strip()
+    if key.endswith("-hf"):
+        key = key[: -len("-hf")]
+    return key.replace("-", "_")
+
+
 def paper_method(method: str) -> str:
     """Parity-mode methods are compared with the paper row of the method they reproduce."""
     return method[: -len("_official")] if method.endswith("_official") else method
@@ -53,7 +61,7 @@ def _design(row: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
 
 def run_matches(paper_row: dict[str, Any], run: dict[str, Any], data: dict[str, Any]) -> bool:
     """``run``: model, method, target_flops, locations and (optional) metric/hidden/q/residual/residual_q."""
-    if paper_row["model"] != run.get("model"):
+    if paper_row["model"] != canonical_model(run.get("model")):
         return False
     method = paper_method(str(run.get("method")))
     if paper_row["method"] != method:
