@@ -97,3 +97,19 @@ def test_left_padded_batch_generation_equals_each_row(model, tiny_models, family
                                    rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(both.cache.layers[layer].recurrent_states[0][1],
                                    one.cache.layers[layer].recurrent_states[0][0], rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_generate_without_cache_reduces_every_step_and_keeps_the_last_token(model):
+    ids = random_ids(1, 30, seed=14)
+    patch(model, MergeRight(), Schedule(LOCATIONS, 0.5))
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
+                         pad_token_id=257, use_cache=False)
+    seq = ids
+    for _ in range(3):
+        protected = torch.zeros_like(seq, dtype=torch.bool)
+        protected[0, -1] = True
+        step = reduced_forward(model, seq, protected=protected, logits="last")
+        assert step.positions[0, 0].item() == seq.shape[1] - 1
+        seq = torch.cat([seq, step.logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)

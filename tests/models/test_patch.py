@@ -215,10 +215,14 @@ def test_patched_forward_is_hf_compatible(model):
     ref = reduced_forward(model, ids, mask)
     assert torch.equal(out.logits, ref.logits) and torch.equal(out.positions, ref.positions)
     last = model(ids, attention_mask=mask, logits_to_keep=1)
-    # each row's last real token, whatever the padding
-    assert last.positions[:, 0].tolist() == [ref.positions[0][ref.valid[0]][-1].item(),
-                                             ref.positions[1][ref.valid[1]][-1].item()]
-    torch.testing.assert_close(last.logits[1, 0], ref.logits[1][ref.valid[1]][-1])
+    # the last real token of each row is asked for, so it is protected and survives as itself
+    assert last.positions[:, 0].tolist() == [29, 21]
+    protected = torch.zeros_like(mask, dtype=torch.bool)
+    protected[0, 29] = protected[1, 21] = True
+    ref_last = reduced_forward(model, ids, mask, protected, logits="last")
+    assert torch.equal(last.logits, ref_last.logits)
+    with pytest.raises(NotImplementedError):
+        model(ids, attention_mask=mask, output_hidden_states=True)
     # loss at ρ=1 equals the unpatched model's loss
     patch(model, KeepFirst(), Schedule(LOCATIONS, 1.0))
     labels = ids.masked_fill(mask == 0, -100)

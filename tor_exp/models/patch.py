@@ -273,22 +273,28 @@ class ReducedForwardMixin:
         **kwargs: Any,
     ):
         info: PatchInfo = getattr(self, _ATTR)
-        if _cache_has_state(cache) or output_hidden_states or not isinstance(logits_to_keep, int):
-            # Decode steps (one new token on top of a reduced prefill's cache) and unsupported options.
+        if _cache_has_state(cache):
+            # Decode steps (new tokens on top of a reduced prefill's cache) run unreduced.
             return super().forward(
                 input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, cache=cache,
                 labels=labels, output_hidden_states=output_hidden_states, return_dict=return_dict,
                 use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
             )
+        if output_hidden_states or not isinstance(logits_to_keep, int):
+            raise NotImplementedError(
+                "a patched model does not support output_hidden_states or tensor logits_to_keep; unpatch it first"
+            )
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         ref = input_ids if input_ids is not None else inputs_embeds
-        if cache is not None:
-            # Generation prefill: the last prompt token predicts the next one, so it must survive as itself.
+        keep_last = max(logits_to_keep, 1 if cache is not None else 0)
+        if keep_last:
+            # Rows whose last logits are asked for (generation prefill: the last prompt token predicts the next
+            # one) must keep those tokens as themselves.
             valid = (torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device) if attention_mask is None
                      else attention_mask.bool())
-            last = torch.zeros_like(valid)
-            last.scatter_(1, last_valid_index(valid)[:, None], True)
+            from_end = valid.flip(1).cumsum(1).flip(1)
+            last = valid & (from_end <= keep_last)
             protected = last if protected is None else (protected.bool() | last)
         hidden, state, counts = drive_backbone(
             self, input_ids, attention_mask, protected, info.method, info.schedule, cache, inputs_embeds
