@@ -129,8 +129,8 @@ def calibrate_if_needed(method: Any, model: Any, tokenizer: Any, device: torch.d
 
     Returns the number of calibration sequences used (0 when the method needs none).
     """
-    if not hasattr(method, "calibrating"):
-        return 0
+    if not hasattr(method, "calibrating") or getattr(method, "thresholds", None):
+        return 0  # no calibration needed, or thresholds already loaded (e.g. reduction.thresholds_file)
     from tor_exp.models import reduced_forward
 
     text = (Path(__file__).parent / "assets" / "calibration.txt").read_text()
