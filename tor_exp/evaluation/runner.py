@@ -128,6 +128,29 @@ def offline_datasets(enabled: bool) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def light_env_info() -> Iterator[None]:
+    """Skip lm-eval's per-call ``torch.utils.collect_env`` report (a ``pip list`` subprocess, ~5 s per
+    ``simple_evaluate``); tor_exp records its own run metadata. Versions are still added."""
+    import lm_eval.evaluator as ev
+
+    original = ev.add_env_info
+
+    def add_versions(storage: dict[str, Any]) -> None:
+        from importlib.metadata import version
+
+        import transformers
+
+        storage.update({"pretty_env_info": "skipped by tor_exp (see results.json metadata)",
+                        "transformers_version": transformers.__version__, "lm_eval_version": version("lm_eval")})
+
+    ev.add_env_info = add_versions
+    try:
+        yield
+    finally:
+        ev.add_env_info = original
+
+
 # ----------------------------------------------------------------------------------------------- results
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -184,7 +207,7 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
     sched = _schedule_info(model)
     lm = TorExpLM(model=model, tokenizer=tokenizer, alignment=eval_cfg.alignment, batch_size=eval_cfg.batch_size,
                   target_flops=sched.get("target"), reduced_forward=reduced_forward)
-    with offline_datasets(all_local):
+    with offline_datasets(all_local), light_env_info():
         raw = lm_eval.simple_evaluate(
             model=lm, tasks=specs, num_fewshot=eval_cfg.num_fewshot, limit=eval_cfg.limit,
             log_samples=eval_cfg.log_samples, task_manager=tm, bootstrap_iters=1000,
