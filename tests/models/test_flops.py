@@ -1,7 +1,6 @@
 """Analytic FLOPs vs FlopCounterMode, the ρ solver's reference values, schedules and realised reductions."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 

@@ -2,7 +2,6 @@
 unpatch, and the HF-compatible patched forward."""
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
