@@ -18,7 +18,7 @@ class BenchConfig:
     saving comes mostly from the smaller full-vocabulary logits tensor, so both are shown).
     ``decode``: ``auto`` = the static single-token step (CUDA graph on CUDA when ``cuda_graph``), ``hf`` =
     the model's own forward per token (HF eager), ``static`` = the static step without a graph.
-    ``seed``: of the random prompt token ids.
+    ``seed``: of the random prompt token ids. ``logits_float``: see the field comment.
     """
 
     kind: str = "prefill"
@@ -39,6 +39,9 @@ class BenchConfig:
     nvml_interval_ms: float = 1.0
     # optional label of the machine for the markdown table (null = detected)
     machine: Optional[str] = None
+    # cast logits to float32 as HF's forward does (false: keep the LM head's dtype, as mamba_ssm's model does;
+    # with bf16 weights that halves the full-vocabulary logits tensor of the memory preset)
+    logits_float: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in BENCH_KINDS:

@@ -101,7 +101,8 @@ class ForwardOut:
     cache: Any = None
 
 
-def forward_fn(model: Any, ids: Tensor, variant: Variant, logits: str = "last", *, with_cache: bool = False):
+def forward_fn(model: Any, ids: Tensor, variant: Variant, logits: str = "last", *, with_cache: bool = False,
+               logits_float: bool = False):
     """A closure running the backbone driver (reducing per the variant) + LM head, without FLOPs bookkeeping.
 
     ``reduced_forward`` also computes realised FLOPs with a Python loop over rows × layers on the host; that
@@ -124,8 +125,8 @@ def forward_fn(model: Any, ids: Tensor, variant: Variant, logits: str = "last", 
         if logits == "last":
             last = (state.valid.sum(dim=1) - 1).clamp(min=0)
             hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, None]
-        out = model.lm_head(hidden.to(model.lm_head.weight.dtype)).float()
-        return ForwardOut(out, counts, cache)
+        out = model.lm_head(hidden.to(model.lm_head.weight.dtype))
+        return ForwardOut(out.float() if logits_float else out, counts, cache)
 
     return run
 
@@ -164,7 +165,7 @@ def bench_prefill(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any
             ids = random_prompts(batch, length, model.config.vocab_size, cfg.seed, device)
             for v in build_variants(model, model_cfg, reduction_cfg, cfg, length, cfg.logits):
                 with applied(model, v, tokenizer, device), torch.inference_mode():
-                    stats, out = time_call(forward_fn(model, ids, v, cfg.logits), device,
+                    stats, out = time_call(forward_fn(model, ids, v, cfg.logits, logits_float=cfg.logits_float), device,
                                            warmup=cfg.warmup, repeats=cfg.repeats)
                     rows.append({"kind": "prefill", "batch": batch, "seq_len": length, "variant": v.label,
                                  "method": v.method_name, "target_flops": v.target_flops, "keep_ratio": v.keep_ratio,
@@ -206,6 +207,10 @@ class _Decoders:
         if self.cfg.decode == "hf":
             return "hf"
         return "cuda_graph" if (self.device.type == "cuda" and self.cfg.cuda_graph) else "static"
+
+    def kernel_info(self, batch: int) -> dict[str, Any]:
+        dec = self.by_batch.get(batch)
+        return dict(dec.kernel_info) if dec is not None else {}
 
     def decode(self, out: Any, n_tokens: int) -> Tensor:
         first = out.logits[:, -1].argmax(dim=-1)
@@ -274,6 +279,7 @@ def bench_generate(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: An
                         "decode_ms_per_token": _ms(dec.min_s / steps) if cfg.new_tokens > 1 else None,
                         "tokens_per_s": ratios.tokens_per_second(batch, cfg.new_tokens, tot.min_s),
                         "decode_path": decoders.path(), "generated_shape": list(tokens.shape),
+                        "decode_kernels": decoders.kernel_info(batch),
                     })
                     del out, tokens
                 _release(device)
@@ -303,38 +309,48 @@ def bench_memory(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any,
                  device: torch.device) -> list[dict[str, Any]]:
     """Peak memory of one forward per variant × logits mode (allocator peak and NVML; null on CPU)."""
     handle = nvml_handle(device)
-    cuda = device.type == "cuda"
     rows = []
     for batch in cfg.batch_sizes:
         for length in cfg.seq_lens:
             ids = random_prompts(batch, length, model.config.vocab_size, cfg.seed, device)
             for mode in cfg.memory_logits:
                 for v in build_variants(model, model_cfg, reduction_cfg, cfg, length, mode):
-                    with applied(model, v, tokenizer, device), torch.inference_mode():
-                        run = forward_fn(model, ids, v, mode)
-                        for _ in range(cfg.warmup):  # Triton compiles / autotunes outside the measurement
-                            run()
-                        _release(device)
-                        base = torch.cuda.memory_allocated(device) if cuda else None
-                        if cuda:
-                            torch.cuda.reset_peak_memory_stats(device)
-                        with NvmlPeakSampler(handle, cfg.nvml_interval_ms) as sampler:
-                            nvml_before = sampler.peak
-                            out = run()
-                            synchronize(device)
-                        peak = torch.cuda.max_memory_allocated(device) if cuda else None
-                        logits_bytes = out.logits.numel() * out.logits.element_size()
-                        rows.append({
-                            "kind": "memory", "batch": batch, "seq_len": length, "logits": mode, "variant": v.label,
-                            "method": v.method_name, "target_flops": v.target_flops, "keep_ratio": v.keep_ratio,
-                            **_flops_fields(realised(model, out, length, mode)), "logits_bytes": logits_bytes,
-                            "peak_allocated_bytes": peak, "peak_above_weights_bytes": None if peak is None else peak - base,
-                            "nvml_peak_bytes": sampler.peak, "nvml_before_bytes": nvml_before,
-                        })
-                        del out
+                    row: dict[str, Any] = {"kind": "memory", "batch": batch, "seq_len": length, "logits": mode,
+                                           "variant": v.label, "method": v.method_name, "target_flops": v.target_flops,
+                                           "keep_ratio": v.keep_ratio}
+                    try:
+                        row.update(_measure_memory(model, ids, v, mode, cfg, device, handle, tokenizer))
+                    except torch.cuda.OutOfMemoryError as err:  # the baseline may not fit: record, go on
+                        row.update({"oom": True, "error": str(err).splitlines()[0][:200], "logits_bytes": None,
+                                    "peak_allocated_bytes": None, "nvml_peak_bytes": None})
+                    rows.append(row)
                     _release(device)
     add_memory_ratios(rows)
     return rows
+
+
+def _measure_memory(model: Any, ids: Tensor, v: Variant, mode: str, cfg: BenchConfig, device: torch.device,
+                    handle: Any, tokenizer: Any) -> dict[str, Any]:
+    cuda = device.type == "cuda"
+    with applied(model, v, tokenizer, device), torch.inference_mode():
+        run = forward_fn(model, ids, v, mode, logits_float=cfg.logits_float)
+        for _ in range(cfg.warmup):  # Triton compiles / autotunes outside the measurement
+            run()
+        _release(device)
+        base = torch.cuda.memory_allocated(device) if cuda else None
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        with NvmlPeakSampler(handle, cfg.nvml_interval_ms) as sampler:
+            nvml_before = sampler.peak
+            out = run()
+            synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) if cuda else None
+        fields = {**_flops_fields(realised(model, out, ids.shape[1], mode)),
+                  "logits_bytes": out.logits.numel() * out.logits.element_size(), "logits_dtype": str(out.logits.dtype),
+                  "peak_allocated_bytes": peak, "peak_above_weights_bytes": None if peak is None else peak - base,
+                  "nvml_peak_bytes": sampler.peak, "nvml_before_bytes": nvml_before}
+        del out
+    return fields
 
 
 def add_memory_ratios(rows: list[dict[str, Any]]) -> None:
@@ -359,7 +375,7 @@ def bench_overhead(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: An
             ids = random_prompts(batch, length, model.config.vocab_size, cfg.seed, device)
             for v in build_variants(model, model_cfg, reduction_cfg, cfg, length, cfg.logits):
                 timer = ReduceTimer(device)
-                run = forward_fn(model, ids, v, cfg.logits)
+                run = forward_fn(model, ids, v, cfg.logits, logits_float=cfg.logits_float)
                 with applied(model, v, tokenizer, device), torch.inference_mode():
                     ctx = timed_reduce(v.method, timer) if v.reduced else _nullcontext()
                     with ctx:
