@@ -103,6 +103,20 @@ def summary(total: float, count: int) -> dict[str, float]:
             "n_bytes": count}
 
 
+def write_calibration(data_dir: Path, max_bytes: int = 32_000) -> None:
+    """Ship a small slice of the calib split (documents disjoint from train and held-out) for LTMP calibration."""
+    out, total = [], 0
+    for d in read_split(data_dir, "calib"):
+        text = d["text"][: max_bytes - total]
+        if len(text) < 400:
+            continue
+        out.append(json.dumps({"id": d["id"], "text": text}))
+        total += len(text)
+        if total >= max_bytes:
+            break
+    (ASSETS_DIR / "calibration.jsonl").write_text("\n".join(out) + "\n")
+
+
 def plot_curve(log_path: Path, out_png: Path, baselines: dict[str, float]) -> None:
     """Train loss (EMA) and validation loss vs step, with held-out n-gram baselines as reference lines."""
     import matplotlib
@@ -157,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     shutil.copy(args.run / "train_log.jsonl", ASSETS_DIR / "train_log.jsonl")
     train_args = {p.name: json.loads(p.read_text()) for p in sorted(args.run.glob("train_args*.json"))}
 
+    write_calibration(args.data)
     train_stream = encode_docs(read_split(args.data, "train"))
     counts = bigram_counts(train_stream)
     np.save(ASSETS_DIR / "bigram_counts.npy", counts.astype(np.uint32))
