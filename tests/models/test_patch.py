@@ -80,10 +80,9 @@ def test_unpatched_reduced_forward_matches_hf(model):
     assert out.flops["proxy"] == 0.0
 
 
-# ltmp is left out: its thresholds calibrated at ρ=1 are the extreme calibration values, so unseen inputs can
-# still cross them (reported to the reduction owner: count 0 should give an infinite threshold).
-@pytest.mark.parametrize("kind", ["keep_first", "merge_right", "none", "utrc", "evit", "pumer", "utrc_official",
-                                  "evit_official", "pumer_official"])
+# ltmp calibrated at ρ=1 schedules no removal, so its thresholds are infinite and unseen inputs keep every token.
+@pytest.mark.parametrize("kind", ["keep_first", "merge_right", "none", "utrc", "evit", "pumer", "ltmp",
+                                  "utrc_official", "evit_official", "pumer_official"])
 @torch.no_grad()
 def test_keep_ratio_one_is_exact(model, kind):
     ids, mask = padded_batch([40, 33])

@@ -87,7 +87,7 @@ def _threshold_below(values: Tensor, count: int) -> float:
     v = torch.sort(values.double()).values
     total = v.numel()
     if count <= 0:
-        return float(v[0])
+        return -math.inf  # nothing scheduled: remove nothing on any input, not just the calibration values
     if count >= total:
         return float(torch.nextafter(v[-1], v.new_tensor(math.inf)))
     return float((v[count - 1] + v[count]) / 2)
@@ -98,7 +98,7 @@ def _threshold_above(values: Tensor, count: int) -> float:
     v = torch.sort(values.double(), descending=True).values
     total = v.numel()
     if count <= 0:
-        return float(v[0])
+        return math.inf  # nothing scheduled: merge nothing on any input
     if count >= total:
         return float(torch.nextafter(v[-1], v.new_tensor(-math.inf)))
     return float((v[count - 1] + v[count]) / 2)
