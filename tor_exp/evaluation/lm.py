@@ -180,7 +180,8 @@ class TorExpLM(TemplateLM):
         self.batch_size = _as_int("batch_size", batch_size)
         self._max_length = int(max_length) if max_length else None
         self._max_gen_toks = int(max_gen_toks)
-        self._device = torch.device(device) if device else next(model.parameters()).device
+        # inputs follow the model; ``device`` only places a model built by name
+        self._device = next(model.parameters()).device
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = prefix_token_id
         self.target_flops = None if target_flops is None else float(target_flops)
@@ -285,6 +286,8 @@ class TorExpLM(TemplateLM):
         for _, (_, ctx, cont), _ in chunk:
             if not ctx or not cont:
                 raise ValueError("loglikelihood requests need non-empty context and continuation tokens")
+            if len(cont) > self.max_length:
+                raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length={self.max_length}")
             whole = (ctx + cont)[-(self.max_length + 1):]
             inputs.append(whole[:-1])
             cont_lens.append(len(cont))

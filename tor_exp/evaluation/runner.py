@@ -131,10 +131,11 @@ def offline_datasets(enabled: bool) -> Iterator[None]:
 @contextlib.contextmanager
 def light_env_info() -> Iterator[None]:
     """Skip lm-eval's per-call ``torch.utils.collect_env`` report (a ``pip list`` subprocess, ~5 s per
-    ``simple_evaluate``); tor_exp records its own run metadata. Versions are still added."""
+    ``simple_evaluate``) and its git probe of the cwd (prints "fatal: not a git repository" outside one);
+    tor_exp records its own run metadata. Versions are still added."""
     import lm_eval.evaluator as ev
 
-    original = ev.add_env_info
+    original = ev.add_env_info, ev.get_git_commit_hash
 
     def add_versions(storage: dict[str, Any]) -> None:
         from importlib.metadata import version
@@ -145,10 +146,11 @@ def light_env_info() -> Iterator[None]:
                         "transformers_version": transformers.__version__, "lm_eval_version": version("lm_eval")})
 
     ev.add_env_info = add_versions
+    ev.get_git_commit_hash = lambda: None
     try:
         yield
     finally:
-        ev.add_env_info = original
+        ev.add_env_info, ev.get_git_commit_hash = original
 
 
 # ----------------------------------------------------------------------------------------------- results
