@@ -243,3 +243,27 @@ def test_cli_writes_report_and_rejects_unknown_source(tmp_path, capsys, monkeypa
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     assert main([str(tmp_path / "no-such-dir")]) == 2
     assert "W&B group lookup failed" in capsys.readouterr().err
+
+
+def test_bench_runs_give_throughput_and_memory_plots(tmp_path):
+    from tor_exp.reporting.plots import bench_series
+
+    rows = []
+    for variant, f, gain, saving in (("none", 0.0, 1.0, 0.0), ("utrc-f0.1", 0.1, 1.08, 0.1), ("utrc-f0.3", 0.3, 1.3, 0.28)):
+        rows.append({"kind": "generate", "batch": 16, "seq_len": 2048, "variant": variant, "method": "utrc",
+                     "target_flops": f, "throughput_gain": gain, "tokens_per_s": 100 * gain})
+        rows.append({"kind": "memory", "batch": 96, "seq_len": 2048, "logits": "last", "variant": variant,
+                     "method": "utrc", "target_flops": f, "peak_allocated_saving": saving})
+    for sub, kind in (("gen", "generate"), ("mem", "memory")):
+        d = tmp_path / "sw" / sub
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({
+            "status": "complete", "task": "bench", "model": "mamba2-2.7b", "method": "utrc",
+            "bench": {"kind": kind, "device_name": "H100", "rows": [r for r in rows if r["kind"] == kind]}}))
+    built = build_report(tmp_path / "sw", tmp_path / "out")
+    assert built["paths"]["throughput"].read_bytes()[:4] == b"\x89PNG"
+    assert built["paths"]["memory"].read_bytes()[:4] == b"\x89PNG"
+    assert "accuracy" not in built["paths"]  # no eval runs
+    assert bench_series(json.loads(built["paths"]["json"].read_text())["bench_rows"], "generate", "throughput_gain") == {
+        "mamba2-2.7b b16 n2048": [(0.0, 1.0), (10.0, 1.08), (30.0, 1.3)]}
+    assert "## Benchmarks" in built["markdown"] and "| H100 |" in built["markdown"]

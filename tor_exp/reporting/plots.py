@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tor_exp.reporting.collect import ReportRow
-from tor_exp.reporting.paper import load_paper_results
+from tor_exp.reporting.paper import canonical_model, load_paper_results
 
 
 def _pyplot():
@@ -126,7 +126,7 @@ def plot_bench(brows: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Pa
         models = set()
         for i, (label, pts) in enumerate(sorted(lines.items())):
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=f"C{i % 10}", label=label)
-            models.add(label.split(" ")[0])
+            models.add(canonical_model(label.split(" ")[0]))
         for j, (model, pts) in enumerate(sorted(_paper_efficiency(paper_key, scale).items())):
             if model in models:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="x", linestyle="--", alpha=0.7,
