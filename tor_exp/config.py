@@ -105,8 +105,11 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
         logger=_to_object(cfg.get("logger"), "logger"),
         root=root,
     )
-    # locations must lie inside the model's depth and ρ must be solvable: build the schedule now.
-    from tor_exp.models.flops import build_schedule
+    # locations must lie inside the model's depth; ρ must be solvable (total scope needs the loaded model's
+    # shape unless the config gives it, so that case is solved after loading).
+    from tor_exp.models.flops import build_schedule, resolve_locations, shape_from_model_config
 
-    build_schedule(validated.reduction, validated.model)
+    resolve_locations(validated.reduction, validated.model)
+    if getattr(validated.reduction, "flops_scope", "backbone") != "total" or shape_from_model_config(validated.model):
+        build_schedule(validated.reduction, validated.model)
     return validated

@@ -73,7 +73,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
     device = resolve_device(v.root.device)
     timings: dict[str, float] = {}
 
-    from tor_exp.models import build_schedule, load_model
+    from tor_exp.models import ModelShape, build_schedule, load_model
 
     t0 = time.perf_counter()
     model_cfg = v.model
@@ -81,7 +81,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
         model_cfg.dtype = v.root.dtype
     model, tokenizer = load_model(model_cfg, device=device)
     timings["load_s"] = time.perf_counter() - t0
-    schedule = build_schedule(v.reduction, v.model)
+    schedule = build_schedule(v.reduction, v.model, shape=ModelShape.from_hf_config(model.config))
 
     results: dict[str, Any] = {
         "status": "running",
