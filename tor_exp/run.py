@@ -12,8 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 from tor_exp.config import ValidatedConfig, register_configs, validate
 from tor_exp.logging.results import config_hash, load_results, run_metadata, write_results
 
-# Metric shown first per task in the comparison table (the paper's: acc_norm where lm-eval reports it).
-_PREFERRED_METRICS = ("acc_norm", "acc", "perplexity", "word_perplexity", "bits_per_byte")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -220,17 +218,23 @@ def task_columns(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
             wanted = ["perplexity", "acc"]
         elif stem is not None:
             wanted = [next((m for m in COLUMN_METRICS[stem] if m in reported), COLUMN_METRICS[stem][0])]
-        else:
-            wanted = [next((m for m in _PREFERRED_METRICS if m in reported), "acc")]
+        else:  # e.g. the reference model's held-out task: perplexity first, then its accuracy
+            wanted = [m for m in ("perplexity", "acc_norm", "acc") if m in reported][:2]
         short = task.replace("_fixture", "").replace("_openai", "")
         columns += [(task, m, f"{short} {m.replace('perplexity', 'ppl')}") for m in wanted if m in reported]
     return columns
 
 
 def mean_accuracy(metrics: dict[str, dict[str, Any]]) -> float | None:
-    """The paper's "Avg.": mean over tasks of each task's paper metric (acc_norm for HellaSwag/ARC-C, else acc)."""
+    """The paper's "Avg.": mean over the paper's tasks of each one's metric (acc_norm for HellaSwag/ARC-C, else
+    acc); tasks outside the paper's six count only when none of the six was run."""
+    from tor_exp.reporting.collect import task_column
+
+    columns = task_columns(metrics)
+    if any(task_column(task) for task, _, _ in columns):  # paper tasks present: average those only
+        columns = [c for c in columns if task_column(c[0])]
     values = []
-    for task, metric, _ in task_columns(metrics):
+    for task, metric, _ in columns:
         value = metrics[task].get(metric)
         if metric in ("acc", "acc_norm") and isinstance(value, (int, float)) and not math.isnan(value):
             values.append(float(value))
