@@ -105,3 +105,11 @@ def test_timing_stats_and_call_counts():
     stats, result = time_call(lambda: calls.append(1) or len(calls), "cpu", warmup=2, repeats=3)
     assert len(calls) == 5 and result == 5 and len(stats.times_s) == 3
     assert all(t >= 0 for t in stats.times_s)
+
+
+def test_run_order_interleaves_variants():
+    from tor_exp.bench.runner import run_order
+
+    assert run_order(3, 2) == [0, 1, 2, 0, 1, 2]
+    assert run_order(3, 2, interleave=False) == [0, 0, 1, 1, 2, 2]
+    assert sorted(run_order(4, 5)) == sorted(run_order(4, 5, interleave=False))

@@ -28,6 +28,8 @@ class BenchConfig:
     new_tokens: int = 100
     warmup: int = 1
     repeats: int = 3
+    # timed runs round-robin over the variants (fairer when the machine's speed drifts), else one block each
+    interleave: bool = True
     logits: str = "last"
     # decode with a captured CUDA graph (GPU only; ignored on CPU)
     cuda_graph: bool = True

@@ -33,6 +33,7 @@ class Variant:
     method: Any = None
     schedule: Any = None
     keep_ratio: float = 1.0
+    calibrated: bool = False
 
     @property
     def reduced(self) -> bool:
@@ -77,10 +78,11 @@ def applied(model: Any, variant: Variant, tokenizer: Any = None, device: Optiona
 
     patch(model, variant.method, variant.schedule)
     try:
-        if hasattr(variant.method, "calibrating") and tokenizer is not None:
+        if hasattr(variant.method, "calibrating") and tokenizer is not None and not variant.calibrated:
             from tor_exp.run import calibrate_if_needed
 
             calibrate_if_needed(variant.method, model, tokenizer, device or next(model.parameters()).device)
+            variant.calibrated = True
         yield model
     finally:
         unpatch(model)
@@ -156,25 +158,49 @@ def _release(device: torch.device) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ prefill
+def run_order(n_variants: int, repeats: int, interleave: bool = True) -> list[int]:
+    """Which variant each timed run belongs to: round-robin (0,1,…,n−1, 0,1,…) so that slow drifts of the
+    machine (other tenants, clocks) hit every variant alike, or blocks (0,0,…,1,1,…) when not interleaved."""
+    if interleave:
+        return [i for _ in range(repeats) for i in range(n_variants)]
+    return [i for i in range(n_variants) for _ in range(repeats)]
+
+
 def bench_prefill(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any, cfg: BenchConfig,
                   device: torch.device) -> list[dict[str, Any]]:
-    """Forward over the prompt (``cfg.logits``, default last-token logits): min/median seconds per variant."""
+    """Forward over the prompt (``cfg.logits``, default last-token logits): min/median seconds per variant.
+
+    Every variant is warmed up first, then the timed runs go round-robin over the variants.
+    """
     rows = []
     for batch in cfg.batch_sizes:
         for length in cfg.seq_lens:
             ids = random_prompts(batch, length, model.config.vocab_size, cfg.seed, device)
-            for v in build_variants(model, model_cfg, reduction_cfg, cfg, length, cfg.logits):
-                with applied(model, v, tokenizer, device), torch.inference_mode():
-                    stats, out = time_call(forward_fn(model, ids, v, cfg.logits, logits_float=cfg.logits_float), device,
-                                           warmup=cfg.warmup, repeats=cfg.repeats)
-                    rows.append({"kind": "prefill", "batch": batch, "seq_len": length, "variant": v.label,
-                                 "method": v.method_name, "target_flops": v.target_flops, "keep_ratio": v.keep_ratio,
-                                 **_flops_fields(realised(model, out, length, cfg.logits)), "logits": cfg.logits,
-                                 **stats.as_dict("prefill_"),
-                                 "times_s": stats.times_s,
-                                 "tokens_per_s": ratios.tokens_per_second(batch, length, stats.min_s)})
+            variants = build_variants(model, model_cfg, reduction_cfg, cfg, length, cfg.logits)
+            runs = [forward_fn(model, ids, v, cfg.logits, logits_float=cfg.logits_float) for v in variants]
+            stats = [TimingStats() for _ in variants]
+            counts: list[Any] = [None] * len(variants)
+            watch = Stopwatch(device)
+            with torch.inference_mode():
+                for v, run in zip(variants, runs):
+                    with applied(model, v, tokenizer, device):
+                        for _ in range(cfg.warmup):
+                            run()
+                for i in run_order(len(variants), cfg.repeats, cfg.interleave):
+                    with applied(model, variants[i], tokenizer, device):
+                        watch.start()
+                        out = runs[i]()
+                        stats[i].times_s.append(watch.stop())
+                    counts[i] = out
                     del out
-                _release(device)
+            for v, st, out in zip(variants, stats, counts):
+                rows.append({"kind": "prefill", "batch": batch, "seq_len": length, "variant": v.label,
+                             "method": v.method_name, "target_flops": v.target_flops, "keep_ratio": v.keep_ratio,
+                             **_flops_fields(realised(model, out, length, cfg.logits)), "logits": cfg.logits,
+                             **st.as_dict("prefill_"), "times_s": st.times_s,
+                             "tokens_per_s": ratios.tokens_per_second(batch, length, st.min_s)})
+            del counts
+            _release(device)
     add_prefill_ratios(rows)
     return rows
 
@@ -253,36 +279,43 @@ def generate_tokens(model: Any, ids: Tensor, variant: Variant, new_tokens: int, 
 
 def bench_generate(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any, cfg: BenchConfig,
                    device: torch.device) -> list[dict[str, Any]]:
-    """End-to-end greedy generation of ``new_tokens`` per row: prefill P and decode D timed separately."""
+    """End-to-end greedy generation of ``new_tokens`` per row: prefill P and decode D timed separately
+    (variants warmed up first, then timed round-robin like the prefill preset)."""
     decoders = _Decoders(model, cfg, device)
     rows = []
     for batch in cfg.batch_sizes:
         for length in cfg.seq_lens:
             ids = random_prompts(batch, length, model.config.vocab_size, cfg.seed, device)
-            for v in build_variants(model, model_cfg, reduction_cfg, cfg, length, "last"):
-                with applied(model, v, tokenizer, device), torch.inference_mode():
-                    for _ in range(cfg.warmup):
-                        generate_tokens(model, ids, v, cfg.new_tokens, decoders, device)
-                    pre, dec, tot = TimingStats(), TimingStats(), TimingStats()
-                    for _ in range(cfg.repeats):
-                        tokens, p, d, out = generate_tokens(model, ids, v, cfg.new_tokens, decoders, device)
-                        pre.times_s.append(p)
-                        dec.times_s.append(d)
-                        tot.times_s.append(p + d)
-                    steps = max(1, cfg.new_tokens - 1)
-                    rows.append({
-                        "kind": "generate", "batch": batch, "seq_len": length, "new_tokens": cfg.new_tokens,
-                        "variant": v.label, "method": v.method_name, "target_flops": v.target_flops,
-                        "keep_ratio": v.keep_ratio, **_flops_fields(realised(model, out, length, "last")),
-                        **pre.as_dict("prefill_"),
-                        **dec.as_dict("decode_"), **tot.as_dict("total_"),
-                        "decode_ms_per_token": _ms(dec.min_s / steps) if cfg.new_tokens > 1 else None,
-                        "tokens_per_s": ratios.tokens_per_second(batch, cfg.new_tokens, tot.min_s),
-                        "decode_path": decoders.path(), "generated_shape": list(tokens.shape),
-                        "decode_kernels": decoders.kernel_info(batch),
-                    })
+            variants = build_variants(model, model_cfg, reduction_cfg, cfg, length, "last")
+            pre, dec, tot = ([TimingStats() for _ in variants] for _ in range(3))
+            last: list[Any] = [None] * len(variants)
+            with torch.inference_mode():
+                for v in variants:
+                    with applied(model, v, tokenizer, device):
+                        for _ in range(cfg.warmup):
+                            generate_tokens(model, ids, v, cfg.new_tokens, decoders, device)
+                for i in run_order(len(variants), cfg.repeats, cfg.interleave):
+                    with applied(model, variants[i], tokenizer, device):
+                        tokens, p, d, out = generate_tokens(model, ids, variants[i], cfg.new_tokens, decoders, device)
+                    pre[i].times_s.append(p)
+                    dec[i].times_s.append(d)
+                    tot[i].times_s.append(p + d)
+                    last[i] = (ForwardOut(out.logits[:, -1:], out.counts), list(tokens.shape))
                     del out, tokens
-                _release(device)
+            steps = max(1, cfg.new_tokens - 1)
+            for i, v in enumerate(variants):
+                rows.append({
+                    "kind": "generate", "batch": batch, "seq_len": length, "new_tokens": cfg.new_tokens,
+                    "variant": v.label, "method": v.method_name, "target_flops": v.target_flops,
+                    "keep_ratio": v.keep_ratio, **_flops_fields(realised(model, last[i][0], length, "last")),
+                    **pre[i].as_dict("prefill_"), **dec[i].as_dict("decode_"), **tot[i].as_dict("total_"),
+                    "decode_ms_per_token": _ms(dec[i].min_s / steps) if cfg.new_tokens > 1 else None,
+                    "tokens_per_s": ratios.tokens_per_second(batch, cfg.new_tokens, tot[i].min_s),
+                    "decode_path": decoders.path(), "generated_shape": last[i][1],
+                    "decode_kernels": decoders.kernel_info(batch),
+                })
+            del last
+            _release(device)
     add_generate_ratios(rows)
     return rows
 
