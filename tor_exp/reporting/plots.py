@@ -49,7 +49,7 @@ def plot_metric_vs_flops(rows: list[ReportRow], column: str, path: str | Path, *
     if not ours:
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.8))
     paper = series(rows, column, which="paper") if with_paper else {}
     for i, (label, pts) in enumerate(sorted(ours.items())):
         color = f"C{i % 10}"
@@ -64,7 +64,7 @@ def plot_metric_vs_flops(rows: list[ReportRow], column: str, path: str | Path, *
     if log_y:
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
