@@ -229,12 +229,13 @@ class StaticDecoder:
                     x, block.norm.weight, None, eps=block.norm.variance_epsilon)
                 outs.append(self.step_fn(block.mixer, normed, conv, ssm, ops, self.A[0]).float())
                 states.append(ssm.float())
-            tol = 1e-2 if dtype in (torch.bfloat16, torch.float16) else 1e-4
+            # a wrong calling convention gives O(1) errors; bf16 rounding of two op orders stays far below 0.1
+            limit = 0.1 if dtype in (torch.bfloat16, torch.float16) else 5e-4
             scale = outs[0].abs().max().clamp(min=1e-6)
             err = float(((outs[1] - outs[0]).abs().max() / scale))
             serr = float(((states[1] - states[0]).abs().max() / states[0].abs().max().clamp(min=1e-6)))
             self.kernel_info["fused_check_rel_err"] = max(err, serr)
-            if not (err <= 5 * tol and serr <= 5 * tol):
+            if not (err <= limit and serr <= limit):
                 raise ValueError(f"fused step differs from the torch step (rel. err {err:.2e}, state {serr:.2e})")
         except Exception as exc:  # noqa: BLE001 - never fail the benchmark over an optional kernel
             self.kernel_info["fallback_reason"] = f"{type(exc).__name__}: {exc}"[:300]
