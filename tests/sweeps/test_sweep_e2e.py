@@ -76,8 +76,22 @@ def completed_sweep(tmp_path, monkeypatch, capsys) -> tuple[Path, dict]:
 
 
 def test_smoke_sweep_completes_and_resumes_in_process(tmp_path, monkeypatch, capsys):
-    """Both jobs run, then a rerun of the same command skips both (results.json untouched)."""
-    completed_sweep(tmp_path, monkeypatch, capsys)
+    """Both jobs run, then a rerun of the same command skips both (results.json untouched); the report of the
+    real sweep shows the results.json numbers (lambada_fixture → the LAMBADA columns)."""
+    from tor_exp.report import build_report, format_value
+
+    sweep, _ = completed_sweep(tmp_path, monkeypatch, capsys)
+    built = build_report(sweep, tmp_path / "report", plots=False)
+    lines = [l for l in built["markdown"].splitlines() if l.startswith("| tiny_mamba2")]
+    assert len(lines) == 2
+    for job, line in zip(JOBS, lines):
+        res = json.loads((sweep / job / "results.json").read_text())
+        m = res["metrics"]["lambada_fixture"]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] == ("baseline" if res["method"] == "none" else "Ours (UTRC)")
+        assert cells[5] == f"{format_value('lambada_ppl', m['perplexity'])} / –"
+        assert cells[6] == f"{format_value('lambada_acc', 100 * m['acc'])} / –"
+        assert cells[12] == cells[6]  # Avg. over the one accuracy present
 
 
 @pytest.mark.slow
