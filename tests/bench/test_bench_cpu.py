@@ -187,3 +187,14 @@ def test_bench_config_errors_name_the_key():
         BenchConfig(decode="fast")
     with pytest.raises(ConfigError, match=r"bench.flops_targets"):
         BenchConfig(flops_targets=[1.0])
+
+
+def test_non_hf_model_is_a_config_error():
+    class MambaLMHeadModel(torch.nn.Module):  # the shape of mamba_ssm's model: backbone.embedding, no embeddings
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Module()
+            self.backbone.embedding = torch.nn.Embedding(4, 2)
+
+    with pytest.raises(ConfigError, match="model.backend=mamba_ssm"):
+        run_benchmark(MambaLMHeadModel(), None, tiny_cfg(), utrc_cfg(), BenchConfig(), device="cpu")

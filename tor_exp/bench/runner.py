@@ -493,6 +493,11 @@ def run_benchmark(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any
     from tor_exp.bench.report import markdown_table, plot_rows
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    if not hasattr(getattr(model, "backbone", None), "embeddings"):  # mamba_ssm's MambaLMHeadModel
+        from tor_exp.errors import ConfigError
+
+        raise ConfigError("model.backend=mamba_ssm: the benchmarks drive HF models (the mamba_ssm adapter has no "
+                          "cache-filling prefill); use model.backend=hf, which calls mamba_ssm's kernels when importable")
     model.eval()
     rows = RUNNERS[bench_cfg.kind](model, tokenizer, model_cfg, reduction_cfg, bench_cfg, device)
     table = markdown_table(bench_cfg.kind, rows)
