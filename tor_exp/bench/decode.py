@@ -309,19 +309,3 @@ class StaticDecoder:
                 self._step()
             out[:, t] = self.ids
         return out
-
-
-def hf_decode(model: Any, cache: Any, first_token: Tensor, n_tokens: int) -> Tensor:
-    """Greedy decode through the model's own forward, one token per call (the slow reference path)."""
-    tokens = []
-    ids = first_token.reshape(-1, 1)
-    with torch.no_grad():
-        for _ in range(n_tokens):
-            try:
-                out = model(input_ids=ids, cache=cache, use_cache=True)
-            except TypeError:  # older transformers name the argument cache_params
-                out = model(input_ids=ids, cache_params=cache, use_cache=True)
-            cache = getattr(out, "cache", None) or getattr(out, "cache_params", None) or cache
-            ids = out.logits[:, -1].argmax(dim=-1, keepdim=True)
-            tokens.append(ids)
-    return torch.cat(tokens, dim=1) if tokens else first_token.new_zeros(first_token.shape[0], 0)

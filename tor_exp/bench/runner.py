@@ -17,10 +17,10 @@ from torch import Tensor
 
 from tor_exp.bench import ratios
 from tor_exp.bench.config import BenchConfig
-from tor_exp.bench.decode import StaticDecoder, hf_decode, states_from_cache
+from tor_exp.bench.decode import StaticDecoder, states_from_cache
 from tor_exp.bench.memory import NvmlPeakSampler, nvml_handle
 from tor_exp.bench.overhead import ReduceTimer, timed_reduce
-from tor_exp.bench.timing import Stopwatch, TimingStats, synchronize, time_call
+from tor_exp.bench.timing import Stopwatch, TimingStats, synchronize
 
 
 @dataclass
