@@ -198,3 +198,23 @@ def test_non_hf_model_is_a_config_error():
 
     with pytest.raises(ConfigError, match="model.backend=mamba_ssm"):
         run_benchmark(MambaLMHeadModel(), None, tiny_cfg(), utrc_cfg(), BenchConfig(), device="cpu")
+
+
+def test_hf_and_static_decode_paths_agree(tiny):
+    from tor_exp.bench.runner import _Decoders
+
+    model, _, cfg = tiny
+    ids = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(4))
+    variant = build_variants(model, cfg, utrc_cfg(), BenchConfig(flops_targets=[0.2]), 30)[1]
+    toks = {}
+    with torch.no_grad():
+        patch(model, variant.method, variant.schedule)
+        try:
+            for path in ("hf", "static"):
+                out = forward_fn(model, ids, variant, "last", with_cache=True)()
+                dec = _Decoders(model, BenchConfig(kind="generate", decode=path), torch.device("cpu"))
+                assert dec.path() == path
+                toks[path] = dec.decode(out, 6)
+        finally:
+            unpatch(model)
+    assert toks["hf"].shape == (2, 7) and torch.equal(toks["hf"], toks["static"])
