@@ -204,6 +204,9 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
 
     from tor_exp.evaluation.lm import TorExpLM
 
+    # lm-eval bootstraps stderrs in a multiprocessing.Pool; under submitit (launcher=local/slurm) the forked
+    # workers inherit a handler that ignores SIGTERM, the Pool never closes and the job hangs. In-process instead.
+    os.environ.setdefault("DISABLE_MULTIPROC", "1")
     tm = task_manager(list(eval_cfg.include_paths), list(eval_cfg.tasks))
     specs, all_local = task_specs(list(eval_cfg.tasks), tm)
     sched = _schedule_info(model)

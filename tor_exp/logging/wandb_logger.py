@@ -19,6 +19,8 @@ def flatten_metrics(results: dict[str, Any]) -> dict[str, float]:
         value = results.get(key)
         if isinstance(value, (int, float)):
             flat[key] = float(value)
+    if isinstance(results.get("headline"), (int, float)):  # the paper's Avg., in % like the report's panel
+        flat["avg_acc"] = 100.0 * float(results["headline"])
     for name, value in (results.get("timings") or {}).items():
         if isinstance(value, (int, float)):
             flat[f"timings/{name}"] = float(value)
