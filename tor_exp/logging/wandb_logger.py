@@ -49,6 +49,9 @@ def log_to_wandb(cfg: LoggerConfig, results: dict[str, Any], run_dir: Path, run_
         flat = flatten_metrics(results)
         run.summary.update(flat)
         run.log(flat)
+        plot = (results.get("bench") or {}).get("plot")
+        if plot and Path(plot).is_file():  # the benchmark's PNG beside its numbers
+            run.log({"bench/plot": wandb.Image(str(plot))})
         return getattr(run, "dir", None)
     finally:
         run.finish()

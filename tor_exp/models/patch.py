@@ -135,13 +135,15 @@ def _cache_has_state(cache: Any) -> bool:
         return False
 
 
-def _run_mixer(block: nn.Module, normed: Tensor, valid: Tensor, cache: Any, want_ssm: bool):
+def _run_mixer(block: nn.Module, normed: Tensor, valid: Tensor, all_valid: bool, cache: Any, want_ssm: bool):
     """Mixer of one block on the current (possibly right-padded) tokens; returns (mixer_out, ssm_out | None).
 
-    With a cache (generation prefill) rows are first left-aligned, so each layer's final conv window and SSM
-    state are those of its real tokens (zeroed leading padding leaves both untouched), then put back.
+    ``all_valid`` (no padding) is passed in rather than read from ``valid`` here, which would force a device
+    sync in every layer. With a cache (generation prefill) rows are first left-aligned, so each layer's final
+    conv window and SSM state are those of its real tokens (zeroed leading padding leaves both untouched),
+    then put back.
     """
-    mask = None if bool(valid.all()) else valid
+    mask = None if all_valid else valid
     order = inverse = None
     if cache is not None and mask is not None:
         order = right_align_order(valid)
@@ -183,12 +185,14 @@ def drive_backbone(
     keep_ratio = schedule.keep_ratio if schedule is not None else 1.0
     need = set(getattr(method, "needed_features", set()) or set()) if method is not None else set()
     counts = []
+    all_valid = bool(state.valid.all())  # re-read only where a reduction can change it
     for layer, block in enumerate(backbone.layers):
         counts.append(state.valid.sum(dim=1))
         residual = h.to(torch.float32) if block.residual_in_fp32 else h
         normed = block.norm(h.to(dtype=block.norm.weight.dtype))
         reduce_here = layer in locations
-        mixer_out, ssm_out = _run_mixer(block, normed, state.valid, cache, reduce_here and "ssm_out" in need)
+        mixer_out, ssm_out = _run_mixer(block, normed, state.valid, all_valid, cache,
+                                        reduce_here and "ssm_out" in need)
         if reduce_here:
             state = state.replace(hidden=mixer_out, residual=residual)
             features = {"mixer_out": mixer_out, "residual": residual}
@@ -196,6 +200,7 @@ def drive_backbone(
                 features["ssm_out"] = ssm_out
             state = method.reduce(state, features, keep_ratio, layer)
             mixer_out, residual = state.hidden, state.residual
+            all_valid = bool(state.valid.all())
         h = residual + mixer_out
     state = state.replace(hidden=h, residual=h)
     return backbone.norm_f(h), state, torch.stack(counts, dim=1)
