@@ -1,6 +1,8 @@
 """The runner: fixture tasks through lm-eval's simple_evaluate, offline, from any cwd; lm-eval's own entry."""
 from __future__ import annotations
 
+import os
+
 import socket
 
 import pytest
@@ -43,8 +45,11 @@ def _expected_requests(task: str) -> int:
 def test_fixture_suite_runs_offline_from_any_cwd(patched, tmp_path, monkeypatch, no_network):
     model, tok = patched
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISABLE_MULTIPROC", raising=False)
     cfg = EvalConfig(limit=LIMIT, batch_size=8)
     out = evaluate(model, tok, cfg, reduction_label="utrc")
+    # lm-eval's bootstrap Pool deadlocks under submitit (workers ignore SIGTERM): every run bootstraps in-process
+    assert os.environ["DISABLE_MULTIPROC"] == "1"
     assert sorted(out["metrics"]) == sorted(FIXTURE_TASKS)
     for task, metrics in out["metrics"].items():
         assert 0.0 <= metrics["acc"] <= 1.0 and "acc_stderr" in metrics
