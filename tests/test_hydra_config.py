@@ -74,12 +74,21 @@ def test_user_example_override_composes() -> None:
         (["reduction.metric=l3"], "reduction.metric"),
         (["task=train"], "task"),
         (["model=tiny_mamba2", "reduction.locations=[2,99]"], "reduction.locations"),
+        (["eval.alignment=sideways"], "eval.alignment"),
+        (["bench.kind=fast"], "bench.kind"),
+        (["logger=wandb", "logger.mode=sometimes"], "logger.mode"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_key(override: list[str], key: str) -> None:
     with pytest.raises(ConfigError) as err:
         validate(_compose(override))
     assert key in str(err.value)
+
+
+def test_unknown_key_is_rejected_naming_it() -> None:
+    with pytest.raises(Exception) as err:
+        _compose(["reduction.nonexistent=1"])
+    assert "nonexistent" in str(err.value)
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -92,11 +101,10 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (("reduction.q=1.5",), "reduction.q"),
-        (("reduction.q=abc",), "reduction.q"),
-        (("reduction.nonexistent=1",), "nonexistent"),
-        (("model=nope",), "model"),
-        (("eval.alignment=sideways",), "eval.alignment"),
+        # one of each failure kind (each CLI start costs seconds); value checks of every key are tested in-process
+        (("reduction.q=1.5",), "reduction.q"),  # value check in a schema's __post_init__
+        (("reduction.q=abc",), "reduction.q"),  # type check by the structured config
+        (("model=nope",), "model"),  # unknown config group option
     ],
 )
 def test_cli_bad_override_is_one_line_without_traceback(args: tuple[str, ...], needle: str, tmp_path: Path) -> None:
