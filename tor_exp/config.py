@@ -15,7 +15,6 @@ from tor_exp.errors import ConfigError
 
 TASKS = ("eval", "bench", "generate")
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -93,6 +92,8 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
         raise ConfigError(f"task={root.task!r}: must be one of {', '.join(TASKS)}")
     if root.device not in DEVICES:
         raise ConfigError(f"device={root.device!r}: must be one of {', '.join(DEVICES)}")
+    from tor_exp.models.config import DTYPES
+
     if root.dtype is not None and root.dtype not in DTYPES:
         raise ConfigError(f"dtype={root.dtype!r}: must be one of {', '.join(DTYPES)}")
     if root.max_new_tokens < 1:
