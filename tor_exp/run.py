@@ -121,19 +121,38 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
     return headline
 
 
-def calibrate_if_needed(method: Any, model: Any, tokenizer: Any, device: torch.device, *,
-                        seq_len: int = 128, batch_size: int = 4) -> int:
+def calibration_text(source: str | None) -> str:
+    """The model's calibration text (.txt, or .jsonl with a "text" field), else the bundled generic one."""
+    import json
+
+    from tor_exp.paths import resolve_pkg_path
+
+    path = Path(resolve_pkg_path(source, "model.calibration_text")) if source else \
+        Path(__file__).parent / "assets" / "calibration.txt"
+    if not path.is_file():
+        from tor_exp.errors import ConfigError
+
+        raise ConfigError(f"model.calibration_text={source!r}: no such file ({path})")
+    if path.suffix == ".jsonl":
+        return "\n\n".join(json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip())
+    return path.read_text()
+
+
+def calibrate_if_needed(method: Any, model: Any, tokenizer: Any, device: torch.device, text: str | None = None, *,
+                        seq_len: int = 128, batch_size: int = 4, max_sequences: int = 64) -> int:
     """Methods with post-training thresholds (LTMP) see calibration text first; never the evaluation items.
 
-    Returns the number of calibration sequences used (0 when the method needs none).
+    ``text`` defaults to the bundled generic paragraphs. Returns the number of calibration sequences used (0 when
+    the method needs none).
     """
     if not hasattr(method, "calibrating") or getattr(method, "thresholds", None):
         return 0  # no calibration needed, or thresholds already loaded (e.g. reduction.thresholds_file)
     from tor_exp.models import reduced_forward
 
-    text = (Path(__file__).parent / "assets" / "calibration.txt").read_text()
+    text = calibration_text(None) if text is None else text
+
     ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
-    chunks = [ids[i:i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len // 2)] or [ids]
+    chunks = [ids[i:i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len // 2)][:max_sequences] or [ids]
     with method.calibrating(), torch.no_grad():
         for i in range(0, len(chunks), batch_size):
             batch = torch.stack(chunks[i:i + batch_size]).to(device)
@@ -155,7 +174,8 @@ def _evaluate_with(method_name: str, v: ValidatedConfig, model: Any, tokenizer: 
     method = build_method(v.reduction)
     patch(model, method, schedule)
     try:
-        timings["calibration_sequences"] = calibrate_if_needed(method, model, tokenizer, device)
+        text = calibration_text(v.model.calibration_text)
+        timings["calibration_sequences"] = calibrate_if_needed(method, model, tokenizer, device, text)
         out = evaluate(model, tokenizer, v.eval, reduction_label=method_name)
     finally:
         unpatch(model)

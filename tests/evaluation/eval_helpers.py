@@ -11,7 +11,7 @@ LOCATIONS = [0, 1]
 
 def fixture_requests(tasks: list[str], limit: int) -> list:
     """lm-eval ``Instance`` objects of the given fixture tasks (first ``limit`` documents each)."""
-    tm = task_manager(["pkg://evaluation/tasks"], tasks)
+    tm = task_manager(["pkg://tor_exp/evaluation/tasks"], tasks)
     specs, _ = task_specs(tasks, tm)
     with offline_datasets(True):
         task_dict = get_task_dict(specs, tm)

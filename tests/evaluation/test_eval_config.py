@@ -22,7 +22,7 @@ def test_defaults_are_the_fixture_suite():
     ({"num_fewshot": -1}, "eval.num_fewshot"),
     ({"log_samples": "yes"}, "eval.log_samples"),
     ({"compare_baseline": 1}, "eval.compare_baseline"),
-    ({"include_paths": "pkg://evaluation/tasks"}, "eval.include_paths"),
+    ({"include_paths": "pkg://tor_exp/evaluation/tasks"}, "eval.include_paths"),
 ])
 def test_bad_values_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -30,7 +30,7 @@ def test_bad_values_name_the_key(kwargs, key):
 
 
 def test_include_path_pkg_prefix(tmp_path):
-    resolved = resolve_include_path("pkg://evaluation/tasks")
+    resolved = resolve_include_path("pkg://tor_exp/evaluation/tasks")
     assert resolved.endswith("tor_exp/evaluation/tasks")
     assert resolve_include_path(str(tmp_path)) == str(tmp_path)
     with pytest.raises(ConfigError, match="eval.include_paths"):

@@ -98,7 +98,7 @@ def test_fixture_documents_render_through_lm_eval(tmp_path, monkeypatch):
     from tor_exp.evaluation.runner import offline_datasets, task_manager, task_specs
 
     monkeypatch.chdir(tmp_path)
-    tm = task_manager(["pkg://evaluation/tasks"], ["tor_exp_fixtures"])
+    tm = task_manager(["pkg://tor_exp/evaluation/tasks"], ["tor_exp_fixtures"])
     specs, all_local = task_specs(["tor_exp_fixtures"], tm)
     assert all_local and sorted(s["task"] for s in specs) == sorted(FIXTURE_TASKS)
     for spec in specs:

@@ -88,7 +88,7 @@ def test_unreduced_and_offset_runs(tiny, patched, tmp_path, monkeypatch, no_netw
 
 
 def test_task_specs_expand_the_tag_and_reject_unknown_names():
-    tm = task_manager(["pkg://evaluation/tasks"], ["tor_exp_fixtures"])
+    tm = task_manager(["pkg://tor_exp/evaluation/tasks"], ["tor_exp_fixtures"])
     specs, all_local = task_specs(["tor_exp_fixtures", "piqa_fixture"], tm)  # piqa only once
     assert all_local and len(specs) == 6
     with pytest.raises(ConfigError, match="eval.tasks"):
@@ -112,7 +112,7 @@ def test_lm_eval_entry_point_builds_model_from_config_names(model_args, tmp_path
     from tor_exp.models.patch import get_patch
 
     monkeypatch.chdir(tmp_path)
-    tm = task_manager(["pkg://evaluation/tasks"], ["winogrande_fixture"])
+    tm = task_manager(["pkg://tor_exp/evaluation/tasks"], ["winogrande_fixture"])
     specs, _ = task_specs(["winogrande_fixture"], tm)
     built = []
     cls = get_model("tor_exp")

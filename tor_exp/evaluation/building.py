@@ -55,9 +55,10 @@ def build_patched_model(model: str, reduction: Optional[str], overrides: dict[st
         method = build_method(v.reduction)
         patch(net, method, schedule)
         if hasattr(method, "calibrating"):
-            from tor_exp.run import calibrate_if_needed
+            from tor_exp.run import calibrate_if_needed, calibration_text
 
-            calibrate_if_needed(method, net, tokenizer, next(net.parameters()).device)
+            calibrate_if_needed(method, net, tokenizer, next(net.parameters()).device,
+                                calibration_text(v.model.calibration_text))
         target = schedule.target_flops
     return net, tokenizer, target
 

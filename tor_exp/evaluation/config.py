@@ -5,12 +5,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from tor_exp.errors import ConfigError
+from tor_exp.paths import resolve_pkg_path
 
 ALIGNMENTS = ("exact", "offset")
 FIXTURE_TASKS = ("lambada_fixture", "hellaswag_fixture", "piqa_fixture", "arc_easy_fixture",
                  "arc_challenge_fixture", "winogrande_fixture")
 PAPER_TASKS = ("lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
-PKG_PREFIX = "pkg://"
 
 
 @dataclass
@@ -20,11 +20,11 @@ class EvalConfig:
     ``alignment``: ``exact`` protects the scored positions and gathers logits by original position (every
     scored token is predicted from its true predecessor); ``offset`` reproduces the released evaluation
     (nothing protected, lm-eval's slice rule on the shortened logits) and counts requests it mis-scores.
-    ``include_paths`` are extra lm-eval task folders; ``pkg://x/y`` means ``<installed tor_exp>/x/y``.
+    ``include_paths`` are extra lm-eval task folders; ``pkg://tor_exp/x/y`` means ``<installed tor_exp>/x/y``.
     """
 
     tasks: list[str] = field(default_factory=lambda: list(FIXTURE_TASKS))
-    include_paths: list[str] = field(default_factory=lambda: ["pkg://evaluation/tasks"])
+    include_paths: list[str] = field(default_factory=lambda: ["pkg://tor_exp/evaluation/tasks"])
     limit: Optional[int] = None
     batch_size: int = 8
     alignment: str = "exact"
@@ -54,16 +54,10 @@ class EvalConfig:
 
 
 def resolve_include_path(path: str) -> str:
-    """``pkg://sub/dir`` -> absolute folder inside the installed tor_exp package; other paths made absolute."""
+    """``pkg://tor_exp/sub/dir`` -> absolute folder inside the installed package; other paths made absolute."""
     import os
 
-    import tor_exp
-
-    if path.startswith(PKG_PREFIX):
-        root = os.path.dirname(os.path.abspath(tor_exp.__file__))
-        resolved = os.path.join(root, path[len(PKG_PREFIX):])
-    else:
-        resolved = os.path.abspath(os.path.expanduser(path))
+    resolved = os.path.abspath(os.path.expanduser(resolve_pkg_path(path, "eval.include_paths")))
     if not os.path.isdir(resolved):
         raise ConfigError(f"eval.include_paths: {path!r} is not a folder ({resolved})")
     return resolved

@@ -67,6 +67,9 @@ class ModelConfig:
     backend: str = "hf"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     seed: int = 0
+    #: text that post-training-calibrated methods (LTMP) see before evaluation: a .txt file or a .jsonl with a
+    #: "text" field (pkg:// allowed); null = the generic English paragraphs in tor_exp/assets/calibration.txt
+    calibration_text: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.tiny, dict):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from importlib import resources
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 from transformers import AutoTokenizer, Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
 from tor_exp.errors import ConfigError
+from tor_exp.paths import resolve_pkg_path
 from tor_exp.models.config import ModelConfig
 from tor_exp.models.tokenizer import byte_tokenizer
 
@@ -36,14 +36,7 @@ _SSM_DEFAULTS = {
 
 def resolve_path(path: str) -> str:
     """``pkg://<package>/<sub/path>`` → a directory inside the installed package; anything else unchanged."""
-    if not path.startswith("pkg://"):
-        return path
-    package, _, sub = path[len("pkg://"):].partition("/")
-    try:
-        root = resources.files(package)
-    except ModuleNotFoundError as err:
-        raise ConfigError(f"model.path={path!r}: package {package!r} is not installed") from err
-    return str(root.joinpath(sub)) if sub else str(root)
+    return resolve_pkg_path(path, "model.path")
 
 
 # ----------------------------------------------------------------------------------------------------- configs
