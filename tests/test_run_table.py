@@ -8,7 +8,7 @@ METRICS = {
     "hellaswag_fixture": {"acc": 0.30, "acc_norm": 0.35},
     "arc_challenge_fixture": {"acc": 0.20, "acc_norm": 0.25},
     "piqa_fixture": {"acc": 0.60, "acc_norm": 0.62},
-    "reference_heldout": {"perplexity": 3.2, "acc": 0.9},
+    "reference_heldout": {"byte_perplexity": 3.2, "bits_per_byte": 1.7, "acc": 0.9},
 }
 
 
@@ -18,11 +18,11 @@ def test_paper_metric_per_task_and_extra_task_columns() -> None:
     assert ("arc_challenge_fixture", "acc_norm") in cols
     assert ("piqa_fixture", "acc") in cols and ("piqa_fixture", "acc_norm") not in cols
     assert {("lambada_fixture", "perplexity"), ("lambada_fixture", "acc")} <= cols
-    assert {("reference_heldout", "perplexity"), ("reference_heldout", "acc")} <= cols
+    assert {("reference_heldout", "byte_perplexity"), ("reference_heldout", "acc")} <= cols
 
 
 def test_average_is_over_the_paper_tasks_only() -> None:
     # lambada acc, hellaswag acc_norm, arc_c acc_norm, piqa acc; reference_heldout is not a paper task
     assert mean_accuracy(METRICS) == pytest.approx((0.40 + 0.35 + 0.25 + 0.60) / 4)
-    assert mean_accuracy({"reference_heldout": {"perplexity": 3.2, "acc": 0.9}}) == pytest.approx(0.9)
+    assert mean_accuracy({"reference_heldout": {"byte_perplexity": 3.2, "acc": 0.9}}) == pytest.approx(0.9)
     assert mean_accuracy({}) is None

@@ -238,10 +238,11 @@ def task_columns(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str, str
             wanted = ["perplexity", "acc"]
         elif stem is not None:
             wanted = [next((m for m in COLUMN_METRICS[stem] if m in reported), COLUMN_METRICS[stem][0])]
-        else:  # e.g. the reference model's held-out task: perplexity first, then its accuracy
-            wanted = [m for m in ("perplexity", "acc_norm", "acc") if m in reported][:2]
+        else:  # e.g. the reference model's held-out task: its perplexity first, then its accuracy
+            wanted = [m for m in ("byte_perplexity", "perplexity", "acc_norm", "acc") if m in reported][:2]
         short = task.replace("_fixture", "").replace("_openai", "")
-        columns += [(task, m, f"{short} {m.replace('perplexity', 'ppl')}") for m in wanted if m in reported]
+        columns += [(task, m, f"{short} {m.replace('byte_perplexity', 'ppl/byte').replace('perplexity', 'ppl')}")
+                    for m in wanted if m in reported]
     return columns
 
 
@@ -280,7 +281,7 @@ def print_comparison(rows: list[tuple[str, dict[str, Any]]], results: dict[str, 
         cells = [name, f"{100 * sum(flops) / len(flops):.1f}%" if flops else "0.0%"]
         for task, metric, _ in columns:
             value = out["metrics"].get(task, {}).get(metric)
-            cells.append("–" if value is None else (f"{value:.4g}" if metric == "perplexity" else f"{value:.3f}"))
+            cells.append("–" if value is None else (f"{value:.4g}" if "perplexity" in metric else f"{value:.3f}"))
         avg = mean_accuracy(out["metrics"])
         cells.append("–" if avg is None else f"{avg:.3f}")
         table.add_row(*cells)

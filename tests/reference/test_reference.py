@@ -49,10 +49,14 @@ def shipped():
 
 # ---------------------------------------------------------------------------------------------------- task
 def test_task_yaml_schema() -> None:
-    cfg = yaml.safe_load((TASK_DIR / "reference_heldout.yaml").read_text())
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(str(TASK_DIR / "reference_heldout.yaml"), resolve_func=True)
     assert cfg["task"] == "reference_heldout" and cfg["output_type"] == "loglikelihood"
+    assert callable(cfg["process_results"])
     assert cfg["doc_to_text"] == "{{context}}" and cfg["doc_to_target"] == "{{continuation}}"
-    assert {m["metric"]: m["aggregation"] for m in cfg["metric_list"]} == {"perplexity": "perplexity", "acc": "mean"}
+    assert {m["metric"]: m["aggregation"] for m in cfg["metric_list"]} == {
+        "byte_perplexity": "weighted_perplexity", "bits_per_byte": "bits_per_byte", "acc": "mean"}
     rel = cfg["dataset_kwargs"]["data_files"]["test"]
     assert not Path(rel).is_absolute() and (TASK_DIR / rel).is_file()
     ev = yaml.safe_load((REPO / "conf/eval/reference.yaml").read_text())
@@ -233,3 +237,31 @@ def test_quality_scoring_matches_direct_logprobs_and_offset_rule() -> None:
     want0 = sum(float(lp[n_valid - 3 + j, fulls[0][7 + j]]) for j in range(3))
     assert math.isclose(float(ll2[0]), want0, rel_tol=1e-5)
     assert math.isclose(float(ll2[1]), float(ll[1]), rel_tol=1e-6)
+
+
+def test_task_byte_perplexity_equals_a_manual_computation() -> None:
+    """The lm-eval task's per-byte metrics = exp / log2 of Σ continuation NLL over Σ continuation bytes."""
+    import math
+
+    import torch
+
+    from tor_exp.evaluation.config import EvalConfig
+    from tor_exp.evaluation.runner import evaluate
+    from tor_exp.models import ModelConfig, load_model
+
+    model, tok = load_model(ModelConfig(name="tiny", family="mamba2", source="tiny", tokenizer="byte", n_layer=16))
+    items = [json.loads(line) for line in (TASK_DIR / "reference_heldout.jsonl").read_text().splitlines()[:3]]
+    out = evaluate(model, tok, EvalConfig(tasks=["reference_heldout"], include_paths=["pkg://tor_exp/reference/task"],
+                                          limit=3, compare_baseline=False), reduction_label="none")
+    nll, n_bytes = 0.0, 0
+    with torch.no_grad():
+        for item in items:
+            ctx = tok(item["context"])["input_ids"]
+            cont = tok(item["continuation"])["input_ids"]
+            ids = torch.tensor([ctx + cont])
+            logp = torch.log_softmax(model(ids).logits[0, len(ctx) - 1:-1].double(), dim=-1)
+            nll -= float(logp.gather(1, torch.tensor(cont)[:, None]).sum())
+            n_bytes += len(item["continuation"].encode("utf-8"))
+    metrics = out["metrics"]["reference_heldout"]
+    assert metrics["byte_perplexity"] == pytest.approx(math.exp(nll / n_bytes), rel=1e-4)
+    assert metrics["bits_per_byte"] == pytest.approx(nll / n_bytes / math.log(2), rel=1e-4)
