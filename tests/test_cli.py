@@ -66,3 +66,31 @@ def test_generate_prints_a_continuation(tmp_path: Path) -> None:
     assert results["prompt"] == "Hello"
     assert isinstance(results["continuation"], str)
     assert "Hello" in proc.stdout
+
+
+def _check_default_results(out: Path, limit: int | None) -> None:
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"] == "reference" and results["method"] == "utrc"
+    assert results["target_flops"] == pytest.approx(0.2)
+    tasks = {"lambada_fixture", "hellaswag_fixture", "piqa_fixture", "arc_easy_fixture", "arc_challenge_fixture",
+             "winogrande_fixture", "reference_heldout"}
+    assert set(results["metrics"]) == tasks and set(results["baseline"]["metrics"]) == tasks
+    assert 0.0 < results["realised_flops_reduction"] <= 0.2
+    assert results["config"]["eval"]["limit"] == limit
+    # the trained model: held-out bits/byte without reduction is far below a byte bigram's 3.58
+    assert results["baseline"]["metrics"]["reference_heldout"]["bits_per_byte"] < 3.0
+
+
+def test_default_job_end_to_end_on_a_few_items(tmp_path: Path) -> None:
+    """`python -m tor_exp` as shipped (reference model, offline tasks, none vs UTRC 20 %), 3 items per task."""
+    proc = _run("eval.limit=3", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_default_results(tmp_path, 3)
+
+
+@pytest.mark.slow
+def test_default_job_end_to_end_in_full(tmp_path: Path) -> None:
+    """Exactly the README's command with no arguments (about 1.5 min on one CPU thread)."""
+    proc = _run(f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_default_results(tmp_path, None)
