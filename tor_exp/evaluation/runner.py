@@ -128,6 +128,23 @@ def offline_datasets(enabled: bool) -> Iterator[None]:
                 os.environ[k] = v
 
 
+class _DropFewshotOverride(logging.Filter):
+    """lm-eval warns once per task that eval.num_fewshot replaces the task's unset default: expected, not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Overwriting default num_fewshot")
+
+
+@contextlib.contextmanager
+def _quiet_num_fewshot_notice() -> Iterator[None]:
+    logger, drop = logging.getLogger("lm_eval.evaluator"), _DropFewshotOverride()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 @contextlib.contextmanager
 def light_env_info() -> Iterator[None]:
     """Skip lm-eval's per-call ``torch.utils.collect_env`` report (a ``pip list`` subprocess, ~5 s per
@@ -212,7 +229,7 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
     sched = _schedule_info(model)
     lm = TorExpLM(model=model, tokenizer=tokenizer, alignment=eval_cfg.alignment, batch_size=eval_cfg.batch_size,
                   target_flops=sched.get("target"), reduced_forward=reduced_forward)
-    with offline_datasets(all_local), light_env_info():
+    with offline_datasets(all_local), light_env_info(), _quiet_num_fewshot_notice():
         raw = lm_eval.simple_evaluate(
             model=lm, tasks=specs, num_fewshot=eval_cfg.num_fewshot, limit=eval_cfg.limit,
             log_samples=eval_cfg.log_samples, task_manager=tm, bootstrap_iters=1000,
