@@ -37,3 +37,26 @@ def test_flatten_metrics_keys() -> None:
     assert flat["avg_acc"] == pytest.approx(42.0)
     assert flat["timings/load_s"] == 1.5 and flat["bench/prefill_speedup_f0.2"] == 1.2
     assert flat["realised_flops_reduction"] == 0.15
+
+
+def test_wandb_offline_run_is_written_locally_without_network(tmp_path, monkeypatch) -> None:
+    """logger=wandb with mode offline: no account, no network; the run lands under <run dir>/wandb/."""
+    from tor_exp.logging.config import LoggerConfig
+    from tor_exp.logging.wandb_logger import log_to_wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    results = {"metrics": {"piqa": {"acc": 0.5}}, "headline": 0.5, "config": {"model": {"name": "tiny"}}}
+    log_to_wandb(LoggerConfig(backend="wandb", mode="offline"), results, tmp_path, "tiny-utrc", group="sweep-1")
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb"))  # the binary log `wandb sync` uploads later
+
+
+def test_bad_logger_values_name_the_key() -> None:
+    from tor_exp.errors import ConfigError
+    from tor_exp.logging.config import LoggerConfig
+
+    with pytest.raises(ConfigError, match=r"logger\.mode"):
+        LoggerConfig(mode="sometimes")
+    with pytest.raises(ConfigError, match=r"logger\.backend"):
+        LoggerConfig(backend="tensorboard")
