@@ -94,7 +94,6 @@ def test_smoke_sweep_completes_and_resumes_in_process(tmp_path, monkeypatch, cap
         assert cells[12] == cells[6]  # Avg. over the one accuracy present
 
 
-@pytest.mark.slow
 def test_killed_and_changed_sweeps_rerun_only_what_is_missing(tmp_path, monkeypatch, capsys):
     sweep, before = completed_sweep(tmp_path, monkeypatch, capsys)
 
@@ -116,7 +115,6 @@ def test_killed_and_changed_sweeps_rerun_only_what_is_missing(tmp_path, monkeypa
     assert json.loads((sweep / JOBS[0] / "results.json").read_text())["num_requests"] == {"lambada_fixture": 3}
 
 
-@pytest.mark.slow
 def test_smoke_sweep_through_submitit_local_resumes(tmp_path):
     """launcher=local: each job is its own process (submitit); the second sweep skips both jobs."""
     sweep = tmp_path / "multirun" / "smoke"
