@@ -1,8 +1,8 @@
 """End to end: the smoke sweep (tiny Mamba-2, one fixture task) completes and, run again, resumes in place.
 
-Fast variant: Hydra's basic launcher in this process (both jobs, then a rerun that skips both, then a rerun
-after one job's results.json was lost, as a killed sweep leaves it). Slow variant: the same through
-``launcher=local`` (hydra-submitit-launcher's submitit_local: one process per job).
+In process: Hydra's basic launcher (both jobs, then a rerun that skips both, then a rerun after one job's
+results.json was lost, as a killed sweep leaves it). Through ``launcher=local`` (hydra-submitit-launcher's
+submitit_local: one process per job): the same sweep completes and resumes.
 """
 from __future__ import annotations
 
