@@ -109,7 +109,7 @@ def test_lm_eval_entry_point_builds_model_from_config_names(model_args, tmp_path
 
     import tor_exp.evaluation.lm  # noqa: F401  (importing it registers "tor_exp" with lm-eval)
     from tor_exp.evaluation.runner import light_env_info, offline_datasets
-    from tor_exp.models.patch import get_patch
+    from tor_exp.models.patching import get_patch
 
     monkeypatch.chdir(tmp_path)
     tm = task_manager(["pkg://tor_exp/evaluation/tasks"], ["winogrande_fixture"])

@@ -35,7 +35,7 @@ def family(request) -> str:
 @pytest.fixture
 def model(tiny_models, family):
     m = tiny_models[family][0]
-    from tor_exp.models.patch import unpatch
+    from tor_exp.models.patching import unpatch
 
     unpatch(m)
     yield m

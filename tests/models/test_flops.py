@@ -21,7 +21,7 @@ from tor_exp.models.flops import (
     realised_flops_reduction,
     solve_keep_ratio,
 )
-from tor_exp.models.patch import reduced_forward
+from tor_exp.models.patching import reduced_forward
 
 from _tiny_methods import KeepFirst
 from conftest import LOCATIONS, random_ids, tiny_cfg

@@ -6,7 +6,7 @@ from transformers.cache_utils import DynamicCache
 
 from tor_exp.models.flops import Schedule
 from tor_exp.models.generation import decode_step, generate_text, prefill
-from tor_exp.models.patch import get_patch, patch, reduced_forward
+from tor_exp.models.patching import get_patch, patch, reduced_forward
 
 from _tiny_methods import KeepFirst, MergeRight
 from conftest import LOCATIONS, random_ids

@@ -17,7 +17,7 @@ from tor_exp.models.flops import Schedule
 
 from conftest import LOCATIONS
 from test_patch import calibrated, padded_batch
-from tor_exp.models.patch import reduced_forward
+from tor_exp.models.patching import reduced_forward
 
 PINNED = {
     ("mamba", "evit"): ([[11, 13, 17, 20, 21, 32, 37, 38, 39], [13, 14, 16, 17, 27, 28, 29, 30]], -44.7770, 1990.5151),

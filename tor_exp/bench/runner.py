@@ -114,7 +114,7 @@ def forward_fn(model: Any, ids: Tensor, variant: Variant, logits: str = "last", 
     """
     from transformers.cache_utils import DynamicCache
 
-    from tor_exp.models.patch import drive_backbone
+    from tor_exp.models.patching import drive_backbone
 
     protected = None
     if with_cache:

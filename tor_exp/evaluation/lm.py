@@ -64,10 +64,10 @@ def _plain_reduced_forward(model, input_ids, attention_mask=None, protected=None
 
 
 def get_reduced_forward() -> Callable:
-    """``tor_exp.models.patch.reduced_forward`` once it exists, else the plain stand-in."""
+    """``tor_exp.models.patching.reduced_forward`` once it exists, else the plain stand-in."""
     if importlib.util.find_spec("tor_exp.models") is not None and \
-            importlib.util.find_spec("tor_exp.models.patch") is not None:
-        from tor_exp.models.patch import reduced_forward
+            importlib.util.find_spec("tor_exp.models.patching") is not None:
+        from tor_exp.models.patching import reduced_forward
 
         return reduced_forward
     return _plain_reduced_forward

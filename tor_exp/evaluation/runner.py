@@ -195,7 +195,7 @@ def _metrics(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def _schedule_info(model) -> dict[str, Any]:
     """Target FLOPs reduction / keep ratio / locations of the model's patch (empty when unpatched)."""
     try:
-        from tor_exp.models.patch import get_patch
+        from tor_exp.models.patching import get_patch
     except ImportError:  # pragma: no cover - the models package ships with tor_exp
         return {}
     info = get_patch(model)

@@ -1,25 +1,25 @@
 """Models: loading (HF, mamba_ssm-format conversion, tiny, shipped reference), patching, schedule + FLOPs,
-generation with a reduced prefill."""
-from tor_exp.models.config import ModelConfig, TinyModelConfig
-from tor_exp.models.flops import (
-    ModelShape,
-    Schedule,
-    build_schedule,
-    flops_reduction,
-    layer_flop_terms,
-    layer_flops,
-    model_flops,
-    realised_flops_reduction,
-    solve_keep_ratio,
-)
-from tor_exp.models.generation import decode_step, generate_text, prefill
-from tor_exp.models.loading import load_model, load_tokenizer, resolve_path
-from tor_exp.models.patch import ReducedOutput, is_patched, patch, reduced_forward, unpatch
-from tor_exp.models.tokenizer import byte_tokenizer
+generation with a reduced prefill.
 
-__all__ = [
-    "ModelConfig", "TinyModelConfig", "ModelShape", "Schedule", "build_schedule", "flops_reduction",
-    "layer_flop_terms", "layer_flops", "model_flops", "realised_flops_reduction", "solve_keep_ratio",
-    "decode_step", "generate_text", "prefill", "load_model", "load_tokenizer", "resolve_path", "ReducedOutput",
-    "is_patched", "patch", "reduced_forward", "unpatch", "byte_tokenizer",
-]
+Names load lazily (PEP 562): the CLI imports ``tor_exp.models.config`` to validate overrides before anything
+needs transformers.
+"""
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    **dict.fromkeys(["ModelConfig", "TinyModelConfig"], "config"),
+    **dict.fromkeys(["ModelShape", "Schedule", "build_schedule", "flops_reduction", "layer_flop_terms", "layer_flops",
+                     "model_flops", "realised_flops_reduction", "solve_keep_ratio"], "flops"),
+    **dict.fromkeys(["decode_step", "generate_text", "prefill"], "generation"),
+    **dict.fromkeys(["load_model", "load_tokenizer", "resolve_path"], "loading"),
+    **dict.fromkeys(["ReducedOutput", "is_patched", "patch", "reduced_forward", "unpatch"], "patching"),
+    "byte_tokenizer": "tokenizer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)

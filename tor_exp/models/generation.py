@@ -1,6 +1,6 @@
 """Generation with token reduction: reduce during the prefill only, decode unreduced (METHOD.md §5).
 
-A patched model's ``forward`` (see :mod:`tor_exp.models.patch`) already does the right thing under HF's
+A patched model's ``forward`` (see :mod:`tor_exp.models.patching`) already does the right thing under HF's
 ``generate``: the prefill arrives with an empty cache, so it is reduced — with each row's last prompt token
 protected, since it predicts the first new token — and every block's mixer writes its conv window and SSM
 state for exactly the (shorter) sequence that block saw; decode steps arrive with a filled cache and run the
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 
-from tor_exp.models.patch import ReducedOutput, get_patch, last_valid_index, reduced_forward
+from tor_exp.models.patching import ReducedOutput, get_patch, last_valid_index, reduced_forward
 
 
 def prefill(
