@@ -3,8 +3,7 @@
 Names load lazily (PEP 562): the CLI imports ``tor_exp.bench.config`` to validate overrides, and that must not
 pay for importing transformers.
 """
-from importlib import import_module
-from typing import Any
+from tor_exp._lazy import lazy_exports
 
 _EXPORTS = {
     "fraction_of_ideal": "ratios",
@@ -17,8 +16,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
