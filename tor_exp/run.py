@@ -82,7 +82,6 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
     schedule = build_schedule(v.reduction, v.model, shape=ModelShape.from_hf_config(model.config))
 
     results: dict[str, Any] = {
-        "status": "running",
         "config_hash": chash,
         "task": v.root.task,
         "run_name": run_label(v),
@@ -104,14 +103,13 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
         results.update(run_benchmark(model, tokenizer, v.model, v.reduction, v.bench, out_dir=out_dir, device=device))
         timings["bench_s"] = time.perf_counter() - t0
     else:
-        headline = None
         _run_generate(v, model, tokenizer, schedule, results, timings)
 
     results["headline"] = headline
     results["timings"] = timings
     results.update(run_metadata())
     results["config"] = resolved
-    results["status"] = "complete"
+    results["status"] = "complete"  # resume trusts only complete records
     path = write_results(out_dir, results)
     print(f"[tor_exp] results: {path}")
     if v.logger.backend == "wandb":
