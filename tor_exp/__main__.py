@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 _ERROR_EXIT = 2
 
@@ -20,7 +21,7 @@ def config_dir() -> str:
     raise SystemExit("error: tor_exp config directory not found (expected conf/config.yaml)")
 
 
-def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]
+def fail(message: str) -> NoReturn:
     sys.stderr.write(f"error: {message}\n")
     raise SystemExit(_ERROR_EXIT)
 

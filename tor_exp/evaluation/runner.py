@@ -11,7 +11,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 from tor_exp.errors import ConfigError
 from tor_exp.evaluation.config import EvalConfig, resolve_include_path

@@ -5,8 +5,7 @@ Adding a method = one module here (a config dataclass + a ``ReductionMethod`` su
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
@@ -17,6 +16,7 @@ from tor_exp.reduction.state import TokenState
 
 IMPORTANCE_METRICS = ("clip", "unclipped", "l1", "l2")
 FEATURE_SOURCES = ("ssm_out", "mixer_out", "residual")
+IMPORTANCE_SOURCES = ("ssm_out", "mixer_out")
 FLOPS_SCOPES = ("backbone", "total")
 
 
@@ -32,6 +32,12 @@ def check_range(key: str, value: float | None, low: float, high: float, *, high_
     if not ok:
         bracket = ")" if high_open else "]"
         raise ConfigError(f"{key}={value!r}: must be in [{low}, {high}{bracket}")
+
+
+def check_importance_keys(metric: str, importance_source: str) -> None:
+    """The two keys every importance-ranking method (UTRC, EViT, LTMP) shares."""
+    check_choice("reduction.metric", metric, IMPORTANCE_METRICS)
+    check_choice("reduction.importance_source", importance_source, IMPORTANCE_SOURCES)
 
 
 @dataclass
@@ -119,3 +125,14 @@ def num_to_remove(num_reducible: Tensor, keep_ratio: float, max_fraction: float 
     if max_fraction is not None:
         r = torch.minimum(r, torch.floor(n * max_fraction))
     return r.to(torch.long)
+
+
+def removal_counts(state: TokenState, keep_ratio: float,
+                   max_fraction: float | None = 0.5) -> tuple[Tensor, Tensor, Tensor] | None:
+    """(reducible [B,N], n [B], r [B]) at this location, or None when no row removes anything (skip the work)."""
+    reducible = state.reducible & state.valid
+    n = reducible.sum(dim=1)
+    r = num_to_remove(n, keep_ratio, max_fraction)
+    if r.numel() == 0 or int(r.max().item()) == 0:
+        return None
+    return reducible, n, r

@@ -21,12 +21,11 @@ from torch import Tensor
 
 from tor_exp.errors import ConfigError
 from tor_exp.reduction.base import (
-    IMPORTANCE_METRICS,
     ReductionConfig,
     ReductionMethod,
-    check_choice,
-    num_to_remove,
+    check_importance_keys,
     register_method,
+    removal_counts,
 )
 from tor_exp.reduction.importance import (
     apply_reduction,
@@ -52,8 +51,7 @@ class EViTConfig(ReductionConfig):
         super().__post_init__()
         if not isinstance(self.fuse, bool):
             raise ConfigError(f"reduction.fuse={self.fuse!r}: must be true or false")
-        check_choice("reduction.metric", self.metric, IMPORTANCE_METRICS)
-        check_choice("reduction.importance_source", self.importance_source, ("ssm_out", "mixer_out"))
+        check_importance_keys(self.metric, self.importance_source)
 
 
 @register_method("evit", EViTConfig)
@@ -68,11 +66,10 @@ class EViT(ReductionMethod):
 
     def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
         cfg = self.config
-        reducible = state.reducible & state.valid
-        n = reducible.sum(dim=1)
-        r = num_to_remove(n, keep_ratio, max_fraction=None)
-        if int(r.max().item() if r.numel() else 0) == 0:
+        counts = removal_counts(state, keep_ratio, max_fraction=None)
+        if counts is None:
             return state
+        reducible, n, r = counts
         score = token_importance(get_feature(features, cfg.importance_source, "importance_source", state), cfg.metric)
         # most important first; ties keep the lower position (stable)
         rank = ranks(masked_argsort(score, reducible, descending=True))

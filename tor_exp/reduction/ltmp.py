@@ -32,10 +32,10 @@ from torch import Tensor
 from tor_exp.errors import ConfigError
 from tor_exp.reduction.base import (
     FEATURE_SOURCES,
-    IMPORTANCE_METRICS,
     ReductionConfig,
     ReductionMethod,
     check_choice,
+    check_importance_keys,
     check_range,
     num_to_remove,
     register_method,
@@ -63,8 +63,7 @@ class LTMPConfig(ReductionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("reduction.metric", self.metric, IMPORTANCE_METRICS)
-        check_choice("reduction.importance_source", self.importance_source, ("ssm_out", "mixer_out"))
+        check_importance_keys(self.metric, self.importance_source)
         check_choice("reduction.similarity_source", self.similarity_source, FEATURE_SOURCES)
         check_range("reduction.prune_share", self.prune_share, 0.0, 1.0)
         check_choice("reduction.freeze", self.freeze, FREEZE_RULES)

@@ -17,8 +17,8 @@ from tor_exp.reduction.base import (
     ReductionConfig,
     ReductionMethod,
     check_choice,
-    num_to_remove,
     register_method,
+    removal_counts,
 )
 from tor_exp.reduction.importance import apply_reduction, best_match, compact_indices, get_feature, retain_most_similar
 from tor_exp.reduction.state import TokenState
@@ -53,10 +53,10 @@ class PuMer(ReductionMethod):
         return {self.config.similarity_source}
 
     def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
-        reducible = state.reducible & state.valid
-        r = num_to_remove(reducible.sum(dim=1), keep_ratio)
-        if int(r.max().item() if r.numel() else 0) == 0:
+        counts = removal_counts(state, keep_ratio)
+        if counts is None:
             return state
+        reducible, _, r = counts
         a_idx, a_valid, b_idx, b_valid = alternate_sets(reducible)
         sim = get_feature(features, self.config.similarity_source, "similarity_source", state)
         g, dst = best_match(sim, a_idx, a_valid, b_idx, b_valid)

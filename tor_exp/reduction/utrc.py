@@ -20,13 +20,13 @@ from torch import Tensor
 from tor_exp.errors import ConfigError
 from tor_exp.reduction.base import (
     FEATURE_SOURCES,
-    IMPORTANCE_METRICS,
     ReductionConfig,
     ReductionMethod,
     check_choice,
+    check_importance_keys,
     check_range,
-    num_to_remove,
     register_method,
+    removal_counts,
 )
 from tor_exp.reduction.importance import (
     apply_reduction,
@@ -63,8 +63,7 @@ class UTRCConfig(ReductionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("reduction.metric", self.metric, IMPORTANCE_METRICS)
-        check_choice("reduction.importance_source", self.importance_source, ("ssm_out", "mixer_out"))
+        check_importance_keys(self.metric, self.importance_source)
         check_choice("reduction.similarity_source", self.similarity_source, FEATURE_SOURCES)
         check_choice("reduction.hidden", self.hidden, STREAM_STRATEGIES)
         check_choice("reduction.residual", self.residual, STREAM_STRATEGIES)
@@ -100,11 +99,10 @@ class UTRC(ReductionMethod):
 
     def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
         cfg = self.config
-        reducible = state.reducible & state.valid
-        n = reducible.sum(dim=1)
-        r = num_to_remove(n, keep_ratio)
-        if int(r.max().item() if r.numel() else 0) == 0:
+        counts = removal_counts(state, keep_ratio)
+        if counts is None:
             return state
+        reducible, n, r = counts
         # 1. calculate
         score = token_importance(get_feature(features, cfg.importance_source, "importance_source", state), cfg.metric)
         # 2. classify: rank ascending (least important first); the first ⌊n/2⌋ reducible tokens are M_A
