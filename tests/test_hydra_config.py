@@ -7,11 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-from tor_exp.__main__ import config_dir
-from tor_exp.config import register_configs, validate
+from tor_exp.config import compose_dict, config_dir, validate
 from tor_exp.errors import ConfigError
 
 CONF = Path(config_dir())
@@ -19,10 +16,7 @@ REPO = CONF.parent
 
 
 def _compose(overrides: list[str]):
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose_dict(overrides)
 
 
 def _group_files(group: str) -> list[str]:
@@ -39,15 +33,12 @@ def test_every_group_file_composes_and_validates(group: str) -> None:
         assert getattr(validated, group) is not None
 
 
-def test_launchers_are_selectable_and_not_selected_by_default() -> None:
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        default = compose(config_name="config", return_hydra_config=True)
-        assert "submitit" not in str(default.hydra.launcher.get("_target_", ""))
-        for name, target in (("local", "LocalLauncher"), ("slurm", "SlurmLauncher")):
-            cfg = compose(config_name="config", overrides=[f"launcher={name}"], return_hydra_config=True)
-            assert cfg.hydra.launcher._target_.endswith(target)
+def test_launchers_are_selectable_and_not_selected_by_default(compose) -> None:
+    default = compose.dict(hydra=True)
+    assert "submitit" not in str(default.hydra.launcher.get("_target_", ""))
+    for name, target in (("local", "LocalLauncher"), ("slurm", "SlurmLauncher")):
+        cfg = compose.dict(f"launcher={name}", hydra=True)
+        assert cfg.hydra.launcher._target_.endswith(target)
 
 
 def test_default_config_is_utrc_at_20_percent_on_the_embedded_model() -> None:

@@ -6,19 +6,9 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 _ERROR_EXIT = 2
-
-
-def config_dir() -> str:
-    """The repo's conf/ in a source checkout, the packaged copy in a wheel install."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "conf", here / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise SystemExit("error: tor_exp config directory not found (expected conf/config.yaml)")
 
 
 def fail(message: str) -> NoReturn:
@@ -35,28 +25,19 @@ def _user_overrides(argv: list[str]) -> tuple[list[str], bool]:
 
 def precheck(argv: list[str]) -> None:
     """Compose and validate before Hydra starts, so errors are one line (Hydra would print several)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from tor_exp.config import register_configs, validate
+    from tor_exp.config import compose
     from tor_exp.errors import ConfigError
 
     overrides, multirun = _user_overrides(argv)
     if multirun:
         # sweep values ("a,b", range(...)) are not composable as one job; each job validates itself.
         return
-    register_configs()
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-        validate(cfg)
+        compose(overrides)
     except ConfigError as err:
         fail(str(err))
     except Exception as err:  # hydra / omegaconf composition errors
         fail(_one_line(err))
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def _one_line(err: BaseException) -> str:
@@ -79,17 +60,21 @@ def main() -> None:
     import hydra
     from omegaconf import DictConfig
 
-    from tor_exp.config import register_configs
+    from tor_exp.config import config_dir, register_configs
     from tor_exp.errors import ConfigError
 
     register_configs()
+    try:
+        conf = config_dir()
+    except ConfigError as err:
+        fail(str(err))
 
-    @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
+    @hydra.main(config_path=conf, config_name="config", version_base="1.3")
     def _job(cfg: DictConfig) -> float | None:
         from tor_exp.run import run
 
         try:
-            return run(cfg)
+            return run(cfg).get("headline")  # a sweeper (e.g. an optimiser) gets the headline number
         except ConfigError as err:
             fail(str(err))
 

@@ -6,7 +6,8 @@ the group's YAML files start from it (``defaults: [<x>_schema, _self_]``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -49,6 +50,45 @@ class ValidatedConfig:
 
 
 _registered = False
+
+
+def config_dir() -> str:
+    """The repo's conf/ in a source checkout, the packaged copy (tor_exp/conf) in a wheel install."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "conf", here / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise ConfigError("tor_exp config directory not found (expected conf/config.yaml next to the package)")
+
+
+def compose_dict(overrides: Sequence[str] = (), *, return_hydra_config: bool = False) -> DictConfig:
+    """The primary config with ``overrides`` applied, exactly as ``python -m tor_exp <overrides>`` composes it.
+
+    Not validated (see :func:`compose`); for callers that need the DictConfig itself (a job's resolved config,
+    sweep tests that read ``hydra.*``). Works inside and outside a running Hydra app: the global Hydra state of a
+    running job is saved and restored.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    hydra_global = GlobalHydra.instance()
+    saved = hydra_global.hydra if hydra_global.is_initialized() else None
+    hydra_global.clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides),
+                                 return_hydra_config=return_hydra_config)
+    finally:
+        hydra_global.clear()
+        if saved is not None:
+            hydra_global.initialize(saved)
+
+
+def compose(overrides: Sequence[str] = ()) -> "ValidatedConfig":
+    """Compose + validate: the one way a library caller, a test or an entry point gets a config."""
+    return validate(compose_dict(overrides))
 
 
 def register_configs() -> None:

@@ -12,7 +12,7 @@ import torch
 from tor_exp.bench import run_benchmark
 from tor_exp.bench.config import BenchConfig
 from tor_exp.bench.decode import StaticDecoder, states_from_cache
-from tor_exp.bench.overhead import ReduceTimer, timed_reduce
+from tor_exp.bench.overhead import ReduceTimer
 from tor_exp.bench.runner import Variant, build_variants, forward_fn
 from tor_exp.errors import ConfigError
 from tor_exp.models import ModelConfig, TinyModelConfig, load_model, patch, unpatch
@@ -120,16 +120,21 @@ def test_memory_and_overhead_rows_on_cpu(tiny):
     assert over[1]["reduce_median_s"] < over[1]["prefill_median_s"]
 
 
-def test_reduce_timer_wraps_and_restores():
-    class M:
-        def reduce(self, x):
-            return x + 1
+def test_reduce_timer_observes_the_patched_models_reductions(tiny):
+    """The timer is an observer of the backbone loop: one call per location, time inside the reductions only."""
+    from tor_exp.models.patching import observing, patch, reduced_forward, unpatch
 
-    m, timer = M(), ReduceTimer("cpu")
-    with timed_reduce(m, timer):
-        assert m.reduce(1) == 2 and m.reduce(2) == 3
-    assert timer.calls == 2 and timer.total_s() >= 0.0
-    assert "reduce" not in vars(m) and m.reduce(5) == 6
+    model, tok, cfg = tiny
+    variant = build_variants(model, cfg, utrc_cfg(), BenchConfig(flops_targets=[0.3]), 32)[1]
+    timer = ReduceTimer("cpu")
+    patch(model, variant.method, variant.schedule)
+    try:
+        with observing(model, timer):
+            reduced_forward(model, torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(1)))
+        reduced_forward(model, torch.randint(0, 256, (2, 32)))  # detached again: not counted
+    finally:
+        unpatch(model)
+    assert timer.calls == len(variant.schedule.locations) and timer.total_s() > 0.0
 
 
 @pytest.mark.parametrize("method", ["none", "utrc"])

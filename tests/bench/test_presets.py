@@ -1,12 +1,7 @@
 """Every conf/bench preset composes with Hydra into a valid BenchConfig of its own kind, and the paper-scale
 overrides named in its comments are accepted."""
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-from tor_exp.__main__ import config_dir
 from tor_exp.bench.config import BENCH_KINDS
-from tor_exp.config import register_configs, validate
 from tor_exp.errors import ConfigError
 
 PAPER = {
@@ -17,25 +12,15 @@ PAPER = {
 }
 
 
-def _compose(overrides):
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            return validate(compose(config_name="config", overrides=overrides))
-    finally:
-        GlobalHydra.instance().clear()
-
-
 @pytest.mark.parametrize("preset", BENCH_KINDS)
-def test_preset_composes(preset):
-    v = _compose(["task=bench", f"bench={preset}", "model=tiny_mamba2"])
+def test_preset_composes(preset, compose):
+    v = compose("task=bench", f"bench={preset}", "model=tiny_mamba2")
     assert v.bench.kind == preset
     assert v.bench.flops_targets == [0.1, 0.2, 0.3]
-    big = _compose(["task=bench", f"bench={preset}", "model=tiny_mamba2", *PAPER[preset]])
+    big = compose("task=bench", f"bench={preset}", "model=tiny_mamba2", *PAPER[preset])
     assert big.bench.seq_lens == [2048] and big.bench.batch_sizes[0] in (16, 96)
 
 
-def test_bad_preset_value_names_the_key():
+def test_bad_preset_value_names_the_key(compose):
     with pytest.raises(ConfigError, match="bench.seq_lens"):
-        _compose(["task=bench", "bench=prefill", "model=tiny_mamba2", "bench.seq_lens=[0]"])
+        compose("task=bench", "bench=prefill", "model=tiny_mamba2", "bench.seq_lens=[0]")

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from lm_eval.api.instance import Instance
 
 from tor_exp.evaluation.config import FIXTURE_TASKS
-from tor_exp.evaluation.lm import TorExpLM, _plain_reduced_forward
+from tor_exp.evaluation.lm import TorExpLM
+from tor_exp.models.patching import reduced_forward
 
 from eval_helpers import N_LAYER, fixture_requests
 
@@ -33,7 +34,9 @@ def test_registered_with_lm_eval():
     from lm_eval.api.registry import get_model
     from lm_eval.models.huggingface import HFLM
 
-    assert get_model("tor_exp") is TorExpLM
+    from tor_exp.lm_eval import TorExpByName
+
+    assert get_model("tor_exp") is TorExpByName and issubclass(TorExpByName, TorExpLM)
     assert get_model("hf") is HFLM  # lm-eval's own models still resolve after ours is registered
 
 
@@ -108,7 +111,7 @@ def test_exact_alignment_equals_manual_reduced_forward(patched, some_requests):
 # --------------------------------------------------------------------------------------------- offset rule
 def keep_even_from_two(model, input_ids, attention_mask=None, protected=None, logits="all"):
     """A hand-made 'reduction': after layer 0 keep only positions p >= 2 with p even (ignores protection)."""
-    full = _plain_reduced_forward(model, input_ids, attention_mask)
+    full = reduced_forward(model, input_ids, attention_mask)  # unpatched: every position
     b, n = input_ids.shape
     valid = attention_mask.bool()
     keep = valid & (torch.arange(n)[None] % 2 == 0) & (torch.arange(n)[None] >= 2)
@@ -117,7 +120,15 @@ def keep_even_from_two(model, input_ids, attention_mask=None, protected=None, lo
     positions = torch.where(kept, order, torch.full_like(order, -1))
     out_logits = full.logits.gather(1, order[..., None].expand(-1, -1, full.logits.shape[-1]))
     per_layer = torch.cat([valid.sum(1, keepdim=True), keep.sum(1, keepdim=True).expand(b, N_LAYER - 1)], 1)
-    return type(full)(logits=out_logits, positions=positions, valid=kept, tokens_per_layer=per_layer)
+    return type(full)(logits=out_logits, positions=positions, valid=kept, tokens_per_layer=per_layer,
+                      n_input=full.n_input)
+
+
+class HandMadeLM(TorExpLM):
+    """The backend with :func:`keep_even_from_two` as its model call."""
+
+    def _model_call(self, input_ids, valid, protected):
+        return keep_even_from_two(self.model, input_ids, valid.long(), protected)
 
 
 def _req(ctx, cont, i):
@@ -135,8 +146,7 @@ def test_offset_rule_on_hand_made_cases(tiny, batch_size):
         ("a", "b"),          # inplen 1, nothing kept -> empty (and short)
     ]
     reqs = [_req(c, x, i) for i, (c, x) in enumerate(cases)]
-    lm = TorExpLM(model=model, tokenizer=tok, batch_size=batch_size, alignment="offset",
-                  reduced_forward=keep_even_from_two)
+    lm = HandMadeLM(model=model, tokenizer=tok, batch_size=batch_size, alignment="offset")
     got = lm.loglikelihood(reqs, disable_tqdm=True)
 
     @torch.no_grad()
@@ -161,7 +171,7 @@ def test_offset_rule_on_hand_made_cases(tiny, batch_size):
 
 def test_exact_alignment_refuses_a_reduction_that_drops_scored_positions(tiny):
     model, tok = tiny
-    lm = TorExpLM(model=model, tokenizer=tok, alignment="exact", reduced_forward=keep_even_from_two)
+    lm = HandMadeLM(model=model, tokenizer=tok, alignment="exact")
     with pytest.raises(RuntimeError, match="protected"):
         lm.loglikelihood([_req("abcdefg", "hij", 0)], disable_tqdm=True)
 

@@ -107,7 +107,7 @@ def test_lm_eval_entry_point_builds_model_from_config_names(model_args, tmp_path
     import lm_eval
     from lm_eval.api.registry import get_model
 
-    import tor_exp.evaluation.lm  # noqa: F401  (importing it registers "tor_exp" with lm-eval)
+    import tor_exp.lm_eval  # noqa: F401  (importing it registers "tor_exp" with lm-eval)
     from tor_exp.evaluation.runner import light_env_info, offline_datasets
     from tor_exp.models.patching import get_patch
 
@@ -138,7 +138,7 @@ def test_lm_eval_entry_point_builds_model_from_config_names(model_args, tmp_path
 
 
 def test_model_args_reject_unknown_keys():
-    from tor_exp.evaluation.lm import TorExpLM
+    from tor_exp.lm_eval import TorExpByName
 
     with pytest.raises(ConfigError, match="model_args"):
-        TorExpLM.create_from_arg_string("model=tiny_mamba2,colour=blue")
+        TorExpByName.create_from_arg_string("model=tiny_mamba2,colour=blue")

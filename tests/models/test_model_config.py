@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.config import ModelConfig, TinyModelConfig
@@ -30,10 +29,9 @@ PAPER_LOCATIONS = {64: [12, 17, 22, 27, 32, 37, 42], 48: [10, 15, 20, 25, 30, 35
 
 
 def load_yaml(name: str) -> ModelConfig:
-    raw = OmegaConf.load(CONF / f"{name}.yaml")
-    assert list(raw.pop("defaults")) == ["model_schema", "_self_"]
-    merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), raw)
-    return OmegaConf.to_object(merged)
+    from tor_exp.config import compose
+
+    return compose([f"model={name}", "reduction=none"]).model
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -30,21 +30,10 @@ CASES = {
 
 
 def _job(name: str, out: Path) -> dict:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from tor_exp.config import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        from tor_exp.config import config_dir
-    except ImportError:  # before the move of issue 13
-        from tor_exp.__main__ import config_dir
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=BASE + CASES[name])
-    GlobalHydra.instance().clear()
+    from tor_exp.config import compose_dict
     from tor_exp.run import run
+
+    cfg = compose_dict(BASE + CASES[name])
 
     run(cfg, out_dir=out)
     results = json.loads((out / "results.json").read_text())

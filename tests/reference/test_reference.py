@@ -201,44 +201,6 @@ def test_train_step_lowers_loss_on_toy_model() -> None:
     assert after < before - 1.0, (before, after)
 
 
-def test_quality_scoring_matches_direct_logprobs_and_offset_rule() -> None:
-    """Exact gather on an unreduced forward equals the plain model's continuation logprob; a removed scored
-    position switches that row to lm-eval's offset rule."""
-    from transformers import Mamba2ForCausalLM
-
-    from tor_exp.models import reduced_forward
-    from tor_exp.reference.quality import make_batch, score_batch
-
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    args = build_parser().parse_args(["--data", "x", "--out", "y", "--d-model", "32", "--n-layer", "2",
-                                      "--head-dim", "16", "--state-size", "16", "--chunk-size", "16"])
-    model = Mamba2ForCausalLM(model_config(args)).eval()
-    fulls = [list(b"abcdefghij"), list(b"hello world, hi")]
-    batch = make_batch([(fulls[0], 3), (fulls[1], 4)], 257)
-    assert batch["protected"][0].tolist() == [False] * 6 + [True] * 3 + [False] * 5
-    with torch.no_grad():
-        out = reduced_forward(model, batch["input_ids"], batch["attention_mask"], batch["protected"])
-        ll, exact, mis = score_batch(out.logits, out.positions, out.valid, batch)
-        for b, (full, k) in enumerate([(fulls[0], 3), (fulls[1], 4)]):
-            logp = torch.log_softmax(model(input_ids=torch.tensor([full[:-1]])).logits[0], -1)
-            want = sum(float(logp[t - 1, full[t]]) for t in range(len(full) - k, len(full)))
-            assert math.isclose(float(ll[b]), want, rel_tol=1e-4, abs_tol=1e-4)
-    assert not mis.any()
-    # drop original position 7 of row 0 (a scored one): row 0 is misaligned and uses the last 3 valid rows
-    logits, positions, valid = out.logits.clone(), out.positions.clone(), out.valid.clone()
-    keep = [i for i in range(14) if i != 7]
-    logits[0, :13], positions[0, :13], valid[0, :13] = out.logits[0, keep], out.positions[0, keep], out.valid[0, keep]
-    positions[0, 13], valid[0, 13] = -1, False
-    ll2, _, mis2 = score_batch(logits, positions, valid, batch)
-    assert mis2.tolist() == [True, False]
-    lp = torch.log_softmax(logits[0], -1)
-    n_valid = int(valid[0].sum())
-    want0 = sum(float(lp[n_valid - 3 + j, fulls[0][7 + j]]) for j in range(3))
-    assert math.isclose(float(ll2[0]), want0, rel_tol=1e-5)
-    assert math.isclose(float(ll2[1]), float(ll[1]), rel_tol=1e-6)
-
-
 def test_task_byte_perplexity_equals_a_manual_computation() -> None:
     """The lm-eval task's per-byte metrics = exp / log2 of Σ continuation NLL over Σ continuation bytes."""
     import math

@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from tor_exp.__main__ import config_dir
+from tor_exp.config import config_dir
 from tor_exp.config import register_configs, validate
 from tor_exp.reporting.paper import canonical_model
 

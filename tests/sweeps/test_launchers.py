@@ -72,7 +72,7 @@ def test_slurm_command_composes_to_a_submitit_slurm_launcher():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from tor_exp.__main__ import config_dir
+    from tor_exp.config import config_dir
     from tor_exp.config import register_configs
 
     args = shlex.split(dry_run("slurm_table6.sh", TOR_EXP_PARTITION="gpu", TOR_EXP_TIMEOUT_MIN="90").stdout)[4:]

@@ -1,27 +1,30 @@
-"""Time spent inside ``method.reduce`` during a prefill (the reduction overhead).
+"""Time spent inside the reductions during a prefill (the reduction overhead).
 
-The method object's ``reduce`` is replaced by a timing wrapper on the instance (the model adapter calls
-``method.reduce(...)``, so it picks the wrapper up). On CUDA each call is bracketed by events on the current
-stream and nothing is synchronised inside the forward, so the measured prefill is not slowed by the
+:class:`ReduceTimer` is a :class:`~tor_exp.models.backbone.ReductionObserver` of the backbone loop: it brackets
+every reduction (the method's decision and its application). On CUDA each one is bracketed by events on the
+current stream and nothing is synchronised inside the forward, so the measured prefill is not slowed by the
 measurement; the per-call intervals are summed after the forward has finished.
 """
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from tor_exp.models.backbone import ReductionObserver
 
-class ReduceTimer:
-    """Accumulates the seconds spent in ``method.reduce`` between ``reset()`` and ``total_s()``."""
+
+class ReduceTimer(ReductionObserver):
+    """Accumulates the seconds spent in reductions between ``reset()`` and ``total_s()``."""
 
     def __init__(self, device: torch.device | str | None):
         self.cuda = device is not None and torch.device(device).type == "cuda"
         self.device = device
         self.calls = 0
         self._cpu_s = 0.0
+        self._t0 = 0.0
+        self._begin: Any = None
         self._events: list[tuple[Any, Any]] = []
 
     def reset(self) -> None:
@@ -29,41 +32,25 @@ class ReduceTimer:
         self._cpu_s = 0.0
         self._events = []
 
-    def wrap(self, fn: Any) -> Any:
-        def timed_reduce(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            if self.cuda:
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-                out = fn(*args, **kwargs)
-                end.record()
-                self._events.append((begin, end))
-                return out
-            t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            self._cpu_s += time.perf_counter() - t0
-            return out
+    def before_reduce(self, location: int, state: Any) -> None:
+        self.calls += 1
+        if self.cuda:
+            self._begin = torch.cuda.Event(enable_timing=True)
+            self._begin.record()
+        else:
+            self._t0 = time.perf_counter()
 
-        return timed_reduce
+    def after_reduce(self, location: int, before: Any, plan: Any, after: Any) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._events.append((self._begin, end))
+        else:
+            self._cpu_s += time.perf_counter() - self._t0
 
     def total_s(self) -> float:
-        """Seconds inside reduce since the last reset (synchronises on CUDA)."""
+        """Seconds inside reductions since the last reset (synchronises on CUDA)."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
             return sum(b.elapsed_time(e) for b, e in self._events) / 1000.0
         return self._cpu_s
-
-
-@contextmanager
-def timed_reduce(method: Any, timer: ReduceTimer) -> Iterator[ReduceTimer]:
-    """Install the timing wrapper on ``method`` (an instance attribute shadowing the class's ``reduce``)."""
-    had_own = "reduce" in vars(method)
-    original = method.reduce
-    method.reduce = timer.wrap(original)
-    try:
-        yield timer
-    finally:
-        if had_own:
-            method.reduce = original
-        else:
-            del method.reduce

@@ -7,10 +7,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import platform
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -19,7 +18,7 @@ from tor_exp.bench import ratios
 from tor_exp.bench.config import BenchConfig
 from tor_exp.bench.decode import StaticDecoder, states_from_cache
 from tor_exp.bench.memory import NvmlPeakSampler, nvml_handle
-from tor_exp.bench.overhead import ReduceTimer, timed_reduce
+from tor_exp.bench.overhead import ReduceTimer
 from tor_exp.bench.timing import Stopwatch, TimingStats, synchronize
 
 
@@ -33,7 +32,6 @@ class Variant:
     method: Any = None
     schedule: Any = None
     keep_ratio: float = 1.0
-    calibrated: bool = False
 
     @property
     def reduced(self) -> bool:
@@ -68,24 +66,12 @@ def build_variants(model: Any, model_cfg: Any, reduction_cfg: Any, bench_cfg: Be
     return variants
 
 
-@contextmanager
-def applied(model: Any, variant: Variant, tokenizer: Any = None, device: Optional[torch.device] = None) -> Iterator[Any]:
-    """Patch ``model`` with the variant's method for the block (calibrating methods that need it), then unpatch."""
-    if not variant.reduced:
-        yield model
-        return
-    from tor_exp.models import patch, unpatch
+def applied(model: Any, variant: Variant, tokenizer: Any, model_cfg: Any) -> Any:
+    """The model patched with the variant's method (calibrated on the model's calibration text) for a block."""
+    from tor_exp.models.calibration import reducing
 
-    patch(model, variant.method, variant.schedule)
-    try:
-        if hasattr(variant.method, "calibrating") and tokenizer is not None and not variant.calibrated:
-            from tor_exp.run import calibrate_if_needed
-
-            calibrate_if_needed(variant.method, model, tokenizer, device or next(model.parameters()).device)
-            variant.calibrated = True
-        yield model
-    finally:
-        unpatch(model)
+    return reducing(model, variant.method, variant.schedule, tokenizer=tokenizer,
+                    calibration_source=model_cfg.calibration_text)
 
 
 def random_prompts(batch: int, length: int, vocab: int, seed: int, device: torch.device) -> Tensor:
@@ -104,31 +90,28 @@ class ForwardOut:
 
 
 def forward_fn(model: Any, ids: Tensor, variant: Variant, logits: str = "last", *, with_cache: bool = False,
-               logits_float: bool = False):
-    """A closure running the backbone driver (reducing per the variant) + LM head, without FLOPs bookkeeping.
+               logits_float: bool = False, observers: Sequence[Any] = ()):
+    """A closure running the backbone loop (reducing per the variant) + LM head, without FLOPs bookkeeping.
 
-    ``reduced_forward`` also computes realised FLOPs with a Python loop over rows × layers on the host; that
-    is done once after timing instead, so the timed region is the model's work only. ``with_cache``: a
-    generation prefill — a fresh cache is filled and each row's last prompt token is protected (it
-    predicts the first new token), as :func:`tor_exp.models.generation.prefill` does.
+    ``reduced_forward`` also computes realised FLOPs on the host; that is done once after timing instead, so the
+    timed region is the model's work only. ``with_cache``: a generation prefill — a fresh cache is filled and each
+    row's last prompt token is protected (it predicts the first new token), as
+    :func:`tor_exp.models.generation.prefill` does.
     """
     from transformers.cache_utils import DynamicCache
 
-    from tor_exp.models.patching import drive_backbone
+    from tor_exp.models.backbone import drive_backbone, gather_last, protect_last
 
-    protected = None
-    if with_cache:
-        protected = torch.zeros_like(ids, dtype=torch.bool)
-        protected[:, -1] = True
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    protected = protect_last(valid) if with_cache else None
 
     def run() -> ForwardOut:
         cache = DynamicCache(config=model.config) if with_cache else None
-        hidden, state, counts = drive_backbone(model, ids, None, protected, variant.method, variant.schedule, cache)
-        if logits == "last":
-            last = (state.valid.sum(dim=1) - 1).clamp(min=0)
-            hidden = hidden[torch.arange(hidden.shape[0], device=hidden.device), last][:, None]
-        out = model.lm_head(hidden.to(model.lm_head.weight.dtype))
-        return ForwardOut(out.float() if logits_float else out, counts, cache)
+        out = drive_backbone(model, ids, valid, protected, variant.method, variant.schedule, cache,
+                             observers=observers)
+        hidden = gather_last(out.hidden, out.state.valid) if logits == "last" else out.hidden
+        head = model.lm_head(hidden.to(model.lm_head.weight.dtype))
+        return ForwardOut(head.float() if logits_float else head, out.tokens_per_layer, cache)
 
     return run
 
@@ -183,11 +166,11 @@ def bench_prefill(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any
             watch = Stopwatch(device)
             with torch.inference_mode():
                 for v, run in zip(variants, runs):
-                    with applied(model, v, tokenizer, device):
+                    with applied(model, v, tokenizer, model_cfg):
                         for _ in range(cfg.warmup):
                             run()
                 for i in run_order(len(variants), cfg.repeats, cfg.interleave):
-                    with applied(model, variants[i], tokenizer, device):
+                    with applied(model, variants[i], tokenizer, model_cfg):
                         watch.start()
                         out = runs[i]()
                         stats[i].times_s.append(watch.stop())
@@ -291,11 +274,11 @@ def bench_generate(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: An
             last: list[Any] = [None] * len(variants)
             with torch.inference_mode():
                 for v in variants:
-                    with applied(model, v, tokenizer, device):
+                    with applied(model, v, tokenizer, model_cfg):
                         for _ in range(cfg.warmup):
                             generate_tokens(model, ids, v, cfg.new_tokens, decoders, device)
                 for i in run_order(len(variants), cfg.repeats, cfg.interleave):
-                    with applied(model, variants[i], tokenizer, device):
+                    with applied(model, variants[i], tokenizer, model_cfg):
                         tokens, p, d, out = generate_tokens(model, ids, variants[i], cfg.new_tokens, decoders, device)
                     pre[i].times_s.append(p)
                     dec[i].times_s.append(d)
@@ -352,7 +335,7 @@ def bench_memory(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any,
                                            "variant": v.label, "method": v.method_name, "target_flops": v.target_flops,
                                            "keep_ratio": v.keep_ratio}
                     try:
-                        row.update(_measure_memory(model, ids, v, mode, cfg, device, handle, tokenizer))
+                        row.update(_measure_memory(model, ids, v, mode, cfg, device, handle, tokenizer, model_cfg))
                     except torch.cuda.OutOfMemoryError as err:  # the baseline may not fit: record, go on
                         row.update({"oom": True, "error": str(err).splitlines()[0][:200], "logits_bytes": None,
                                     "peak_allocated_bytes": None, "nvml_peak_bytes": None})
@@ -363,9 +346,9 @@ def bench_memory(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any,
 
 
 def _measure_memory(model: Any, ids: Tensor, v: Variant, mode: str, cfg: BenchConfig, device: torch.device,
-                    handle: Any, tokenizer: Any) -> dict[str, Any]:
+                    handle: Any, tokenizer: Any, model_cfg: Any) -> dict[str, Any]:
     cuda = device.type == "cuda"
-    with applied(model, v, tokenizer, device), torch.inference_mode():
+    with applied(model, v, tokenizer, model_cfg), torch.inference_mode():
         run = forward_fn(model, ids, v, mode, logits_float=cfg.logits_float)
         for _ in range(cfg.warmup):  # Triton compiles / autotunes outside the measurement
             run()
@@ -408,23 +391,21 @@ def bench_overhead(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: An
             ids = random_prompts(batch, length, model.config.vocab_size, cfg.seed, device)
             for v in build_variants(model, model_cfg, reduction_cfg, cfg, length, cfg.logits):
                 timer = ReduceTimer(device)
-                run = forward_fn(model, ids, v, cfg.logits, logits_float=cfg.logits_float)
-                with applied(model, v, tokenizer, device), torch.inference_mode():
-                    ctx = timed_reduce(v.method, timer) if v.reduced else _nullcontext()
-                    with ctx:
-                        for _ in range(cfg.warmup):
-                            run()
-                        watch, total, inside, shares, calls = Stopwatch(device), TimingStats(), TimingStats(), [], 0
-                        for _ in range(cfg.repeats):
-                            timer.reset()
-                            watch.start()
-                            out = run()
-                            t = watch.stop()
-                            r = timer.total_s()
-                            total.times_s.append(t)
-                            inside.times_s.append(r)
-                            shares.append(ratios.overhead_share(r, t))
-                            calls = timer.calls
+                run = forward_fn(model, ids, v, cfg.logits, logits_float=cfg.logits_float, observers=[timer])
+                with applied(model, v, tokenizer, model_cfg), torch.inference_mode():
+                    for _ in range(cfg.warmup):
+                        run()
+                    watch, total, inside, shares, calls = Stopwatch(device), TimingStats(), TimingStats(), [], 0
+                    for _ in range(cfg.repeats):
+                        timer.reset()
+                        watch.start()
+                        out = run()
+                        t = watch.stop()
+                        r = timer.total_s()
+                        total.times_s.append(t)
+                        inside.times_s.append(r)
+                        shares.append(ratios.overhead_share(r, t))
+                        calls = timer.calls
                 rows.append({"kind": "overhead", "batch": batch, "seq_len": length, "variant": v.label,
                              "method": v.method_name, "target_flops": v.target_flops, "keep_ratio": v.keep_ratio,
                              **_flops_fields(realised(model, out, length, cfg.logits)), **total.as_dict("prefill_"),
@@ -436,11 +417,6 @@ def bench_overhead(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: An
                 _release(device)
     add_prefill_ratios(rows)
     return rows
-
-
-@contextmanager
-def _nullcontext() -> Iterator[None]:
-    yield
 
 
 RUNNERS = {"prefill": bench_prefill, "generate": bench_generate, "memory": bench_memory, "overhead": bench_overhead}

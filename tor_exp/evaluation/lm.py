@@ -1,35 +1,22 @@
 """lm-eval ``LM`` backend for (token-reduced) Mamba / Mamba-2 models.
 
-Registered as ``tor_exp`` so it works both in-process (``TorExpLM(model=..., tokenizer=...)``) and from lm-eval's
-own ``simple_evaluate(model="tor_exp", model_args="model=<config name>,reduction=<name>,...")``.
+``TorExpLM(model=..., tokenizer=...)`` scores an in-memory model, patched or not; ``tor_exp.lm_eval`` registers
+the name ``tor_exp`` (models built by config name) for lm-eval's ``simple_evaluate`` and command line.
 
-Scoring follows lm-eval's causal recipe (input = (context + continuation)[:-1], right padding) and reuses its
-request plumbing (``Collator``, rolling windows, stop-sequence handling). What differs is alignment under
-reduction (see ``docs``/METHOD.md §5):
-
-* ``exact``: the scored positions and all padding are protected; logits are gathered by the *original position*
-  each surviving token reports, so every continuation token is predicted from its true predecessor.
-* ``offset``: the released evaluation's rule. Nothing is protected and lm-eval's slice ``[ctx_len - contlen :
-  ctx_len]`` with ``ctx_len = inplen - removed`` is taken from the shortened logits. Rows are independent (padding
-  never takes part), i.e. this is the released code at batch size 1. Requests whose slice is shorter than the
-  continuation (or empty) score log-likelihood 0 and count as greedy-correct, as the released code does; they are
-  counted, and so are full-length slices that read logits from the wrong positions ("misaligned").
-
-Per task the backend records the realised backbone FLOPs reduction from the real per-layer token counts.
+Scoring follows lm-eval's causal recipe and reuses its request plumbing (``Collator``, rolling windows, stop
+sequences). Per batch: :func:`~tor_exp.evaluation.scoring.pack` → :meth:`TorExpLM._model_call` (the one place the
+model is called) → :func:`~tor_exp.evaluation.scoring.score_continuations` (the alignment rule, METHOD.md §5) →
+per-task statistics, including the realised backbone FLOPs reduction from the real per-layer token counts.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
 from lm_eval.models.utils import (
     Collator,
     handle_stop_sequences,
@@ -39,9 +26,10 @@ from lm_eval.models.utils import (
 from lm_eval.models.utils_hf import stop_sequences_criteria
 from tqdm import tqdm
 
-import lm_eval.models  # noqa: F401  (fills lm-eval's lazy model registry before ours is added)
 from tor_exp.errors import ConfigError
 from tor_exp.evaluation.config import ALIGNMENTS
+from tor_exp.evaluation.scoring import PackedBatch, Scores, pack, protected_mask, score_continuations
+from tor_exp.models.patching import ReducedOutput, reduced_forward
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +38,6 @@ UNKNOWN_TASK = "<unknown>"
 
 
 # ----------------------------------------------------------------------------------------------- model access
-def _plain_reduced_forward(model, input_ids, attention_mask=None, protected=None, logits="all"):
-    """Stand-in with ``reduced_forward``'s contract for an unpatched model (nothing removed)."""
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    out = model(input_ids=input_ids, attention_mask=attention_mask)
-    valid = attention_mask.bool()
-    b, n = input_ids.shape
-    positions = torch.arange(n, device=input_ids.device).expand(b, n).masked_fill(~valid, -1)
-    layers = num_layers(model)
-    per_layer = valid.sum(1, keepdim=True).expand(b, layers)
-    return SimpleNamespace(logits=out.logits, positions=positions, valid=valid, tokens_per_layer=per_layer)
-
-
-def get_reduced_forward() -> Callable:
-    """``tor_exp.models.patching.reduced_forward`` once it exists, else the plain stand-in."""
-    if importlib.util.find_spec("tor_exp.models") is not None and \
-            importlib.util.find_spec("tor_exp.models.patching") is not None:
-        from tor_exp.models.patching import reduced_forward
-
-        return reduced_forward
-    return _plain_reduced_forward
-
-
 def num_layers(model) -> int:
     cfg = model.config
     for key in ("num_hidden_layers", "n_layer", "n_layers"):
@@ -128,46 +93,29 @@ def _as_int(key: str, value: Any) -> int:
     return out
 
 
-@register_model("tor_exp")
 class TorExpLM(TemplateLM):
-    """lm-eval backend over a (patched) HF Mamba / Mamba-2 model.
+    """lm-eval backend over an in-memory (patched or plain) HF Mamba / Mamba-2 model and its tokenizer.
 
-    In-process: ``TorExpLM(model=<nn.Module>, tokenizer=<tokenizer>)``. From lm-eval model_args: ``model`` (a
-    model config name / YAML path), ``reduction`` (a reduction config name or ``none``) and any Hydra overrides as
-    dotted keys (``reduction.target_flops=0.3``); the model is built with ``tor_exp.models.loading.load_model``
-    and patched.
+    Models given by config name (lm-eval's ``model_args``) are built by ``tor_exp.lm_eval``, which registers
+    the name ``tor_exp`` with lm-eval.
     """
 
     backend = "causal"
 
     def __init__(
         self,
-        model: Any = None,
-        tokenizer: Any = None,
+        model: Any,
+        tokenizer: Any,
         *,
-        pretrained: Any = None,
-        reduction: Optional[str] = None,
         alignment: str = "exact",
         batch_size: Any = 8,
         max_length: Optional[int] = None,
         max_gen_toks: int = 256,
-        device: Optional[str] = None,
         add_bos_token: Optional[bool] = None,
         prefix_token_id: Optional[int] = None,
         target_flops: Optional[float] = None,
-        reduced_forward: Optional[Callable] = None,
-        **overrides: Any,
     ) -> None:
         super().__init__()
-        model = model if model is not None else pretrained
-        overrides.pop("max_batch_size", None)  # passed by simple_evaluate; batches here are fixed-size
-        if model is None or isinstance(model, str):
-            if model is None:
-                raise ConfigError("eval model_args: `model` (a model config name or path) is required")
-            model, tokenizer, target = build_from_config(model, reduction, overrides, device)
-            target_flops = target if target_flops is None else target_flops
-        elif overrides:
-            raise ConfigError(f"eval model_args {sorted(overrides)}: overrides need `model` given by name")
         if tokenizer is None:
             raise ConfigError("eval model_args: a tokenizer is required with an in-memory model")
         if alignment not in ALIGNMENTS:
@@ -180,12 +128,10 @@ class TorExpLM(TemplateLM):
         self.batch_size = _as_int("batch_size", batch_size)
         self._max_length = int(max_length) if max_length else None
         self._max_gen_toks = int(max_gen_toks)
-        # inputs follow the model; ``device`` only places a model built by name
-        self._device = next(model.parameters()).device
+        self._device = next(model.parameters()).device  # inputs follow the model
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = prefix_token_id
         self.target_flops = None if target_flops is None else float(target_flops)
-        self._reduced_forward = reduced_forward or get_reduced_forward()
         self.layers = num_layers(model)
         self.stats: dict[str, TaskStats] = {}
         self._task_names: Optional[list[str]] = None
@@ -280,80 +226,24 @@ class TorExpLM(TemplateLM):
                 self.cache_hook.add_partial("loglikelihood", request_str, answer)
         return ordered
 
+    def _model_call(self, input_ids: torch.Tensor, valid: torch.Tensor, protected: torch.Tensor) -> ReducedOutput:
+        """The one place the model is called: a (reduced) forward with every position's logits."""
+        return reduced_forward(self.model, input_ids, attention_mask=valid.long(), protected=protected, logits="all")
+
     @torch.no_grad()
     def _score_batch(self, chunk, *, score_all: bool) -> list[tuple[float, bool]]:
-        inputs, cont_lens, conts = [], [], []
-        for _, (_, ctx, cont), _ in chunk:
-            if not ctx or not cont:
-                raise ValueError("loglikelihood requests need non-empty context and continuation tokens")
-            if len(cont) > self.max_length:
-                raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length={self.max_length}")
-            whole = (ctx + cont)[-(self.max_length + 1):]
-            inputs.append(whole[:-1])
-            cont_lens.append(len(cont))
-            conts.append(cont)
-        dev = self._device
-        b = len(inputs)
-        inplen = torch.tensor([len(x) for x in inputs], device=dev)
-        contlen = torch.tensor(cont_lens, device=dev)
-        width = int(inplen.max())
-        input_ids = torch.full((b, width), self.pad_token_id, dtype=torch.long, device=dev)
-        for i, x in enumerate(inputs):  # right padding
-            input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long, device=dev)
-        col = torch.arange(width, device=dev)
-        mask = col[None, :] < inplen[:, None]
-        if score_all:
-            protected = torch.ones_like(mask)
-        elif self.alignment == "exact":
-            protected = col[None, :] >= (inplen - contlen)[:, None]  # scored positions + padding
-        else:
-            protected = ~mask  # padding only (it is invalid anyway)
-        out = self._reduced_forward(self.model, input_ids, attention_mask=mask.long(), protected=protected,
-                                    logits="all")
-        positions = out.positions.to(dev)
-        valid = out.valid.to(dev).bool() & (positions >= 0)
-        n_out = positions.shape[1]
+        batch = pack([(ctx, cont) for _, (_, ctx, cont), _ in chunk], max_length=self.max_length,
+                     pad_id=self.pad_token_id, device=self._device)
+        alignment = "exact" if score_all else self.alignment
+        out = self._model_call(batch.input_ids, batch.valid, protected_mask(batch, alignment, score_all=score_all))
+        scores = score_continuations(out.logits, out.positions, out.valid, batch, alignment)
+        self._count(chunk, batch, scores, out.tokens_per_layer, score_all)
+        return [(float(lp), bool(g)) for lp, g in zip(scores.logprob.tolist(), scores.greedy.tolist())]
 
-        cmax = int(contlen.max())
-        k = torch.arange(cmax, device=dev)
-        cmask = k[None, :] < contlen[:, None]
-        cont_toks = torch.zeros((b, cmax), dtype=torch.long, device=dev)
-        for i, c in enumerate(conts):
-            cont_toks[i, : len(c)] = torch.tensor(c, dtype=torch.long, device=dev)
-        # original position that predicts continuation token k
-        target_pos = (inplen - contlen)[:, None] + k[None, :]
-
-        # where each original position ended up in the reduced output (-1 = removed or merged away)
-        where = torch.full((b, width + 1), -1, dtype=torch.long, device=dev)
-        src = torch.arange(n_out, device=dev).expand(b, n_out)
-        where.scatter_(1, torch.where(valid, positions, torch.full_like(positions, width)), src)
-        exact_idx = where[:, :width].gather(1, target_pos.clamp(max=width - 1))
-
-        n_valid = valid.sum(1)
-        short = torch.zeros(b, dtype=torch.bool, device=dev)
-        if self.alignment == "exact" or score_all:
-            if bool(((exact_idx < 0) & cmask).any()):
-                raise RuntimeError("reduced_forward removed a protected (scored) position")
-            idx = exact_idx
-        else:
-            # released rule per row: slice [ctx_len - contlen : ctx_len] of the row's surviving logits,
-            # ctx_len = inplen - removed = n_valid; Python slicing with a negative start gives fewer rows.
-            short = n_valid < contlen
-            # survivors are compacted in order, so the row's j-th valid output is output index j
-            idx = (n_valid - contlen)[:, None] + k[None, :]
-        idx = torch.where(cmask & ~short[:, None], idx, torch.zeros_like(idx)).clamp(min=0, max=n_out - 1)
-        rows = torch.arange(b, device=dev)[:, None]
-        picked = F.log_softmax(out.logits[rows, idx].float(), dim=-1)  # [B, C, V]
-        token_lp = picked.gather(2, cont_toks[..., None]).squeeze(-1)
-        greedy_ok = (picked.argmax(-1) == cont_toks) | ~cmask
-        logprob = (token_lp * cmask).sum(1)
-        greedy = greedy_ok.all(1)
-        logprob = torch.where(short, torch.zeros_like(logprob), logprob)
-        greedy = greedy | short
-        misaligned = ((idx != exact_idx) & cmask).any(1) & ~short
-
-        real = per_row_layer_tokens(out.tokens_per_layer, b, self.layers)
-        answers = []
+    def _count(self, chunk, batch: PackedBatch, scores: Scores, tokens_per_layer: torch.Tensor,
+               score_all: bool) -> None:
+        """Per-task request accounting: layer-tokens for the realised FLOPs, the offset rule's flags."""
+        real = per_row_layer_tokens(tokens_per_layer, len(chunk), self.layers)
         for i, (_, _, task) in enumerate(chunk):
             st = self._stat(task)
             st.requests += 1
@@ -361,15 +251,15 @@ class TorExpLM(TemplateLM):
                 st.rolling_requests += 1
             else:
                 st.loglikelihood_requests += 1
-            st.input_tokens += int(inplen[i])
-            st.layer_tokens_full += float(self.layers * int(inplen[i]))
+            n_input = int(batch.input_lengths[i])
+            st.input_tokens += n_input
+            st.layer_tokens_full += float(self.layers * n_input)
             st.layer_tokens_real += float(real[i])
             if self.alignment == "offset" and not score_all:
-                st.offset_short += int(short[i])
-                st.offset_empty += int(short[i] and n_valid[i] == 0)
-                st.offset_misaligned += int(misaligned[i])
-            answers.append((float(logprob[i]), bool(greedy[i])))
-        return answers
+                short = bool(scores.short[i])
+                st.offset_short += int(short)
+                st.offset_empty += int(short and bool(scores.empty[i]))
+                st.offset_misaligned += int(scores.misaligned[i])
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Perplexity-style scoring. Every position is scored, so every position is protected: nothing is
@@ -438,12 +328,3 @@ class TorExpLM(TemplateLM):
             pbar.update(len(chunk))
         pbar.close()
         return reorder.get_original(results)
-
-
-# ----------------------------------------------------------------------------------------------- build by name
-def build_from_config(model: str, reduction: Optional[str], overrides: dict[str, Any],
-                      device: Optional[str] = None):
-    """Compose the project's Hydra config for ``model`` / ``reduction`` and return (model, tokenizer, target)."""
-    from tor_exp.evaluation.building import build_patched_model
-
-    return build_patched_model(model, reduction, overrides, device=device)

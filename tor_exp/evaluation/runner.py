@@ -194,10 +194,8 @@ def _metrics(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def _schedule_info(model) -> dict[str, Any]:
     """Target FLOPs reduction / keep ratio / locations of the model's patch (empty when unpatched)."""
-    try:
-        from tor_exp.models.patching import get_patch
-    except ImportError:  # pragma: no cover - the models package ships with tor_exp
-        return {}
+    from tor_exp.models.patching import get_patch
+
     info = get_patch(model)
     if info is None:
         return {}
@@ -206,8 +204,7 @@ def _schedule_info(model) -> dict[str, Any]:
             "locations": list(getattr(sched, "locations", []) or [])}
 
 
-def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
-             reduced_forward=None) -> dict[str, Any]:
+def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str) -> dict[str, Any]:
     """Score ``model`` (patched or not) on ``eval_cfg.tasks`` with lm-eval; one pass, no baseline.
 
     Returns ``{"reduction", "metrics": {task: {metric: v, metric_stderr: s}}, "flops": {task: realised backbone
@@ -227,8 +224,8 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
     tm = task_manager(list(eval_cfg.include_paths), list(eval_cfg.tasks))
     specs, all_local = task_specs(list(eval_cfg.tasks), tm)
     sched = _schedule_info(model)
-    lm = TorExpLM(model=model, tokenizer=tokenizer, alignment=eval_cfg.alignment, batch_size=eval_cfg.batch_size,
-                  target_flops=sched.get("target"), reduced_forward=reduced_forward)
+    lm = TorExpLM(model, tokenizer, alignment=eval_cfg.alignment, batch_size=eval_cfg.batch_size,
+                  target_flops=sched.get("target"))
     with offline_datasets(all_local), light_env_info(), _quiet_num_fewshot_notice():
         raw = lm_eval.simple_evaluate(
             model=lm, tasks=specs, num_fewshot=eval_cfg.num_fewshot, limit=eval_cfg.limit,

@@ -12,7 +12,9 @@ _EXPORTS = {
                      "model_flops", "realised_flops_reduction", "solve_keep_ratio"], "flops"),
     **dict.fromkeys(["decode_step", "generate_text", "prefill"], "generation"),
     **dict.fromkeys(["load_model", "load_tokenizer", "resolve_path"], "loading"),
-    **dict.fromkeys(["ReducedOutput", "is_patched", "patch", "reduced_forward", "unpatch"], "patching"),
+    **dict.fromkeys(["ReducedOutput", "is_patched", "observing", "patch", "reduced_forward", "unpatch"], "patching"),
+    **dict.fromkeys(["ReductionObserver", "drive_backbone", "gather_last", "protect_last"], "backbone"),
+    **dict.fromkeys(["build_reduction", "calibrate", "calibration_text", "reducing"], "calibration"),
     "byte_tokenizer": "tokenizer",
 }
 __all__ = sorted(_EXPORTS)

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 
-from tor_exp.models.patching import ReducedOutput, get_patch, last_valid_index, reduced_forward
+from tor_exp.models.backbone import protect_last
+from tor_exp.models.patching import ReducedOutput, get_patch, reduced_forward
 
 
 def prefill(
@@ -29,9 +30,7 @@ def prefill(
     The last real token of every row is protected in addition to ``protected``.
     """
     valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    last = torch.zeros_like(valid)
-    last.scatter_(1, last_valid_index(valid)[:, None], True)
-    protected = last if protected is None else (protected.bool() | last)
+    protected = protect_last(valid, 1, protected)
     cache = DynamicCache(config=model.config)
     return reduced_forward(model, input_ids, attention_mask, protected, logits="last", cache=cache)
 

@@ -4,20 +4,20 @@ UNTESTED ON THIS MACHINE: mamba_ssm needs CUDA and cannot be installed here. The
 mamba_ssm; everything that needs it raises a ConfigError naming ``model.backend``.
 
 mamba_ssm blocks already return the two streams METHOD.md talks about — ``(hidden, residual)`` with the add
-deferred to the next block — so the adapter only reduces between blocks and adds them at the end. Its kernels
-take no padding mask: rows are right-padded after a reduction, which is harmless for the real tokens
-(causality), but batches must not be left-padded. ``ssm_out`` is not reachable inside the fused kernels, so
-methods that need it must use ``importance_source: mixer_out``.
+deferred to the next block — so :meth:`MambaSSMBackend.step` is the block call itself. Its kernels take no
+padding mask: rows are right-padded after a reduction, which is harmless for the real tokens (causality), but
+batches must not be left-padded. ``ssm_out`` is not reachable inside the fused kernels, so methods that need it
+must use ``importance_source: mixer_out``.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from tor_exp.errors import ConfigError
-from tor_exp.reduction.state import TokenState
+from tor_exp.paths import resolve_pkg_path
 
 
 def mamba_ssm_available() -> bool:
@@ -40,40 +40,32 @@ def load_mamba_ssm_backend(cfg: Any, device: str | torch.device = "cuda"):
         raise ConfigError(f"model.backend=mamba_ssm: needs model.source=mamba_ssm, got {cfg.source!r}")
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
-    from tor_exp.models.loading import resolve_path
-
-    model = MambaLMHeadModel.from_pretrained(resolve_path(cfg.path), device=str(device), dtype=cfg.torch_dtype)
+    model = MambaLMHeadModel.from_pretrained(resolve_pkg_path(cfg.path, "model.path"), device=str(device),
+                                             dtype=cfg.torch_dtype)
     return model.eval()
 
 
-@torch.no_grad()
-def mamba_ssm_reduced_forward(
-    model: Any,
-    input_ids: Tensor,
-    method: Any = None,
-    schedule: Any = None,
-    attention_mask: Optional[Tensor] = None,
-    protected: Optional[Tensor] = None,
-) -> tuple[Tensor, TokenState, Tensor]:
-    """Blocks of a ``MambaLMHeadModel`` with reduction between them; returns (logits, final state, counts)."""
-    if method is not None and "ssm_out" in (method.needed_features or set()):
-        raise ConfigError("reduction.importance_source=ssm_out: not available with model.backend=mamba_ssm")
-    backbone = model.backbone
-    hidden = backbone.embedding(input_ids)
-    residual = torch.zeros_like(hidden, dtype=torch.float32)
-    valid = None if attention_mask is None else attention_mask.bool()
-    state = TokenState.initial(hidden, residual, valid=valid, protected=protected)
-    locations = set(schedule.locations) if method is not None and schedule is not None else set()
-    counts = []
-    res: Optional[Tensor] = None
-    for layer, block in enumerate(backbone.layers):
-        counts.append(state.valid.sum(dim=1))
-        hidden, res = block(hidden, res)
-        if layer in locations:
-            state = state.replace(hidden=hidden, residual=res)
-            state = method.reduce(state, {"mixer_out": hidden, "residual": res}, schedule.keep_ratio, layer)
-            hidden, res = state.hidden, state.residual
-    total = hidden + res if res is not None else hidden
-    normed = backbone.norm_f(total.to(backbone.norm_f.weight.dtype))
-    logits = model.lm_head(normed).float()
-    return logits, state, torch.stack(counts, dim=1)
+class MambaSSMBackend:
+    """Backend protocol of :mod:`tor_exp.models.backbone` for ``MambaLMHeadModel``."""
+
+    def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
+        return model.backbone.embedding(input_ids)
+
+    def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
+        return model.backbone.layers
+
+    def step(self, block: nn.Module, hidden: Tensor, residual: Optional[Tensor], valid: Tensor, all_valid: bool,
+             cache: Any, want_ssm: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        if want_ssm:
+            raise ConfigError("reduction.importance_source=ssm_out: not available with model.backend=mamba_ssm")
+        if cache is not None:
+            raise ConfigError("model.backend=mamba_ssm: generation with a reduced prefill needs model.backend=hf")
+        hidden, residual = block(hidden, residual)
+        return hidden, residual, {"mixer_out": hidden, "residual": residual}
+
+    def final_norm(self, model: nn.Module, hidden: Tensor, residual: Tensor) -> Tensor:
+        norm = model.backbone.norm_f
+        return norm((hidden + residual).to(norm.weight.dtype))
+
+
+MAMBA_SSM = MambaSSMBackend()

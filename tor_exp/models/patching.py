@@ -1,12 +1,10 @@
 """Token reduction inside a HF Mamba / Mamba-2 causal LM, in the spirit of ToMe's ``tome.patch.timm(model)``.
 
-``patch(model, method, schedule)`` swaps the model's class for a subclass whose ``forward`` drives the backbone
-itself (embeddings → blocks → ``norm_f`` → ``lm_head``), so hidden states, the residual stream, the padding
-mask and the original positions shrink together (a forward hook on a block cannot shrink the mask, NOTES.md).
-Every block is computed as HF does — ``residual (+fp32) + mixer(norm(h))`` — but at a reduction location the
-two streams are kept apart, handed to ``method.reduce`` as a :class:`TokenState`, and added afterwards.
-The model stays a HF model: ``generate`` works (see :mod:`tor_exp.models.generation`) and ``unpatch``
-restores the original class exactly.
+``patch(model, method, schedule)`` swaps the model's class for a subclass whose ``forward`` runs the one backbone
+loop (:func:`tor_exp.models.backbone.drive_backbone`), so hidden states, the residual stream, the padding mask and
+the original positions shrink together (a forward hook on a block cannot shrink the mask, NOTES.md). The model
+stays a HF model: ``generate`` works (see :mod:`tor_exp.models.generation`) and ``unpatch`` restores the
+original class exactly. :func:`reduced_forward` is the functional form, for every backend.
 """
 from __future__ import annotations
 
@@ -19,13 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Mamba2ForCausalLM, MambaForCausalLM
 from transformers.cache_utils import DynamicCache
-from transformers.models.mamba import modeling_mamba
-from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 from transformers.utils import ModelOutput
 
+from tor_exp.models.backbone import ReductionObserver, drive_backbone, gather_last, last_index, protect_last
 from tor_exp.models.flops import ModelShape, Schedule, realised_flops_reduction
-from tor_exp.models.mamba_ssm_backend import is_mamba_ssm_model, mamba_ssm_reduced_forward
-from tor_exp.reduction.state import TokenState
+from tor_exp.models.mamba_ssm_backend import is_mamba_ssm_model
 
 _ATTR = "_tor_exp_patch"
 
@@ -36,6 +32,7 @@ class PatchInfo:
     schedule: Schedule
     original_class: type
     last: Optional["ReducedOutput"] = None  # bookkeeping of the latest reduced forward (FLOPs, counts)
+    observers: list[ReductionObserver] = field(default_factory=list)  # see :func:`observing`
 
 
 @dataclass
@@ -71,59 +68,8 @@ class ReducedCausalLMOutput(ModelOutput):
     tokens_per_layer: Optional[Tensor] = None
 
 
-# ------------------------------------------------------------------------------------------- ssm_out capture
-@contextmanager
-def capture_ssm_out(mixer: nn.Module, store: dict[str, Tensor], enabled: bool = True) -> Iterator[None]:
-    """Capture the SSM output y ([B, L, D'], D-skip included, before the gate / gated norm / out_proj).
-
-    Mamba-2: a forward pre-hook on ``mixer.norm`` (args[0] is y, args[1] the gate). Mamba-1: HF's scan gates y
-    itself, so the module-level scan function is wrapped for the duration of the call: it is called with
-    ``z=None`` and the gate ``y·silu(z)`` is applied afterwards, the same operations HF performs.
-    """
-    if not enabled:
-        yield
-        return
-    if isinstance(mixer, Mamba2Mixer):
-        handle = mixer.norm.register_forward_pre_hook(lambda _m, args: store.__setitem__("ssm_out", args[0]))
-        try:
-            yield
-        finally:
-            handle.remove()
-        return
-    if isinstance(mixer, modeling_mamba.MambaMixer):
-        original = modeling_mamba.mamba_selective_scan
-
-        def scan_capturing(*args, z=None, return_last_state=False, **kwargs):
-            result = original(*args, z=None, return_last_state=return_last_state, **kwargs)
-            y, last = result if return_last_state else (result, None)
-            store["ssm_out"] = y.transpose(1, 2)
-            if z is not None:
-                y = y * F.silu(z)
-            return (y, last) if return_last_state else y
-
-        modeling_mamba.mamba_selective_scan = scan_capturing
-        try:
-            yield
-        finally:
-            modeling_mamba.mamba_selective_scan = original
-        return
-    raise TypeError(f"cannot capture ssm_out from {type(mixer).__name__}")
-
-
-# -------------------------------------------------------------------------------------------- helpers
-def _gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
-    return torch.gather(x, 1, idx.view(idx.shape + (1,) * (x.dim() - 2)).expand(idx.shape + x.shape[2:]))
-
-
-def right_align_order(valid: Tensor) -> Tensor:
-    """[B, N] permutation that moves every row's real tokens to the end (in order): a left-padded layout."""
-    return torch.sort(valid.to(torch.int8), dim=1, stable=True).indices
-
-
-def last_valid_index(valid: Tensor) -> Tensor:
-    """[B] column of each row's last real token (0 for an all-padding row)."""
-    cols = torch.arange(valid.shape[1], device=valid.device).expand_as(valid)
-    return torch.where(valid, cols, -1).max(dim=1).values.clamp(min=0)
+def _logits(model: nn.Module, hidden: Tensor) -> Tensor:
+    return model.lm_head(hidden.to(model.lm_head.weight.dtype)).float()
 
 
 def _cache_has_state(cache: Any) -> bool:
@@ -133,81 +79,6 @@ def _cache_has_state(cache: Any) -> bool:
         return bool(cache.has_previous_state())
     except (ValueError, IndexError, AttributeError):
         return False
-
-
-def _run_mixer(block: nn.Module, normed: Tensor, valid: Tensor, all_valid: bool, cache: Any, want_ssm: bool):
-    """Mixer of one block on the current (possibly right-padded) tokens; returns (mixer_out, ssm_out | None).
-
-    ``all_valid`` (no padding) is passed in rather than read from ``valid`` here, which would force a device
-    sync in every layer. With a cache (generation prefill) rows are first left-aligned, so each layer's final
-    conv window and SSM state are those of its real tokens (zeroed leading padding leaves both untouched),
-    then put back.
-    """
-    mask = None if all_valid else valid
-    order = inverse = None
-    if cache is not None and mask is not None:
-        order = right_align_order(valid)
-        inverse = torch.argsort(order, dim=1)
-        normed, mask = _gather_tokens(normed, order), torch.gather(valid, 1, order)
-    store: dict[str, Tensor] = {}
-    with capture_ssm_out(block.mixer, store, enabled=want_ssm):
-        out = block.mixer(normed, cache=cache, attention_mask=mask)
-    ssm = store.get("ssm_out")
-    if order is not None:
-        out = _gather_tokens(out, inverse)
-        ssm = _gather_tokens(ssm, inverse) if ssm is not None else None
-    return out, ssm
-
-
-# ---------------------------------------------------------------------------------------------- driver
-def drive_backbone(
-    model: nn.Module,
-    input_ids: Optional[Tensor] = None,
-    attention_mask: Optional[Tensor] = None,
-    protected: Optional[Tensor] = None,
-    method: Any = None,
-    schedule: Optional[Schedule] = None,
-    cache: Any = None,
-    inputs_embeds: Optional[Tensor] = None,
-) -> tuple[Tensor, TokenState, Tensor]:
-    """Run embeddings → blocks (reducing at the schedule's locations) → ``norm_f``.
-
-    Returns the final normed hidden states [B, N', D], the final token state (positions / valid / sizes)
-    and tokens_per_layer [B, L]. ``method=None`` runs the plain model (positions = arange).
-    """
-    backbone = model.backbone
-    h = backbone.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-    batch, length = h.shape[:2]
-    valid = (torch.ones(batch, length, dtype=torch.bool, device=h.device) if attention_mask is None
-             else attention_mask.to(h.device).bool())
-    state = TokenState.initial(h, h, valid=valid, protected=None if protected is None else protected.to(h.device))
-    locations = set(schedule.locations) if (method is not None and schedule is not None) else set()
-    keep_ratio = schedule.keep_ratio if schedule is not None else 1.0
-    need = set(getattr(method, "needed_features", set()) or set()) if method is not None else set()
-    counts = []
-    all_valid = bool(state.valid.all())  # re-read only where a reduction can change it
-    for layer, block in enumerate(backbone.layers):
-        counts.append(state.valid.sum(dim=1))
-        residual = h.to(torch.float32) if block.residual_in_fp32 else h
-        normed = block.norm(h.to(dtype=block.norm.weight.dtype))
-        reduce_here = layer in locations
-        mixer_out, ssm_out = _run_mixer(block, normed, state.valid, all_valid, cache,
-                                        reduce_here and "ssm_out" in need)
-        if reduce_here:
-            state = state.replace(hidden=mixer_out, residual=residual)
-            features = {"mixer_out": mixer_out, "residual": residual}
-            if ssm_out is not None:
-                features["ssm_out"] = ssm_out
-            state = method.reduce(state, features, keep_ratio, layer)
-            mixer_out, residual = state.hidden, state.residual
-            all_valid = bool(state.valid.all())
-        h = residual + mixer_out
-    state = state.replace(hidden=h, residual=h)
-    return backbone.norm_f(h), state, torch.stack(counts, dim=1)
-
-
-def _logits(model: nn.Module, hidden: Tensor) -> Tensor:
-    return model.lm_head(hidden.to(model.lm_head.weight.dtype)).float()
 
 
 def get_patch(model: nn.Module) -> Optional[PatchInfo]:
@@ -228,35 +99,45 @@ def reduced_forward(
     """Forward with the patched reduction (or ``method``/``schedule`` given here; neither ⇒ plain model).
 
     ``protected`` [B, N] bool marks tokens that must survive unchanged (e.g. scored continuation tokens);
-    padding (``attention_mask`` 0) is never reduced and never affects other rows.
+    padding (``attention_mask`` 0) is never reduced and never affects other rows. ``logits="last"`` gives each
+    row's last surviving token only: protect it (:func:`~tor_exp.models.backbone.protect_last`) when it must be
+    the last input token itself.
     """
     if logits not in ("all", "last"):
         raise ValueError(f"logits={logits!r}: must be 'all' or 'last'")
     info = get_patch(model)
+    observers: list[ReductionObserver] = []
     if method is None and info is not None:
-        method, schedule = info.method, (schedule or info.schedule)
-    if is_mamba_ssm_model(model):  # backend: mamba_ssm (GPU only, untested here)
-        full, state, counts = mamba_ssm_reduced_forward(model, input_ids, method, schedule, attention_mask, protected)
-        positions, valid = state.positions, state.valid
-        if logits == "last":
-            idx = last_valid_index(valid)[:, None]
-            full, positions, valid = _gather_tokens(full, idx), torch.gather(positions, 1, idx), torch.gather(valid, 1, idx)
-        n_input = (attention_mask.bool().sum(1) if attention_mask is not None
-                   else torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device))
-        return ReducedOutput(full, positions, valid, counts, n_input, realised_flops_reduction(counts.cpu(), n_input.cpu()))
-    hidden, state, counts = drive_backbone(model, input_ids, attention_mask, protected, method, schedule, cache)
-    positions, valid = state.positions, state.valid
+        method, schedule, observers = info.method, (schedule or info.schedule), info.observers
+    valid = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+             else attention_mask.to(input_ids.device).bool())
+    out = drive_backbone(model, input_ids, valid, protected, method, schedule, cache, observers=observers)
+    hidden, positions, valid = out.hidden, out.state.positions, out.state.valid
     if logits == "last":
-        idx = last_valid_index(valid)[:, None]
-        hidden = _gather_tokens(hidden, idx)
-        positions, valid = torch.gather(positions, 1, idx), torch.gather(valid, 1, idx)
-    n_input = (attention_mask.bool().sum(1) if attention_mask is not None
-               else torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device))
-    flops = realised_flops_reduction(counts.cpu(), n_input.cpu(), ModelShape.from_hf_config(model.config), logits)
-    out = ReducedOutput(_logits(model, hidden), positions, valid, counts, n_input, flops, hidden, cache)
+        idx = last_index(valid)
+        hidden, positions, valid = gather_last(hidden, valid), positions.gather(1, idx), valid.gather(1, idx)
+    n_input = attention_mask.bool().sum(1) if attention_mask is not None else \
+        torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device)
+    shape = None if is_mamba_ssm_model(model) else ModelShape.from_hf_config(model.config)
+    flops = realised_flops_reduction(out.tokens_per_layer.cpu(), n_input.cpu(), shape, logits)
+    result = ReducedOutput(_logits(model, hidden), positions, valid, out.tokens_per_layer, n_input, flops, hidden, cache)
     if info is not None:
-        info.last = out
-    return out
+        info.last = result
+    return result
+
+
+@contextmanager
+def observing(model: nn.Module, *observers: ReductionObserver) -> Iterator[nn.Module]:
+    """Attach ``observers`` to a patched model's reductions for the block (timing, token flow)."""
+    info = get_patch(model)
+    if info is None:
+        raise ValueError("observing(): the model is not patched")
+    info.observers.extend(observers)
+    try:
+        yield model
+    finally:
+        for observer in observers:
+            info.observers.remove(observer)
 
 
 # ------------------------------------------------------------------------------------------ patching
@@ -292,24 +173,20 @@ class ReducedForwardMixin:
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         ref = input_ids if input_ids is not None else inputs_embeds
+        valid = (torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device) if attention_mask is None
+                 else attention_mask.bool())
         keep_last = max(logits_to_keep, 1 if cache is not None else 0)
         if keep_last:
-            # Rows whose last logits are asked for (generation prefill: the last prompt token predicts the next
-            # one) must keep those tokens as themselves.
-            valid = (torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device) if attention_mask is None
-                     else attention_mask.bool())
-            from_end = valid.flip(1).cumsum(1).flip(1)
-            last = valid & (from_end <= keep_last)
-            protected = last if protected is None else (protected.bool() | last)
-        hidden, state, counts = drive_backbone(
-            self, input_ids, attention_mask, protected, info.method, info.schedule, cache, inputs_embeds
-        )
-        positions, valid = state.positions, state.valid
+            # the tokens whose logits are asked for (generation prefill: the last prompt token predicts the next
+            # one) must survive as themselves
+            protected = protect_last(valid, keep_last, protected)
+        out = drive_backbone(self, input_ids, valid, protected, info.method, info.schedule, cache, inputs_embeds,
+                             observers=info.observers)
+        hidden, positions, valid = out.hidden, out.state.positions, out.state.valid
         if logits_to_keep > 0:
-            # The last k real tokens of each row, whatever its padding side.
-            order = right_align_order(valid)[:, -logits_to_keep:]
-            hidden = _gather_tokens(hidden, order)
-            positions, valid = torch.gather(positions, 1, order), torch.gather(valid, 1, order)
+            idx = last_index(valid, logits_to_keep)
+            hidden = gather_last(hidden, valid, logits_to_keep)
+            positions, valid = positions.gather(1, idx), valid.gather(1, idx)
         logits = _logits(self, hidden)
         loss = None
         if labels is not None:
@@ -317,7 +194,7 @@ class ReducedForwardMixin:
             target = torch.gather(nxt, 1, positions.clamp(min=0)).masked_fill(~valid, -100)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
         return ReducedCausalLMOutput(
-            loss=loss, logits=logits, cache=cache, positions=positions, valid=valid, tokens_per_layer=counts
+            loss=loss, logits=logits, cache=cache, positions=positions, valid=valid, tokens_per_layer=out.tokens_per_layer
         )
 
 

@@ -1,7 +1,7 @@
 """The comparison table's columns and the paper's "Avg." computed from hand-made metrics."""
 import pytest
 
-from tor_exp.run import mean_accuracy, task_columns
+from tor_exp.reporting.console import mean_accuracy, task_columns
 
 METRICS = {
     "lambada_fixture": {"perplexity": 12.5, "acc": 0.40},

@@ -1,0 +1,96 @@
+"""lm-eval integration: the model name ``tor_exp`` (built from tor_exp's config names) and lm-eval's own CLI.
+
+Python::
+
+    import lm_eval, tor_exp.lm_eval  # importing registers "tor_exp"
+    lm_eval.simple_evaluate(model="tor_exp", model_args="model=reference,reduction=utrc,reduction.target_flops=0.3",
+                            tasks=[...])
+
+``model_args`` are composed exactly as ``python -m tor_exp`` composes its overrides (same conf dir, schemas and
+validation): ``model=<name>``, ``reduction=<name>`` (``none``/``None``/``null`` = no reduction) and dotted keys
+(``reduction.q=0.3``, ``eval.alignment=offset``); a key that is absent keeps the CLI's default.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any, Optional
+
+import lm_eval.models  # noqa: F401  (fills lm-eval's lazy model registry before ours is added)
+from lm_eval.api.registry import register_model
+
+from tor_exp.errors import ConfigError
+from tor_exp.evaluation.lm import TorExpLM
+
+_ABSENT = object()
+#: keyword arguments lm-eval passes to every model that a fixed-batch backend ignores
+_IGNORED = ("max_batch_size", "trust_remote_code", "parallelize")
+
+
+def model_overrides(model: str, reduction: Any, dotted: dict[str, Any]) -> list[str]:
+    """``model_args`` → the CLI's override list. lm-eval parses ``none``/``None`` to None: for ``reduction``
+    that means no reduction, never "the default reduction"; for a dotted key it means null."""
+    args = [f"model={model}"]
+    if reduction is not _ABSENT:
+        args.append(f"reduction={'none' if reduction is None else reduction}")
+    for key, value in dotted.items():
+        if "." not in key:
+            raise ConfigError(f"eval model_args: unknown key {key!r} (use model=, reduction= or dotted overrides; "
+                              "list values contain commas, so pass model_args as a dict for those)")
+        args.append(f"{key}={'null' if value is None else value}")
+    return args
+
+
+@register_model("tor_exp")
+class TorExpByName(TorExpLM):
+    """``TorExpLM`` whose model is built from config names, patched with the configured reduction for the
+    lifetime of the backend (lm-eval owns it until it is garbage collected)."""
+
+    def __init__(self, model: Any = None, tokenizer: Any = None, *, pretrained: Any = None,
+                 reduction: Any = _ABSENT, device: Optional[str] = None, alignment: Optional[str] = None,
+                 batch_size: Any = None, **kwargs: Any) -> None:
+        model = model if model is not None else pretrained
+        for key in _IGNORED:
+            kwargs.pop(key, None)
+        own = {k: kwargs.pop(k) for k in ("max_length", "max_gen_toks", "add_bos_token", "prefix_token_id")
+               if k in kwargs}
+        if not isinstance(model, str):
+            if kwargs or reduction is not _ABSENT:
+                raise ConfigError(f"eval model_args {sorted(kwargs) + (['reduction'] if reduction is not _ABSENT else [])}"
+                                  ": overrides need `model` given by config name")
+            super().__init__(model, tokenizer, alignment=alignment or "exact", batch_size=batch_size or 8, **own)
+            return
+        import torch
+
+        from tor_exp.config import compose
+        from tor_exp.models import ModelShape, load_model
+        from tor_exp.models.calibration import build_reduction, reducing
+
+        v = compose(model_overrides(model, reduction, kwargs))
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        net, tok = load_model(v.model, device=dev)
+        method, schedule = build_reduction(v.reduction, v.model, shape=ModelShape.from_hf_config(net.config))
+        self._patched = ExitStack()
+        self._patched.enter_context(reducing(net, method, schedule, tokenizer=tok,
+                                             calibration_source=v.model.calibration_text))
+        super().__init__(net, tok, alignment=alignment or v.eval.alignment, batch_size=batch_size or v.eval.batch_size,
+                         target_flops=None if method is None else schedule.target_flops, **own)
+
+    def __del__(self) -> None:
+        stack = getattr(self, "_patched", None)
+        if stack is not None:
+            stack.close()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``python -m tor_exp.lm_eval <lm-eval's own arguments>``: lm-eval's CLI with ``--model tor_exp`` known."""
+    import sys
+
+    from lm_eval.__main__ import cli_evaluate
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The one backbone loop: embeddings → blocks (reducing at the schedule's locations) → final norm.
+
+Shaped like mamba_ssm's ``Block``: between blocks the sequence is two streams, ``hidden`` (the last block's
+mixer output) and ``residual`` (the running sum that block saw), and each backend provides one
+``step(block, hidden, residual, ...) -> (hidden, residual, features)``. At a reduction location the two streams
+are exactly what METHOD.md §0 hands a method as a :class:`TokenState`, so both backends share this loop, the
+reduction call and the bookkeeping (positions, padding, per-layer token counts, observers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from tor_exp.models.flops import Schedule
+from tor_exp.reduction.state import TokenState
+
+
+# ------------------------------------------------------------------------------------------ token helpers
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """``x`` [B, N, ...] at the token indices ``idx`` [B, K] → [B, K, ...]."""
+    return torch.gather(x, 1, idx.view(idx.shape + (1,) * (x.dim() - 2)).expand(idx.shape + x.shape[2:]))
+
+
+def right_align_order(valid: Tensor) -> Tensor:
+    """[B, N] permutation that moves every row's real tokens to the end (in order): a left-padded layout."""
+    return torch.sort(valid.to(torch.int8), dim=1, stable=True).indices
+
+
+def last_index(valid: Tensor, k: int = 1) -> Tensor:
+    """[B, k] columns of each row's last ``k`` real tokens, in order, whatever the padding side."""
+    return right_align_order(valid)[:, -k:]
+
+
+def protect_last(valid: Tensor, k: int = 1, protected: Optional[Tensor] = None) -> Tensor:
+    """``protected`` plus each row's last ``k`` real tokens (they predict what comes next, so they must survive
+    as themselves: a generation prefill, last-token logits)."""
+    last = torch.zeros_like(valid, dtype=torch.bool).scatter_(1, last_index(valid, k), True) & valid.bool()
+    return last if protected is None else (protected.bool() | last)
+
+
+def gather_last(x: Tensor, valid: Tensor, k: int = 1) -> Tensor:
+    """``x`` [B, N, ...] at each row's last ``k`` real tokens → [B, k, ...]."""
+    return gather_tokens(x, last_index(valid, k))
+
+
+# ------------------------------------------------------------------------------------------ observers
+class ReductionObserver:
+    """Watches every reduction the loop makes (timing, token flow); the defaults do nothing.
+
+    ``plan`` is what the method decided (None for methods that reduce in one call, e.g. the parity modes).
+    """
+
+    def before_reduce(self, location: int, state: TokenState) -> None:
+        pass
+
+    def after_reduce(self, location: int, before: TokenState, plan: Any, after: TokenState) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ backends
+class Backend(Protocol):
+    """What the loop needs from a model family's implementation (HF transformers, mamba_ssm)."""
+
+    def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor: ...
+
+    def blocks(self, model: nn.Module) -> Sequence[nn.Module]: ...
+
+    def step(self, block: nn.Module, hidden: Tensor, residual: Optional[Tensor], valid: Tensor, all_valid: bool,
+             cache: Any, want_ssm: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]: ...
+
+    def final_norm(self, model: nn.Module, hidden: Tensor, residual: Tensor) -> Tensor: ...
+
+
+def backend_of(model: nn.Module) -> Backend:
+    from tor_exp.models.mamba_ssm_backend import MAMBA_SSM, is_mamba_ssm_model
+
+    if is_mamba_ssm_model(model):
+        return MAMBA_SSM
+    from tor_exp.models.hf_backend import HF
+
+    return HF
+
+
+# ------------------------------------------------------------------------------------------ the loop
+@dataclass
+class BackboneOutput:
+    """Final normed hidden states [B, N', D], the token state after the last reduction (positions, valid,
+    sizes of the surviving tokens), tokens entering each layer [B, L]."""
+
+    hidden: Tensor
+    state: TokenState
+    tokens_per_layer: Tensor
+
+
+def reduce_at(method: Any, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int,
+              observers: Sequence[ReductionObserver] = ()) -> TokenState:
+    """One reduction: the method decides and applies it; observers see the states around it."""
+    for observer in observers:
+        observer.before_reduce(location, state)
+    after = method.reduce(state, features, keep_ratio, location)
+    for observer in observers:
+        observer.after_reduce(location, state, None, after)
+    return after
+
+
+def drive_backbone(
+    model: nn.Module,
+    input_ids: Optional[Tensor] = None,
+    attention_mask: Optional[Tensor] = None,
+    protected: Optional[Tensor] = None,
+    method: Any = None,
+    schedule: Optional[Schedule] = None,
+    cache: Any = None,
+    inputs_embeds: Optional[Tensor] = None,
+    observers: Sequence[ReductionObserver] = (),
+) -> BackboneOutput:
+    """Run the backbone, reducing with ``method`` after each block in ``schedule.locations``.
+
+    ``method=None`` runs the plain model (positions = arange). Padding (``attention_mask`` 0) and ``protected``
+    tokens are unreducible; a cache (generation prefill) receives each layer's state of the sequence it saw.
+    """
+    backend = backend_of(model)
+    h = backend.embed(model, input_ids) if inputs_embeds is None else inputs_embeds
+    batch, length = h.shape[:2]
+    valid = (torch.ones(batch, length, dtype=torch.bool, device=h.device) if attention_mask is None
+             else attention_mask.to(h.device).bool())
+    state = TokenState.initial(h, h, valid=valid, protected=None if protected is None else protected.to(h.device))
+    locations = set(schedule.locations) if (method is not None and schedule is not None) else set()
+    need = set(getattr(method, "needed_features", set()) or set()) if method is not None else set()
+    all_valid = bool(state.valid.all())  # re-read only where a reduction can change it (one sync per location)
+    hidden, residual, counts = h, None, []
+    for layer, block in enumerate(backend.blocks(model)):
+        counts.append(state.valid.sum(dim=1))
+        reduce_here = layer in locations
+        hidden, residual, features = backend.step(block, hidden, residual, state.valid, all_valid, cache,
+                                                  reduce_here and "ssm_out" in need)
+        if reduce_here:
+            state = reduce_at(method, state.replace(hidden=hidden, residual=residual), features,
+                              schedule.keep_ratio, layer, observers)
+            hidden, residual = state.hidden, state.residual
+            all_valid = bool(state.valid.all())
+    return BackboneOutput(backend.final_norm(model, hidden, residual), state, torch.stack(counts, dim=1))

@@ -1,0 +1,89 @@
+"""Put a reduction into a model for a block of work: build → patch → calibrate → (work) → unpatch.
+
+Every caller (the eval and generate tasks, the benchmarks, the lm-eval backend built by name, the quality
+benchmark) goes through :func:`reducing`, so a method that needs calibration (LTMP) always sees the same text:
+the model config's ``calibration_text`` (in-domain, never evaluation items), else the bundled generic one.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import nn
+
+from tor_exp.errors import ConfigError
+from tor_exp.models.flops import Schedule
+from tor_exp.models.patching import patch, reduced_forward, unpatch
+from tor_exp.paths import resolve_pkg_path
+
+GENERIC_CALIBRATION = Path(__file__).resolve().parent.parent / "assets" / "calibration.txt"
+
+
+def calibration_text(source: Optional[str] = None) -> str:
+    """The text at ``source`` (.txt, or .jsonl with a "text" field per line), else the bundled generic text."""
+    path = Path(resolve_pkg_path(source, "model.calibration_text")) if source else GENERIC_CALIBRATION
+    if not path.is_file():
+        raise ConfigError(f"model.calibration_text={source!r}: no such file ({path})")
+    if path.suffix == ".jsonl":
+        return "\n\n".join(json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip())
+    return path.read_text()
+
+
+def needs_calibration(method: Any) -> bool:
+    """A method with post-training thresholds that are not loaded yet (e.g. from reduction.thresholds_file)."""
+    return hasattr(method, "calibrating") and not getattr(method, "thresholds", None)
+
+
+@torch.no_grad()
+def calibrate(method: Any, model: nn.Module, tokenizer: Any, text: str, *, seq_len: int = 128,
+              batch_size: int = 4, max_sequences: int = 64) -> int:
+    """Run half-overlapping ``seq_len`` windows of ``text`` through the patched model in the method's
+    calibration mode; returns how many windows it saw (0 when the method needs none)."""
+    if not needs_calibration(method):
+        return 0
+    device = next(model.parameters()).device
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
+    chunks = [ids[i:i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len // 2)][:max_sequences] or [ids]
+    with method.calibrating():
+        for i in range(0, len(chunks), batch_size):
+            reduced_forward(model, torch.stack(chunks[i:i + batch_size]).to(device), logits="last")
+    return len(chunks)
+
+
+@contextmanager
+def reducing(model: nn.Module, method: Any, schedule: Optional[Schedule], *, tokenizer: Any = None,
+             calibration_source: Optional[str] = None, record: Optional[dict[str, Any]] = None) -> Iterator[nn.Module]:
+    """``model`` patched with ``method`` at ``schedule`` (and calibrated) for the block; unpatched afterwards.
+
+    ``method`` None (the ``none`` reduction) yields the plain model. ``record`` receives
+    ``calibration_sequences`` when a calibration ran.
+    """
+    if method is None:
+        yield model
+        return
+    if schedule is None:
+        raise ValueError("reducing(): a method needs a schedule")
+    patch(model, method, schedule)
+    try:
+        if needs_calibration(method):
+            if tokenizer is None:
+                raise ValueError(f"reducing(): {type(method).__name__} needs calibration text and a tokenizer")
+            used = calibrate(method, model, tokenizer, calibration_text(calibration_source))
+            if record is not None:
+                record["calibration_sequences"] = used
+        yield model
+    finally:
+        unpatch(model)
+
+
+def build_reduction(reduction_cfg: Any, model_cfg: Any, *, shape: Any = None, seq_len: Optional[int] = None,
+                    logits: str = "all") -> tuple[Any, Schedule]:
+    """(method, schedule) for a validated reduction config on a model; the method is None for ``none``."""
+    from tor_exp.models.flops import build_schedule
+    from tor_exp.reduction import build_method
+
+    schedule = build_schedule(reduction_cfg, model_cfg, seq_len=seq_len, shape=shape, logits=logits)
+    return (None if reduction_cfg.method == "none" else build_method(reduction_cfg)), schedule
