@@ -100,7 +100,8 @@ def forward_fn(model: Any, ids: Tensor, variant: Variant, logits: str = "last", 
     """
     from transformers.cache_utils import DynamicCache
 
-    from tor_exp.models.backbone import drive_backbone, gather_last, protect_last
+    from tor_exp.models.backbone import drive_backbone
+    from tor_exp.models.tokens import gather_last, protect_last
 
     valid = torch.ones_like(ids, dtype=torch.bool)
     protected = protect_last(valid) if with_cache else None

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from transformers.cache_utils import DynamicCache
 
-from tor_exp.models.backbone import protect_last
+from tor_exp.models.tokens import protect_last
 from tor_exp.models.patching import ReducedOutput, get_patch, reduced_forward
 
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from transformers.models.mamba import modeling_mamba
 from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
 
-from tor_exp.models.backbone import gather_tokens, right_align_order
+from tor_exp.models.tokens import gather_tokens, right_align_order
 
 
 @contextmanager

@@ -19,7 +19,8 @@ from transformers import Mamba2ForCausalLM, MambaForCausalLM
 from transformers.cache_utils import DynamicCache
 from transformers.utils import ModelOutput
 
-from tor_exp.models.backbone import ReductionObserver, drive_backbone, gather_last, last_index, protect_last
+from tor_exp.models.backbone import ReductionObserver, drive_backbone
+from tor_exp.models.tokens import gather_last, last_index, protect_last
 from tor_exp.models.flops import ModelShape, Schedule, realised_flops_reduction
 from tor_exp.models.mamba_ssm_backend import is_mamba_ssm_model
 
