@@ -25,6 +25,8 @@ from transformers.utils import ModelOutput
 
 from tor_exp.models.flops import ModelShape, Schedule, realised_flops_reduction
 from tor_exp.models.mamba_ssm_backend import is_mamba_ssm_model, mamba_ssm_reduced_forward
+from tor_exp.reduction.base import run_reduction
+from tor_exp.reduction.merge import Observer
 from tor_exp.reduction.state import TokenState
 
 _ATTR = "_tor_exp_patch"
@@ -36,6 +38,7 @@ class PatchInfo:
     schedule: Schedule
     original_class: type
     last: Optional["ReducedOutput"] = None  # bookkeeping of the latest reduced forward (FLOPs, counts)
+    observers: list[Observer] = field(default_factory=list)  # called after every reduction (see observing)
 
 
 @dataclass
@@ -184,6 +187,7 @@ def drive_backbone(
     locations = set(schedule.locations) if (method is not None and schedule is not None) else set()
     keep_ratio = schedule.keep_ratio if schedule is not None else 1.0
     need = set(getattr(method, "needed_features", set()) or set()) if method is not None else set()
+    observers = info.observers if (info := get_patch(model)) is not None else []
     counts = []
     all_valid = bool(state.valid.all())  # re-read only where a reduction can change it
     for layer, block in enumerate(backbone.layers):
@@ -198,7 +202,7 @@ def drive_backbone(
             features = {"mixer_out": mixer_out, "residual": residual}
             if ssm_out is not None:
                 features["ssm_out"] = ssm_out
-            state = method.reduce(state, features, keep_ratio, layer)
+            state = run_reduction(method, state, features, keep_ratio, layer, observers)
             mixer_out, residual = state.hidden, state.residual
             all_valid = bool(state.valid.all())
         h = residual + mixer_out
@@ -373,3 +377,16 @@ def unpatch(model: nn.Module) -> nn.Module:
 
 def is_patched(model: nn.Module) -> bool:
     return get_patch(model) is not None
+
+
+@contextmanager
+def observing(model: nn.Module, observer: Observer) -> Iterator[Observer]:
+    """Call ``observer(location, before, plan, after)`` after every reduction of the patched ``model``."""
+    info = get_patch(model)
+    if info is None:
+        raise ValueError("observing() needs a patched model: patch(model, method, schedule) first")
+    info.observers.append(observer)
+    try:
+        yield observer
+    finally:
+        info.observers.remove(observer)
