@@ -1,6 +1,6 @@
 """Time spent inside the reductions during a prefill (the reduction overhead).
 
-:class:`ReduceTimer` is a :class:`~tor_exp.models.backbone.ReductionObserver` of the backbone loop: it brackets
+:class:`ReduceTimer` is a :class:`~tor_exp.reduction.base.ReductionObserver` of the backbone loop: it brackets
 every reduction (the method's decision and its application). On CUDA each one is bracketed by events on the
 current stream and nothing is synchronised inside the forward, so the measured prefill is not slowed by the
 measurement; the per-call intervals are summed after the forward has finished.
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from tor_exp.models.backbone import ReductionObserver
+from tor_exp.reduction.base import ReductionObserver
 
 
 class ReduceTimer(ReductionObserver):

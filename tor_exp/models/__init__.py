@@ -13,7 +13,7 @@ _EXPORTS = {
     **dict.fromkeys(["decode_step", "generate_text", "prefill"], "generation"),
     **dict.fromkeys(["load_model", "load_tokenizer", "resolve_path"], "loading"),
     **dict.fromkeys(["ReducedOutput", "is_patched", "observing", "patch", "reduced_forward", "unpatch"], "patching"),
-    **dict.fromkeys(["ReductionObserver", "drive_backbone"], "backbone"),
+    "drive_backbone": "backbone",
     **dict.fromkeys(["gather_last", "protect_last"], "tokens"),
     **dict.fromkeys(["build_reduction", "calibrate", "calibration_text", "reducing"], "calibration"),
     "byte_tokenizer": "tokenizer",

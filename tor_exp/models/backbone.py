@@ -15,21 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from tor_exp.models.flops import Schedule
+from tor_exp.reduction.base import ReductionObserver, run_reduction
 from tor_exp.reduction.state import TokenState
-
-
-# ------------------------------------------------------------------------------------------ observers
-class ReductionObserver:
-    """Watches every reduction the loop makes (timing, token flow); the defaults do nothing.
-
-    ``plan`` is what the method decided (None for methods that reduce in one call, e.g. the parity modes).
-    """
-
-    def before_reduce(self, location: int, state: TokenState) -> None:
-        pass
-
-    def after_reduce(self, location: int, before: TokenState, plan: Any, after: TokenState) -> None:
-        pass
 
 
 # ------------------------------------------------------------------------------------------ backends
@@ -67,17 +54,6 @@ class BackboneOutput:
     tokens_per_layer: Tensor
 
 
-def reduce_at(method: Any, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int,
-              observers: Sequence[ReductionObserver] = ()) -> TokenState:
-    """One reduction: the method decides and applies it; observers see the states around it."""
-    for observer in observers:
-        observer.before_reduce(location, state)
-    after = method.reduce(state, features, keep_ratio, location)
-    for observer in observers:
-        observer.after_reduce(location, state, None, after)
-    return after
-
-
 def drive_backbone(
     model: nn.Module,
     input_ids: Optional[Tensor] = None,
@@ -110,8 +86,8 @@ def drive_backbone(
         hidden, residual, features = backend.step(block, hidden, residual, state.valid, all_valid, cache,
                                                   reduce_here and "ssm_out" in need)
         if reduce_here:
-            state = reduce_at(method, state.replace(hidden=hidden, residual=residual), features,
-                              schedule.keep_ratio, layer, observers)
+            state = run_reduction(method, state.replace(hidden=hidden, residual=residual), features,
+                                  schedule.keep_ratio, layer, observers)
             hidden, residual = state.hidden, state.residual
             all_valid = bool(state.valid.all())
     return BackboneOutput(backend.final_norm(model, hidden, residual), state, torch.stack(counts, dim=1))

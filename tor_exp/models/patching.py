@@ -19,7 +19,8 @@ from transformers import Mamba2ForCausalLM, MambaForCausalLM
 from transformers.cache_utils import DynamicCache
 from transformers.utils import ModelOutput
 
-from tor_exp.models.backbone import ReductionObserver, drive_backbone
+from tor_exp.models.backbone import drive_backbone
+from tor_exp.reduction.base import ReductionObserver
 from tor_exp.models.tokens import gather_last, last_index, protect_last
 from tor_exp.models.flops import ModelShape, Schedule, realised_flops_reduction
 from tor_exp.models.mamba_ssm_backend import is_mamba_ssm_model
@@ -107,9 +108,9 @@ def reduced_forward(
     if logits not in ("all", "last"):
         raise ValueError(f"logits={logits!r}: must be 'all' or 'last'")
     info = get_patch(model)
-    observers: list[ReductionObserver] = []
+    observers: list[ReductionObserver] = [] if info is None else info.observers
     if method is None and info is not None:
-        method, schedule, observers = info.method, (schedule or info.schedule), info.observers
+        method, schedule = info.method, (schedule or info.schedule)
     valid = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
              else attention_mask.to(input_ids.device).bool())
     out = drive_backbone(model, input_ids, valid, protected, method, schedule, cache, observers=observers)

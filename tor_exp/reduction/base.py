@@ -1,17 +1,19 @@
-"""Method registry and config schema shared by every reduction method.
+"""Method registry, config schema and the decide-then-apply contract shared by every reduction method.
 
 Adding a method = one module here (a config dataclass + a ``ReductionMethod`` subclass registered with
-``@register_method``) + one YAML file in ``conf/reduction/`` that starts from the method's schema.
+``@register_method`` that implements ``plan``) + one YAML file in ``conf/reduction/`` that starts from the
+method's schema.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from tor_exp.errors import ConfigError
+from tor_exp.reduction.merge import ReductionPlan, apply_plan
 from tor_exp.reduction.state import TokenState
 
 IMPORTANCE_METRICS = ("clip", "unclipped", "l1", "l2")
@@ -68,24 +70,71 @@ class ReductionConfig:
 
 
 class ReductionMethod:
-    """A token reduction applied at one location: ``reduce(state, features, keep_ratio, location)``.
+    """A token reduction at one location, in two steps: ``plan`` decides, :func:`apply_plan` carries it out.
 
     ``features`` holds the tensors a method may rank or match on, each [B, N, *]: ``mixer_out`` (the hidden
     stream, = state.hidden), ``residual`` and, when the adapter could capture it, ``ssm_out`` (the SSM output
-    before gate / gated norm / out_proj). Methods must treat unreducible tokens as absent.
+    before gate / gated norm / out_proj). Methods must treat unreducible tokens as absent. A method implements
+    ``plan``; ``reduce`` (plan, then apply) keeps it usable on its own. Parity methods that run the released
+    code override ``reduce`` instead and make no plans (``makes_plans`` False).
     """
 
     name: ClassVar[str] = ""
-    #: feature sources this method reads; the adapter captures ``ssm_out`` only when listed.
+
     def __init__(self, config: ReductionConfig):
         self.config = config
 
     @property
     def needed_features(self) -> set[str]:
+        """Feature sources this method reads; the adapter captures ``ssm_out`` only when listed."""
         return set()
 
+    @property
+    def makes_plans(self) -> bool:
+        """True when the class implements :meth:`plan` (observers then see what it decided)."""
+        return type(self).plan is not ReductionMethod.plan
+
+    def plan(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float,
+             location: int) -> Optional[ReductionPlan]:
+        """What to remove at ``location`` and where it goes, per row; None when there is nothing to do."""
+        raise NotImplementedError(f"{type(self).__name__} makes no ReductionPlan; call reduce()")
+
     def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
-        raise NotImplementedError
+        """The reduced state: ``apply_plan(state, plan(...))``."""
+        return apply_plan(state, self.plan(state, features, keep_ratio, location))
+
+
+class ReductionObserver:
+    """Watches the reductions of a backbone loop (timing, token flow); the defaults do nothing.
+
+    ``plan`` is what the method decided; None for methods that reduce in one call (the parity modes), and
+    ``after is before`` when there was nothing to do.
+    """
+
+    def before_reduce(self, location: int, state: TokenState) -> None:
+        pass
+
+    def after_reduce(self, location: int, before: TokenState, plan: Optional[ReductionPlan],
+                     after: TokenState) -> None:
+        pass
+
+
+def run_reduction(method: ReductionMethod, state: TokenState, features: dict[str, Tensor], keep_ratio: float,
+                  location: int, observers: Sequence[ReductionObserver] = ()) -> TokenState:
+    """One reduction step of a backbone loop: decide (``plan``), apply (``apply_plan``), tell the observers.
+
+    Methods without plans (the parity modes) run their own ``reduce``.
+    """
+    for observer in observers:
+        observer.before_reduce(location, state)
+    if method.makes_plans:
+        plan = method.plan(state, features, keep_ratio, location)
+        after = apply_plan(state, plan)
+    else:
+        plan, after = None, method.reduce(state, features, keep_ratio, location)
+    for observer in observers:
+        observer.after_reduce(location, state, plan, after)
+    return after
 
 
 _METHODS: dict[str, tuple[type, type]] = {}

@@ -27,14 +27,9 @@ from tor_exp.reduction.base import (
     register_method,
     removal_counts,
 )
-from tor_exp.reduction.importance import (
-    apply_reduction,
-    compact_indices,
-    get_feature,
-    masked_argsort,
-    ranks,
-    token_importance,
-)
+from tor_exp.reduction.importance import get_feature, token_importance
+from tor_exp.reduction.matching import compact_indices, masked_argsort, ranks
+from tor_exp.reduction.merge import ReductionPlan
 from tor_exp.reduction.state import TokenState
 
 
@@ -64,18 +59,19 @@ class EViT(ReductionMethod):
     def needed_features(self) -> set[str]:
         return {self.config.importance_source}
 
-    def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
+    def plan(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float,
+             location: int) -> ReductionPlan | None:
         cfg = self.config
         counts = removal_counts(state, keep_ratio, max_fraction=None)
         if counts is None:
-            return state
+            return None
         reducible, n, r = counts
         score = token_importance(get_feature(features, cfg.importance_source, "importance_source", state), cfg.metric)
         # most important first; ties keep the lower position (stable)
         rank = ranks(masked_argsort(score, reducible, descending=True))
         if not cfg.fuse:
             removed = reducible & (rank >= (n - r)[:, None])
-            return state.keep(~removed)[0]
+            return ReductionPlan.pruning(keep=~removed)
         n_keep = torch.where(r > 0, n - r - 1, n)
         removed = reducible & (rank >= n_keep[:, None])
         positions = torch.arange(state.length, device=removed.device).expand_as(removed)
@@ -86,7 +82,6 @@ class EViT(ReductionMethod):
         weights = score.clamp(min=0) * removed.float()
         total = weights.sum(dim=1, keepdim=True)
         weights = torch.where(total > 0, weights, removed.float())
-        new_state, _ = apply_reduction(
-            state, src_idx, src_valid, dst, merge_hidden=src_valid, merge_residual=src_valid, weights=weights
-        )
-        return new_state
+        # the last removed token survives as the fused token: the other removed ones merge into it
+        return ReductionPlan(keep=~sources, src=src_idx, dst=dst, merge_hidden=src_valid, merge_residual=src_valid,
+                             weights=weights)

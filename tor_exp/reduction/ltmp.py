@@ -5,7 +5,7 @@ Per location two thresholds: θ_p on importance (prune reducible tokens with S <
 similarity to a B is > θ_m merges into it, plain mean, both streams). Pruning runs first so a pruned token
 is never a merge source or destination. Counts per row vary with the content (ragged rows).
 
-No training: thresholds are *calibrated*. Inside ``with method.calibrating():`` every ``reduce`` call
+No training: thresholds are *calibrated*. Inside ``with method.calibrating():`` every ``plan`` (hence ``reduce``) call
 computes, per location, the thresholds that remove exactly the scheduled count on that batch (the sum over
 rows of r = n − ceil(ρ·n), capped at ⌊n/2⌋), of which round(prune_share · total) by pruning and the rest by
 merging; thresholds are midpoints between consecutive order statistics of S (ascending) and of the best
@@ -40,8 +40,9 @@ from tor_exp.reduction.base import (
     num_to_remove,
     register_method,
 )
-from tor_exp.reduction.importance import apply_reduction, best_match, compact_indices, get_feature, token_importance
-from tor_exp.reduction.pumer import alternate_sets
+from tor_exp.reduction.importance import get_feature, token_importance
+from tor_exp.reduction.matching import alternate_sets, best_match, scatter_mask
+from tor_exp.reduction.merge import ReductionPlan
 from tor_exp.reduction.state import TokenState
 
 
@@ -131,7 +132,7 @@ class LTMP(ReductionMethod):
 
     @contextlib.contextmanager
     def calibrating(self) -> Iterator["LTMP"]:
-        """Record per-location thresholds on every ``reduce`` inside; freeze their means on exit."""
+        """Record per-location thresholds on every ``plan``/``reduce`` inside; freeze them on exit (``freeze``)."""
         self._records = {}
         try:
             yield self
@@ -175,11 +176,12 @@ class LTMP(ReductionMethod):
             raise ConfigError(f"reduction.thresholds_file: not an LTMP state dict ({err})") from err
 
     # ------------------------------------------------------------------ reduction
-    def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
+    def plan(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float,
+             location: int) -> ReductionPlan | None:
         cfg = self.config
         reducible = state.reducible & state.valid
         if not bool(reducible.any()):
-            return state
+            return None
         score = token_importance(get_feature(features, cfg.importance_source, "importance_source", state), cfg.metric)
         sim = get_feature(features, cfg.similarity_source, "similarity_source", state)
 
@@ -208,10 +210,6 @@ class LTMP(ReductionMethod):
             )
         merged = a_valid & torch.isfinite(g) & (g.double() > theta_m)
 
-        p_idx, p_valid = compact_indices(pruned)
-        src = torch.cat([p_idx, a_idx], dim=1)
-        src_valid = torch.cat([p_valid, merged], dim=1)
-        merge = torch.cat([torch.zeros_like(p_valid), merged], dim=1)
-        dst_all = torch.cat([torch.zeros_like(p_idx), dst], dim=1)
-        new_state, _ = apply_reduction(state, src, src_valid, dst_all, merge_hidden=merge, merge_residual=merge)
-        return new_state
+        # pruned tokens need no merge slot: a removed token without one is dropped from both streams
+        removed = pruned | scatter_mask(a_idx, merged, state.length)
+        return ReductionPlan(keep=~removed, src=a_idx, dst=dst, merge_hidden=merged, merge_residual=merged)

@@ -7,6 +7,7 @@ from typing import Optional
 from torch import Tensor
 
 from tor_exp.reduction.base import ReductionConfig, ReductionMethod, register_method
+from tor_exp.reduction.merge import ReductionPlan
 from tor_exp.reduction.state import TokenState
 
 
@@ -20,7 +21,8 @@ class NoneConfig(ReductionConfig):
 
 @register_method("none", NoneConfig)
 class NoReduction(ReductionMethod):
-    """Identity: returns the state it is given."""
+    """Identity: plans nothing, so ``reduce`` returns the state it is given."""
 
-    def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
-        return state
+    def plan(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float,
+             location: int) -> ReductionPlan | None:
+        return None

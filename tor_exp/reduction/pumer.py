@@ -20,7 +20,9 @@ from tor_exp.reduction.base import (
     register_method,
     removal_counts,
 )
-from tor_exp.reduction.importance import apply_reduction, best_match, compact_indices, get_feature, retain_most_similar
+from tor_exp.reduction.importance import get_feature
+from tor_exp.reduction.matching import alternate_sets, best_match, retain_most_similar, scatter_mask
+from tor_exp.reduction.merge import ReductionPlan
 from tor_exp.reduction.state import TokenState
 
 
@@ -36,12 +38,6 @@ class PuMerConfig(ReductionConfig):
         check_choice("reduction.similarity_source", self.similarity_source, FEATURE_SOURCES)
 
 
-def alternate_sets(reducible: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(a_idx, a_valid, b_idx, b_valid): reducible tokens in position order split even/odd (A/B)."""
-    idx, valid = compact_indices(reducible)
-    return idx[:, 0::2], valid[:, 0::2], idx[:, 1::2], valid[:, 1::2]
-
-
 @register_method("pumer", PuMerConfig)
 class PuMer(ReductionMethod):
     """Importance-free bipartite merging (ToMe matching) over the reducible tokens."""
@@ -52,14 +48,15 @@ class PuMer(ReductionMethod):
     def needed_features(self) -> set[str]:
         return {self.config.similarity_source}
 
-    def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
+    def plan(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float,
+             location: int) -> ReductionPlan | None:
         counts = removal_counts(state, keep_ratio)
         if counts is None:
-            return state
+            return None
         reducible, _, r = counts
         a_idx, a_valid, b_idx, b_valid = alternate_sets(reducible)
         sim = get_feature(features, self.config.similarity_source, "similarity_source", state)
         g, dst = best_match(sim, a_idx, a_valid, b_idx, b_valid)
         retained, _ = retain_most_similar(g, a_valid, r)
-        new_state, _ = apply_reduction(state, a_idx, retained, dst, merge_hidden=retained, merge_residual=retained)
-        return new_state
+        return ReductionPlan(keep=~scatter_mask(a_idx, retained, state.length), src=a_idx, dst=dst,
+                             merge_hidden=retained, merge_residual=retained)

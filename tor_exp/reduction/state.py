@@ -13,6 +13,12 @@ import torch
 from torch import Tensor
 
 
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """x [B, N, *] gathered along the token axis with idx [B, M] → [B, M, *]."""
+    view = idx.view(idx.shape + (1,) * (x.dim() - 2)).expand(idx.shape + x.shape[2:])
+    return torch.gather(x, 1, view)
+
+
 @dataclass
 class TokenState:
     """Tokens of a batch between two blocks.
@@ -87,12 +93,8 @@ class TokenState:
         order = torch.sort((~keep_mask).to(torch.int8), dim=1, stable=True).indices[:, :new_len]
         new_valid = torch.arange(new_len, device=keep_mask.device)[None, :] < counts[:, None]
 
-        def take(t: Tensor) -> Tensor:
-            idx = order.view(order.shape + (1,) * (t.dim() - 2)).expand(order.shape + t.shape[2:])
-            return torch.gather(t, 1, idx)
-
         def take_masked(t: Tensor, fill) -> Tensor:
-            out = take(t)
+            out = gather_tokens(t, order)
             mask = new_valid.view(new_valid.shape + (1,) * (out.dim() - 2))
             return out.masked_fill(~mask, fill) if out.dtype != torch.bool else out & mask
 

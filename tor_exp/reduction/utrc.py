@@ -28,18 +28,18 @@ from tor_exp.reduction.base import (
     register_method,
     removal_counts,
 )
-from tor_exp.reduction.importance import (
-    apply_reduction,
+from tor_exp.reduction.importance import get_feature, token_importance
+from tor_exp.reduction.matching import (
     best_match,
     compact_indices,
     floor_fraction,
-    get_feature,
     masked_argsort,
     ranks,
     retain_most_similar,
+    scatter_mask,
     take_smallest,
-    token_importance,
 )
+from tor_exp.reduction.merge import ReductionPlan
 from tor_exp.reduction.state import TokenState
 
 STREAM_STRATEGIES = ("prune", "merge", "hybrid")
@@ -97,11 +97,12 @@ class UTRC(ReductionMethod):
     def needed_features(self) -> set[str]:
         return {self.config.importance_source, self.config.similarity_source}
 
-    def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
+    def plan(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float,
+             location: int) -> ReductionPlan | None:
         cfg = self.config
         counts = removal_counts(state, keep_ratio)
         if counts is None:
-            return state
+            return None
         reducible, n, r = counts
         # 1. calculate
         score = token_importance(get_feature(features, cfg.importance_source, "importance_source", state), cfg.metric)
@@ -122,14 +123,12 @@ class UTRC(ReductionMethod):
             key = g_rank  # most similar first
         prune_hidden = prune_selection(cfg.hidden, cfg.q, retained, key)
         prune_residual = prune_selection(cfg.residual, cfg.residual_q, retained, key)
-        # 6. reassemble (apply_reduction keeps survivors in original order; both streams lose `retained`)
-        new_state, _ = apply_reduction(
-            state,
+        # 6. reassemble (apply_plan keeps survivors in original order; both streams lose `retained`)
+        return ReductionPlan(
+            keep=~scatter_mask(a_idx, retained, state.length),
             src=a_idx,
-            src_valid=retained,
             dst=dst,
             merge_hidden=retained & ~prune_hidden,
             merge_residual=retained & ~prune_residual,
-            size_weighted=cfg.size_weighted,
+            weights=state.sizes.float() if cfg.size_weighted else None,
         )
-        return new_state

@@ -1,24 +1,31 @@
 """Where every token goes: per reduction location, which tokens were pruned and which merged into which.
 
-Reduction methods return only the compacted :class:`~tor_exp.reduction.state.TokenState` (positions, sizes), not
-a merge map. We recover it exactly by running the method a second time on a *probe* state: same features,
-positions, sizes and masks (so every decision is the same) but the two streams replaced by one-hot rows
-(token j = e_j). Pruning drops a one-hot, merging averages one-hots, so after the call the non-zero entries
-of output row i are the input tokens that ended up in token i — per stream (hybrid prunes some sources on the
-hidden stream and merges them on the residual stream). Composed over locations this gives ToMe-style source
-maps. The probe's output positions are checked against the real call's, so a method that reads the streams
-for its decisions is detected instead of mis-drawn.
+Every paper-mode method decides with a :class:`~tor_exp.reduction.merge.ReductionPlan` (which tokens survive and,
+per stream, which removed token is merged into which survivor) before the shared ``apply_plan`` carries it
+out. :class:`FlowRecorder` is an observer of a patched model (``observing(model, recorder)``): after each
+reduction it reads the plan for batch row 0 and, composed over locations, builds ToMe-style source maps.
+Parity methods (``*_official``) run the released code and make no plan, so their flow cannot be shown.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-STREAMS = ("hidden", "residual")
+from tor_exp.reduction.base import ReductionObserver
+from tor_exp.reduction.merge import STREAMS, ReductionPlan
+from tor_exp.reduction.state import TokenState
+
+
+class NoPlanError(RuntimeError):
+    """The method applied its own code (parity modes): there is no plan to show."""
+
+
+def no_plan_message(name: str) -> str:
+    return (f"token flow cannot show '{name}': parity methods run the released code directly and make no "
+            "ReductionPlan (paper-mode methods utrc, evit, pumer, ltmp can be shown)")
 
 
 @dataclass
@@ -36,68 +43,69 @@ class LocationFlow:
     groups: dict[int, list[int]] = field(default_factory=dict)
 
 
-def _membership(stream: Tensor, n_out: int, n_in: int, tol: float = 1e-6) -> list[list[int]]:
-    """Input indices with a non-zero weight in each output row of a probed stream [N_out, N_in]."""
-    nz = stream[:n_out, :n_in].abs() > tol
-    return [torch.nonzero(row).flatten().tolist() for row in nz]
+class FlowRecorder(ReductionObserver):
+    """An observer of the backbone loop: records a :class:`LocationFlow` per reduction."""
 
-
-class FlowRecorder:
-    """Wraps ``method.reduce`` on the instance: records a :class:`LocationFlow` per call (batch row 0)."""
-
-    def __init__(self, method: Any):
-        self.method = method
+    def __init__(self, name: str = "this method"):
+        self.name = name
         self.flows: list[LocationFlow] = []
         self._groups: Optional[dict[int, list[int]]] = None
-        self._reduce = method.reduce  # bound method of the class
 
-    def reduce(self, state: Any, features: dict[str, Tensor], keep_ratio: float, location: int) -> Any:
-        out = self._reduce(state, features, keep_ratio, location)
-        batch, n_in = state.positions.shape
-        eye = torch.eye(n_in, dtype=torch.float32, device=state.positions.device).expand(batch, n_in, n_in)
-        probe = state.replace(hidden=eye.clone(), residual=eye.clone())
-        probed = self._reduce(probe, features, keep_ratio, location)
-        if not torch.equal(probed.positions, out.positions):
-            raise RuntimeError(f"{type(self.method).__name__}: decisions depend on the stream values; "
-                               "its merge map cannot be recovered by probing")
-        valid_in = state.valid[0]
-        pos_in = state.positions[0][valid_in].tolist()
-        valid_out = out.valid[0]
-        pos_out = out.positions[0][valid_out].tolist()
-        n_out = len(pos_out)
-        members, removed = {}, {}
+    def after_reduce(self, location: int, before: TokenState, plan: Optional[ReductionPlan],
+                     after: TokenState) -> None:
+        if plan is None and after is not before:
+            raise NoPlanError(no_plan_message(self.name))
+        pos_in = before.positions[0][before.valid[0]].tolist()
+        pos_out = after.positions[0][after.valid[0]].tolist()
+        members: dict[str, dict[int, list[int]]] = {}
+        removed: dict[str, dict[int, Optional[int]]] = {}
+        gone = set(pos_in) - set(pos_out)
         for stream in STREAMS:
-            rows = _membership(getattr(probed, stream)[0], n_out, n_in)
-            members[stream] = {pos_out[i]: sorted(state.positions[0, j].item() for j in rows[i]) for i in range(n_out)}
-            into = {src: dst for dst, srcs in members[stream].items() for src in srcs if src != dst}
-            removed[stream] = {p: into.get(p) for p in pos_in if p not in set(pos_out)}
+            into: dict[int, int] = {}
+            if plan is not None:
+                # row 0's merges on this stream, as original positions: source → destination
+                dest = plan.destinations(stream)[0]
+                merged = torch.nonzero(dest >= 0).flatten()
+                into = dict(zip(before.positions[0, merged].tolist(), before.positions[0, dest[merged]].tolist()))
+            members[stream] = {p: [p] for p in pos_out}
+            for src, dst in sorted(into.items()):
+                members[stream][dst].append(src)
+            members[stream] = {p: sorted(m) for p, m in members[stream].items()}
+            removed[stream] = {p: into.get(p) for p in pos_in if p in gone}
         if self._groups is None:
             self._groups = {p: [p] for p in pos_in}
         groups = {dst: sorted(o for src in srcs for o in self._groups.get(src, [src]))
                   for dst, srcs in members["residual"].items()}
         self._groups = groups
         self.flows.append(LocationFlow(location, pos_in, pos_out, members, removed, groups))
-        return out
-
-
-@contextmanager
-def recording(method: Any) -> Iterator[FlowRecorder]:
-    """``with recording(method) as rec: reduced_forward(...)`` → ``rec.flows``."""
-    rec = FlowRecorder(method)
-    method.reduce = rec.reduce
-    try:
-        yield rec
-    finally:
-        del method.reduce  # back to the class's method
 
 
 def trace_token_flow(model: Any, input_ids: Tensor, method: Any, schedule: Any) -> tuple[list[LocationFlow], Any]:
-    """Run ``reduced_forward`` with ``method``/``schedule`` and return (flows per location, the output)."""
-    from tor_exp.models import reduced_forward
+    """Run ``reduced_forward`` with ``method``/``schedule`` and return (flows per location, the output).
 
-    with recording(method) as rec, torch.no_grad():
-        out = reduced_forward(model, input_ids, method=method, schedule=schedule)
-    return rec.flows, out
+    An unpatched model is patched for the call and unpatched after. Raises :class:`NoPlanError` for methods
+    that make no plans (parity modes) before running anything.
+    """
+    from tor_exp.models import reduced_forward
+    from tor_exp.models.patching import get_patch, observing, patch, unpatch
+
+    name = getattr(method, "name", "") or type(method).__name__
+    if not getattr(method, "makes_plans", False):
+        raise NoPlanError(no_plan_message(name))
+    recorder = FlowRecorder(name)
+    temporary = get_patch(model) is None
+    if temporary:
+        patch(model, method, schedule)
+    try:
+        with observing(model, recorder), torch.no_grad():
+            out = reduced_forward(model, input_ids, method=method, schedule=schedule)
+    finally:
+        if temporary:
+            unpatch(model)
+    if len(recorder.flows) != len(set(schedule.locations)):
+        raise RuntimeError(f"{len(recorder.flows)} of {len(set(schedule.locations))} reductions were observed "
+                           "(this model backend does not report its reductions)")
+    return recorder.flows, out
 
 
 def describe(flows: list[LocationFlow], tokens: list[str], stream: str = "hidden", max_items: int = 12) -> list[str]:
