@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 _ERROR_EXIT = 2
@@ -16,28 +17,50 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(_ERROR_EXIT)
 
 
-def _user_overrides(argv: list[str]) -> tuple[list[str], bool]:
-    """Overrides that shape the job config (hydra.* and flags excluded) and whether this is a multirun."""
+def _split_argv(argv: list[str]) -> tuple[list[str], bool]:
+    """The command line's overrides (flags left out) and whether this is a multirun."""
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    overrides = [a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
-    return overrides, multirun
+    return [a for a in argv if not a.startswith("-")], multirun
+
+
+def check_output_dir(path: str, key: str) -> None:
+    """The output dir can be created and written: its nearest existing ancestor is a writable folder."""
+    target = Path(path).expanduser().absolute()
+    ancestor = next(p for p in (target, *target.parents) if p.exists())
+    if not ancestor.is_dir():
+        fail(f"{key}={path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        fail(f"{key}={path}: {ancestor} is not writable")
 
 
 def precheck(argv: list[str]) -> None:
-    """Compose and validate before Hydra starts, so errors are one line (Hydra would print several)."""
-    from tor_exp.config import compose
+    """Compose and validate every job before Hydra starts, so errors are one line (Hydra would print several,
+    and a bad job of a multirun would fail inside a launcher, buried in its log) and nothing runs."""
+    from tor_exp.config import compose_dict, sweep_jobs, validate
     from tor_exp.errors import ConfigError
 
-    overrides, multirun = _user_overrides(argv)
-    if multirun:
-        # sweep values ("a,b", range(...)) are not composable as one job; each job validates itself.
-        return
+    overrides, multirun = _split_argv(argv)
+    job: list[str] = overrides
     try:
-        compose(overrides)
+        if not multirun:
+            cfg = compose_dict(overrides, return_hydra_config=True)
+            validate(cfg)
+            check_output_dir(cfg.hydra.run.dir, "hydra.run.dir")
+            return
+        jobs = sweep_jobs(overrides)
+        primary = compose_dict(overrides, return_hydra_config=True, multirun=True)
+        check_output_dir(primary.hydra.sweep.dir, "hydra.sweep.dir")
+        for job in jobs:
+            validate(compose_dict(job))
     except ConfigError as err:
-        fail(str(err))
+        fail(_in_job(job, str(err), multirun))
     except Exception as err:  # hydra / omegaconf composition errors
-        fail(_one_line(err))
+        fail(_in_job(job, _one_line(err), multirun))
+
+
+def _in_job(job: list[str], message: str, multirun: bool) -> str:
+    shown = " ".join(o for o in job if not o.startswith("hydra."))
+    return f"job [{shown}]: {message}" if multirun else message
 
 
 def _one_line(err: BaseException) -> str:

@@ -5,12 +5,13 @@ the group's YAML files start from it (``defaults: [<x>_schema, _self_]``).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tor_exp.errors import ConfigError
 
@@ -33,6 +34,7 @@ class Config:
     dtype: Optional[str] = None
     run_name: Optional[str] = None
     resume: bool = True
+    overwrite: bool = False
     prompt: str = "The quick brown fox"
     max_new_tokens: int = 32
 
@@ -51,6 +53,44 @@ class ValidatedConfig:
 
 _registered = False
 
+#: longest job folder name a sweep writes (file systems allow 255 bytes)
+MAX_DIRNAME = 120
+_ITEM_MAX = 40
+
+
+def _short(text: str, keep: int) -> str:
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    return f"{text[:keep]}~{digest}"
+
+
+def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> str:
+    """A job folder name from the job's overrides (Hydra's ``override_dirname`` rule: ``key=value`` items sorted,
+    joined by ``,``, ``exclude_keys`` left out), except that a value that is long or holds a path separator is cut
+    and suffixed with a hash of itself, and so is a name that is still too long: every distinct set of overrides
+    gets its own valid folder."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    excluded = set(exclude_keys)
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    items = []
+    for line in sorted(o.input_line for o in parsed if o.key_or_group not in excluded):
+        key, sep, value = line.partition("=")
+        if "/" in value or len(line) > _ITEM_MAX:
+            value = _short(value.replace("/", "_"), 12)
+        items.append(f"{key.replace('/', '.')}{sep}{value}")
+    name = ",".join(items)
+    return _short(name, MAX_DIRNAME - 10) if len(name) > MAX_DIRNAME else name
+
+
+def register_resolvers() -> None:
+    """``${tor_exp_dirname:...}`` for job folders (conf/hydra/default.yaml); runs at import, so every process that
+    unpickles a tor_exp job (submitit) has it before Hydra resolves the job's folder."""
+    if not OmegaConf.has_resolver("tor_exp_dirname"):
+        OmegaConf.register_new_resolver("tor_exp_dirname", job_dirname)
+
+
+register_resolvers()
+
 
 def config_dir() -> str:
     """The repo's conf/ in a source checkout, the packaged copy (tor_exp/conf) in a wheel install."""
@@ -61,16 +101,18 @@ def config_dir() -> str:
     raise ConfigError("tor_exp config directory not found (expected conf/config.yaml next to the package)")
 
 
-def compose_dict(overrides: Sequence[str] = (), *, return_hydra_config: bool = False) -> DictConfig:
+def compose_dict(overrides: Sequence[str] = (), *, return_hydra_config: bool = False,
+                 multirun: bool = False) -> DictConfig:
     """The primary config with ``overrides`` applied, exactly as ``python -m tor_exp <overrides>`` composes it.
 
     Not validated (see :func:`compose`); for callers that need the DictConfig itself (a job's resolved config,
-    sweep tests that read ``hydra.*``). Works inside and outside a running Hydra app: the global Hydra state of a
-    running job is saved and restored.
+    sweep tests that read ``hydra.*``). ``multirun``: compose as ``-m`` does (sweep values allowed; the result is
+    the sweep's primary config, see :func:`sweep_jobs`). Works inside and outside a running Hydra app: the global
+    Hydra state of a running job is saved and restored.
     """
-    from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
 
     register_configs()
     hydra_global = GlobalHydra.instance()
@@ -78,12 +120,29 @@ def compose_dict(overrides: Sequence[str] = (), *, return_hydra_config: bool = F
     hydra_global.clear()
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=list(overrides),
-                                 return_hydra_config=return_hydra_config)
+            cfg = hydra_global.hydra.compose_config(  # type: ignore[union-attr]
+                config_name="config", overrides=list(overrides), from_shell=False, with_log_configuration=False,
+                run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+        if not return_hydra_config:
+            with open_dict(cfg):
+                del cfg["hydra"]
+        return cfg
     finally:
         hydra_global.clear()
         if saved is not None:
             hydra_global.initialize(saved)
+
+
+def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
+    """The overrides of every job ``python -m tor_exp -m <overrides>`` launches: Hydra's basic sweeper rule (the
+    experiment's ``hydra.sweeper.params`` then the command line, comma lists crossed in order)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    primary = compose_dict(overrides, return_hydra_config=True, multirun=True)
+    params = [f"{k}={v}" for k, v in (primary.hydra.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides(params + list(overrides))
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 def compose(overrides: Sequence[str] = ()) -> "ValidatedConfig":
@@ -126,8 +185,8 @@ def _to_object(node: Any, key: str) -> Any:
 
 def validate(cfg: DictConfig) -> ValidatedConfig:
     """Instantiate every group's dataclass (running its value checks) and the cross-group checks."""
-    root = Config(**{k: cfg.get(k) for k in ("task", "seed", "device", "dtype", "run_name", "resume", "prompt",
-                                             "max_new_tokens")})
+    root = Config(**{k: cfg.get(k) for k in ("task", "seed", "device", "dtype", "run_name", "resume", "overwrite",
+                                             "prompt", "max_new_tokens")})
     if root.task not in TASKS:
         raise ConfigError(f"task={root.task!r}: must be one of {', '.join(TASKS)}")
     if root.device not in DEVICES:
@@ -138,6 +197,8 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
         raise ConfigError(f"dtype={root.dtype!r}: must be one of {', '.join(DTYPES)}")
     if root.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={root.max_new_tokens!r}: must be >= 1")
+    if root.task == "generate" and not (root.prompt or "").strip():
+        raise ConfigError(f"prompt={root.prompt!r}: task=generate needs a non-empty prompt")
     validated = ValidatedConfig(
         model=_to_object(cfg.get("model"), "model"),
         reduction=_to_object(cfg.get("reduction"), "reduction"),

@@ -31,7 +31,8 @@ def model_overrides(model: str, reduction: Any, dotted: dict[str, Any]) -> list[
     that means no reduction, never "the default reduction"; for a dotted key it means null."""
     args = [f"model={model}"]
     if reduction is not _ABSENT:
-        args.append(f"reduction={'none' if reduction is None else reduction}")
+        no_reduction = reduction is None or str(reduction).strip().lower() in ("none", "null", "")
+        args.append(f"reduction={'none' if no_reduction else reduction}")
     for key, value in dotted.items():
         if "." not in key:
             raise ConfigError(f"eval model_args: unknown key {key!r} (use model=, reduction= or dotted overrides; "

@@ -19,6 +19,7 @@ from tor_exp.reporting.collect import (
     collect_rows,
     load_sweep,
     load_wandb_group,
+    scan_sweep,
     paper_columns,
     results_from_wandb,
     task_column,
@@ -164,18 +165,20 @@ def push_avg_acc(group: str, *, entity: Optional[str], project: str) -> int:
 # -------------------------------------------------------------------------------------------------- build
 def build_report(source: str | Path, out_dir: Optional[str | Path] = None, *, results: Optional[list] = None,
                  prefer_table: Optional[str] = None, title: Optional[str] = None,
-                 plots: bool = True) -> dict[str, Any]:
-    """Report files for the runs in ``source`` (a sweep dir) or in ``results`` (already loaded).
+                 plots: bool = True, unreadable: Sequence[str] = ()) -> dict[str, Any]:
+    """Report files for the runs in ``source`` (a sweep dir) or in ``results`` (already loaded); ``unreadable``
+    names result files that could not be used (they are listed in the report).
 
     Returns ``{"rows", "markdown", "paths": {"markdown", "json", <plot name>: png}}``.
     """
     if results is None:
-        results = load_sweep(source)
+        results, unreadable = scan_sweep(source)
     out = Path(out_dir) if out_dir is not None else Path(source) / "report"
     out.mkdir(parents=True, exist_ok=True)
     rows = collect_rows(results, prefer_table=prefer_table)
     brows = bench_rows(results)
-    notes = []
+    notes = [f"**{len(unreadable)} result file(s) could not be read and are missing from this report:** "
+             + "; ".join(f"`{line}`" for line in unreadable)] if unreadable else []
     skipped = [r for r in results if r.get("task", "eval") == "eval" and not r.get("metrics")]
     if skipped:
         notes.append(f"{len(skipped)} eval run(s) without metrics were left out.")
@@ -207,8 +210,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     source = Path(args.source)
     group: Optional[str] = None
+    unreadable: list[str] = []
     if source.exists():
-        results = load_sweep(source)
+        results, unreadable = scan_sweep(source)
         group = source.name
         out = args.out
     else:
@@ -220,12 +224,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"{str(err).splitlines()[0] if str(err) else type(err).__name__}\n")
             return 2
         out = args.out or f"report-{group}"
+    for line in unreadable:
+        sys.stderr.write(f"warning: unreadable, left out of the report: {line}\n")
     if not results:
         sys.stderr.write(f"error: no complete runs found in {args.source}\n")
         return 2
-    built = build_report(args.source, out, results=results, prefer_table=args.paper_table, plots=not args.no_plots)
+    built = build_report(args.source, out, results=results, prefer_table=args.paper_table, plots=not args.no_plots,
+                         unreadable=unreadable)
     for name, path in built["paths"].items():
         print(f"{name}: {path}")
+    if unreadable:
+        sys.stderr.write(f"error: report written without {len(unreadable)} unreadable result file(s) (listed above "
+                         "and in report.md)\n")
+        return 1
     if args.wandb_report:
         if not args.wandb_entity:
             sys.stderr.write("error: --wandb-report needs --wandb-entity\n")

@@ -266,3 +266,19 @@ def test_bench_runs_give_throughput_and_memory_plots(tmp_path):
     assert bench_series(json.loads(built["paths"]["json"].read_text())["bench_rows"], "generate", "throughput_gain") == {
         "mamba2-2.7b b16 n2048": [(0.0, 1.0), (10.0, 1.08), (30.0, 1.3)]}
     assert "## Benchmarks" in built["markdown"] and "| H100 |" in built["markdown"]
+
+
+def test_unreadable_result_files_are_named_in_the_report_and_its_exit_status(tmp_path, capsys):
+    from tor_exp.report import main as report_main
+
+    sweep = tmp_path / "sweep"
+    write_run(sweep, "good")
+    for name, content in (("broken", b'{"status": "compl'), ("binary", b"\xff\xfe"), ("list", b"[1]")):
+        (sweep / name).mkdir()
+        (sweep / name / "results.json").write_bytes(content)
+    assert report_main([str(sweep), "--no-plots", "--out", str(tmp_path / "report")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("warning: unreadable") == 3 and "error: report written without 3" in err
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "3 result file(s) could not be read" in markdown and "broken/results.json" in markdown
+    assert len(parse_table(markdown)) == 1  # the one good run

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 SKIP_MESSAGE = "skipped (resume=true)"
-JOBS = ("tiny_mamba2/none/f0.0", "tiny_mamba2/utrc/f0.2")
+# readable prefix (model/method/FLOPs) + the job's other overrides
+JOBS = ("tiny_mamba2/none/f0.0/eval.limit=2", "tiny_mamba2/utrc/f0.2/eval.limit=2")
 
 
 def sweep_args(sweep_dir: Path) -> list[str]:
@@ -50,7 +51,7 @@ def check_results(sweep_dir: Path) -> None:
         assert res["status"] == "complete" and res["model"] == "tiny_mamba2"
         assert res["num_requests"] == {"lambada_fixture": 2}
         assert res["config"]["logger"]["group"] == "smoke"
-        if job.endswith("none/f0.0"):
+        if "/none/" in job:
             assert res["method"] == "none" and res["realised_flops_reduction"] == 0.0
         else:
             assert res["method"] == "utrc" and res["target_flops"] == 0.2
@@ -109,10 +110,12 @@ def test_killed_and_changed_sweeps_rerun_only_what_is_missing(tmp_path, monkeypa
     assert redone["config_hash"] == old["config_hash"]
     assert redone["metrics"] == old["metrics"]  # deterministic: same seed, same tiny model
 
-    # a changed config is not skipped: different hash → that job recomputes
+    # another value of an overridden key is another job folder: computed there, the first results untouched
     run_in_process(monkeypatch, sweep_args(sweep)[:-1] + ["eval.limit=3"])
     assert capsys.readouterr().out.count(SKIP_MESSAGE) == 0
-    assert json.loads((sweep / JOBS[0] / "results.json").read_text())["num_requests"] == {"lambada_fixture": 3}
+    other = sweep / JOBS[0].replace("eval.limit=2", "eval.limit=3") / "results.json"
+    assert json.loads(other.read_text())["num_requests"] == {"lambada_fixture": 3}
+    assert snapshot(sweep)[JOBS[0]] == before[JOBS[0]]
 
 
 def test_smoke_sweep_through_submitit_local_resumes(tmp_path):

@@ -34,6 +34,8 @@ from tor_exp.models.patching import ReducedOutput, reduced_forward
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 2048
+#: our progress bars' label; the runner keeps these and silences lm-eval's own bars unless eval.verbose
+PROGRESS_PREFIX = "tor_exp scoring"
 UNKNOWN_TASK = "<unknown>"
 
 
@@ -215,7 +217,7 @@ class TorExpLM(TemplateLM):
 
         reorder = Collator(items, sort_fn=_sort_key)
         results: list[tuple[float, bool]] = []
-        pbar = tqdm(total=len(items), disable=disable_tqdm, desc="Running loglikelihood requests")
+        pbar = tqdm(total=len(items), disable=disable_tqdm, desc=f"{PROGRESS_PREFIX} loglikelihood")
         for chunk in reorder.get_batched(n=self.batch_size):
             results.extend(self._score_batch(chunk, score_all=score_all))
             pbar.update(len(chunk))
@@ -294,7 +296,7 @@ class TorExpLM(TemplateLM):
                            group_by="gen_kwargs", group_fn=lambda x: x[0][1])
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         results: list[str] = []
-        pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="Running generate_until requests")
+        pbar = tqdm(total=len(requests), disable=disable_tqdm, desc=f"{PROGRESS_PREFIX} generate_until")
         for chunk in reorder.get_batched(n=self.batch_size):
             contexts = [c[0][0] for c in chunk]
             kwargs = normalize_gen_kwargs(chunk[0][0][1], self.max_gen_toks)

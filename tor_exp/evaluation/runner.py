@@ -170,6 +170,34 @@ def light_env_info() -> Iterator[None]:
         ev.add_env_info, ev.get_git_commit_hash = original
 
 
+@contextlib.contextmanager
+def quiet_progress(verbose: bool) -> Iterator[None]:
+    """Only tor_exp's own scoring bar (one per request type) unless ``verbose``: lm-eval draws several bars per
+    task (building contexts, tokenising, ...), about 30 lines for a run of 7 tasks."""
+    if verbose:
+        yield
+        return
+    import lm_eval.api.metrics as lm_metrics
+    import tqdm.std
+
+    from tor_exp.evaluation.lm import PROGRESS_PREFIX
+
+    original = tqdm.std.tqdm.__init__
+    lm_metrics.print = lambda *args, **kwargs: None  # "bootstrapping for stddev: ..." per metric
+
+    def init(self, *args: Any, **kwargs: Any) -> None:
+        if not str(kwargs.get("desc") or "").startswith(PROGRESS_PREFIX):
+            kwargs["disable"] = True
+        original(self, *args, **kwargs)
+
+    tqdm.std.tqdm.__init__ = init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = original  # type: ignore[method-assign]
+        del lm_metrics.print
+
+
 # ----------------------------------------------------------------------------------------------- results
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -204,12 +232,15 @@ def _schedule_info(model) -> dict[str, Any]:
             "locations": list(getattr(sched, "locations", []) or [])}
 
 
-def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str) -> dict[str, Any]:
+def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
+             keep_samples: bool = False) -> dict[str, Any]:
     """Score ``model`` (patched or not) on ``eval_cfg.tasks`` with lm-eval; one pass, no baseline.
 
     Returns ``{"reduction", "metrics": {task: {metric: v, metric_stderr: s}}, "flops": {task: realised backbone
     FLOPs reduction}, "flops_detail": {task: {realised, target, ...}}, "alignment": {"mode", task: {offset_short,
-    offset_empty, offset_misaligned}}, "num_requests": {task: n}, "n_samples": {task: docs}, "config": {...}}``.
+    offset_empty, offset_misaligned}}, "num_requests": {task: n}, "n_samples": {task: docs},
+    "aggregations": {task: {metric: lm-eval aggregation name}}, "config": {...}}``, plus ``"samples"`` (lm-eval's
+    per-document records) with ``eval.log_samples`` or ``keep_samples``.
     The realised reduction comes from the real per-layer token counts (backbone FLOPs are linear in the token
     count); short prompts reduce less than the target, so both are reported. The caller (the Hydra runner)
     evaluates ``reduction=none`` separately when ``eval.compare_baseline`` is set.
@@ -226,10 +257,12 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str) ->
     sched = _schedule_info(model)
     lm = TorExpLM(model, tokenizer, alignment=eval_cfg.alignment, batch_size=eval_cfg.batch_size,
                   target_flops=sched.get("target"))
-    with offline_datasets(all_local), light_env_info(), _quiet_num_fewshot_notice():
+    with offline_datasets(all_local), light_env_info(), _quiet_num_fewshot_notice(), \
+            quiet_progress(eval_cfg.verbose):
         raw = lm_eval.simple_evaluate(
             model=lm, tasks=specs, num_fewshot=eval_cfg.num_fewshot, limit=eval_cfg.limit,
-            log_samples=eval_cfg.log_samples, task_manager=tm, bootstrap_iters=1000,
+            log_samples=eval_cfg.log_samples or keep_samples, task_manager=tm,
+            bootstrap_iters=eval_cfg.bootstrap_iters,
             batch_size=eval_cfg.batch_size,
         )
     if raw is None:  # non-zero rank in a distributed run
@@ -264,6 +297,9 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str) ->
         "config": {"tasks": list(eval_cfg.tasks), "limit": eval_cfg.limit, "num_fewshot": eval_cfg.num_fewshot,
                    "batch_size": eval_cfg.batch_size, "alignment": eval_cfg.alignment},
     }
-    if eval_cfg.log_samples:
+    out["aggregations"] = {task: {m["metric"]: m["aggregation"] for m in (raw["configs"].get(task) or {})
+                                  .get("metric_list", []) if isinstance(m.get("aggregation"), str)}
+                           for task in tasks}
+    if eval_cfg.log_samples or keep_samples:
         out["samples"] = raw.get("samples", {})
     return out

@@ -14,7 +14,7 @@ RESULTS_FILE = "results.json"
 _VERSIONED = ("torch", "transformers", "lm_eval", "hydra-core", "omegaconf", "wandb", "mamba_ssm", "causal_conv1d", "tor_exp")
 
 # keys that do not change what a run computes: excluded from the resume hash
-_VOLATILE_KEYS = ("logger", "resume", "run_name")
+_VOLATILE_KEYS = ("logger", "resume", "run_name", "overwrite")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -67,14 +67,60 @@ def write_results(out_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
     return path
 
 
-def load_results(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+def read_results(out_dir: str | os.PathLike) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, problem): the results.json of ``out_dir`` as a dict, or None with why it is unusable
+    (``problem`` is None when there simply is no file)."""
     path = Path(out_dir) / RESULTS_FILE
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg} at line {err.lineno})"
+    except OSError as err:
+        return None, f"unreadable ({err.strerror})"
+    if not isinstance(data, dict):
+        return None, f"a JSON {type(data).__name__}, not a results record"
+    return data, None
+
+
+def load_results(out_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The results record of ``out_dir``, or None when there is none or it is unusable."""
+    return read_results(out_dir)[0]
+
+
+def is_complete(out_dir: str | os.PathLike, job_config: Any) -> bool:
+    """The resume rule: ``out_dir`` holds a complete results.json of exactly this config (same hash).
+
+    One function for the job's own resume check and the launchers' pre-submission filter, so a job the launcher
+    leaves out is exactly a job that would have skipped itself. ``job_config``: the job's config (DictConfig,
+    resolved here) or its resolved dict.
+    """
+    if not isinstance(job_config, dict):
+        from omegaconf import OmegaConf
+
+        job_config = OmegaConf.to_container(job_config, resolve=True)
+    previous = load_results(out_dir)
+    return bool(previous) and previous.get("status") == "complete" and \
+        previous.get("config_hash") == config_hash(job_config)
+
+
+def set_aside(out_dir: str | os.PathLike, why: str) -> Path:
+    """Move ``out_dir``/results.json to ``results.json.<why>-<UTC time>`` (never overwriting another) and return
+    the new path: records are moved, never deleted."""
+    import datetime as dt
+
+    path = Path(out_dir) / RESULTS_FILE
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{RESULTS_FILE}.{why}-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{RESULTS_FILE}.{why}-{stamp}-{n}")
+    os.replace(path, target)
+    return target
 
 
 def _json_default(obj: Any) -> Any:

@@ -8,9 +8,11 @@ here instead of requiring the mamba_ssm package.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
@@ -162,19 +164,95 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     return tok
 
 
+class _KernelFallbackNote(logging.Filter):
+    """transformers warns once per kernel function (about five lines) that the mamba_ssm / causal_conv1d kernels
+    are missing; the first becomes one note, the rest are dropped."""
+
+    said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "falling back to its reference PyTorch implementation" not in record.getMessage():
+            return True
+        if _KernelFallbackNote.said:
+            return False
+        _KernelFallbackNote.said = True
+        record.msg, record.args = ("mamba_ssm / causal_conv1d kernels are not installed: the PyTorch reference "
+                                   "implementations run instead (same results, slower)"), ()
+        return True
+
+
+def quiet_kernel_fallbacks() -> None:
+    target = logging.getLogger("transformers.integrations.hub_kernels")
+    if not any(isinstance(f, _KernelFallbackNote) for f in target.filters):
+        target.addFilter(_KernelFallbackNote())
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (a TCP connect; a closed network fails in seconds, where the
+    hub client would retry for half a minute before saying the file is not cached)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def check_available(path: str, first_file: str = "config.json") -> None:
+    """A hub id must be in the local cache or the hub must be reachable: one line saying which, fast."""
+    if os.path.isdir(path) or os.path.exists(path):
+        return
+    if "/" not in path or path.startswith((".", "/", "~")):
+        raise ConfigError(f"model.path={path!r}: no such directory")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(path, first_file), str) or hub_reachable():
+        return
+    raise ConfigError(f"model.path={path!r}: not in the local Hugging Face cache and the hub is unreachable "
+                      "(offline); download it where there is network (`huggingface-cli download "
+                      f"{path}`) or set model.path to a local copy")
+
+
+@contextmanager
+def loading_errors(key: str, path: Optional[str]) -> Iterator[None]:
+    """Whatever a damaged or missing checkpoint raises (empty folder, truncated safetensors, a config.json that is
+    not JSON, a hub error) becomes one line naming ``key`` and what was wrong."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - every loader error is a bad model.path for the user
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ConfigError(f"{key}={path!r}: cannot load it ({type(err).__name__}: {text[:200]})") from None
+
+
 def load_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
     """Return ``(model, tokenizer)``: a HF Mamba/Mamba-2 causal LM in eval mode on ``device`` in ``cfg.dtype``.
 
     With ``backend: mamba_ssm`` the model is mamba_ssm's ``MambaLMHeadModel`` instead (GPU only, see
-    :mod:`tor_exp.models.mamba_ssm_backend`).
+    :mod:`tor_exp.models.mamba_ssm_backend`). A missing or damaged checkpoint is a one-line ConfigError.
     """
+    quiet_kernel_fallbacks()
+    path = resolve_path(cfg.path) if cfg.path else None
+    if cfg.source != "tiny" and path is not None:
+        check_available(path)
+    with loading_errors("model.path", cfg.path):
+        model = _load_weights(cfg, path, device)
+    with loading_errors("model.tokenizer", cfg.tokenizer or cfg.path):
+        return model, load_tokenizer(cfg, path)
+
+
+def _load_weights(cfg: ModelConfig, path: Optional[str], device: str | torch.device) -> nn.Module:
     if cfg.backend == "mamba_ssm":
         from tor_exp.models.mamba_ssm_backend import load_mamba_ssm_backend
 
-        model = load_mamba_ssm_backend(cfg, device)
-        return model, load_tokenizer(cfg, resolve_path(cfg.path) if cfg.path else None)
+        return load_mamba_ssm_backend(cfg, device)
     config_cls, model_cls = MODEL_CLASSES[cfg.family]
-    path = resolve_path(cfg.path) if cfg.path else None
     if cfg.source == "tiny":
         torch.manual_seed(cfg.seed)
         model = model_cls(tiny_hf_config(cfg))
@@ -188,5 +266,4 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
         raise ConfigError(
             f"model.n_layer={cfg.n_layer}: the checkpoint has {model.config.num_hidden_layers} layers"
         )
-    model = model.to(device=device, dtype=cfg.torch_dtype).eval()
-    return model, load_tokenizer(cfg, path)
+    return model.to(device=device, dtype=cfg.torch_dtype).eval()

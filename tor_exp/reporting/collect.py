@@ -103,23 +103,36 @@ class ReportRow:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-def load_sweep(path: str | Path, *, include_incomplete: bool = False) -> list[dict[str, Any]]:
-    """Every ``results.json`` below ``path`` (sorted by path), each with ``_path`` = its folder."""
+def scan_sweep(path: str | Path, *, include_incomplete: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
+    """(records, unreadable): every usable ``results.json`` below ``path`` (sorted, each with ``_path`` = its
+    folder) and one ``"<file>: <why>"`` line per file that could not be used (damaged, not a record)."""
+    from tor_exp.logging.results import read_results
+
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such sweep/run directory")
     found = [root / RESULTS_FILE] if (root / RESULTS_FILE).is_file() else []
     found += sorted(p for p in root.rglob(RESULTS_FILE) if p != root / RESULTS_FILE)
-    results = []
+    results, unreadable = [], []
     for file in found:
-        try:
-            data = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError):
+        data, problem = read_results(file.parent)
+        if data is None:
+            unreadable.append(f"{file}: {problem}")
             continue
         if not include_incomplete and data.get("status") != "complete":
             continue
         data["_path"] = str(file.parent)
         results.append(data)
+    return results, unreadable
+
+
+def load_sweep(path: str | Path, *, include_incomplete: bool = False) -> list[dict[str, Any]]:
+    """Every usable ``results.json`` below ``path``; damaged files are logged as warnings (see :func:`scan_sweep`)."""
+    import logging
+
+    results, unreadable = scan_sweep(path, include_incomplete=include_incomplete)
+    for line in unreadable:
+        logging.getLogger(__name__).warning("left out, unreadable: %s", line)
     return results
 
 

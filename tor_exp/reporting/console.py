@@ -43,27 +43,65 @@ def mean_accuracy(metrics: dict[str, dict[str, Any]]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def print_comparison(rows: list[tuple[str, dict[str, Any]]], results: dict[str, Any]) -> None:
-    import shutil
+def _fmt(metric: str, value: Any, signed: bool = False) -> str:
+    if not isinstance(value, (int, float)):
+        return "–"
+    text = f"{value:{'+' if signed else ''}.4g}" if "perplexity" in metric else f"{value:{'+' if signed else ''}.3f}"
+    return text.replace("e+", "e")
 
-    from rich.console import Console
+
+def _diff(metric: str, d: dict[str, Any] | None) -> str:
+    if not d:
+        return ""
+    mark = " *" if d["low"] > 0 or d["high"] < 0 else ""
+    return (f"{_fmt(metric, d['delta'], True)} [{_fmt(metric, d['low'], True)}, "
+            f"{_fmt(metric, d['high'], True)}]{mark}")
+
+
+_METRIC_NAMES = {"byte_perplexity": "ppl/byte", "perplexity": "ppl", "bits_per_byte": "bits/byte"}
+
+
+def comparison_table(rows: list[tuple[str, dict[str, Any]]], results: dict[str, Any]) -> Any:
+    """A rich Table with one row per (task, headline metric) and one column per method, so it fits a terminal
+    however many tasks there are; with ``results["differences"]`` a last column gives the last method's
+    difference to the first and its paired 95 % interval (``*``: the interval excludes 0)."""
+    from rich import box
     from rich.table import Table
 
+    target = results.get("target_flops")
+    amount = (f"FLOPs target −{100 * target:.0f}% (keep ratio {results['keep_ratio']:.4f})"
+              if target is not None else f"keep ratio {results['keep_ratio']:.4f}")
+    differences = results.get("differences") or {}
+    where = ",".join(str(x) for x in results["locations"])
+    table = Table(title=f"{results['model']} · {amount} · after layers {where}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     columns = task_columns(rows[-1][1]["metrics"])
-    table = Table(title=f"{results['model']}: target FLOPs reduction {results.get('target_flops')}, "
-                        f"keep ratio {results['keep_ratio']:.4f}, locations {results['locations']}")
-    table.add_column("method")
-    table.add_column("FLOPs ↓ (realised)", justify="right")
-    for _, _, header in columns:
-        table.add_column(header, justify="right")
-    table.add_column("avg acc", justify="right")
-    for name, out in rows:
-        flops = [x for x in (out.get("flops") or {}).values() if isinstance(x, (int, float))]
-        cells = [name, f"{100 * sum(flops) / len(flops):.1f}%" if flops else "0.0%"]
-        for task, metric, _ in columns:
-            value = out["metrics"].get(task, {}).get(metric)
-            cells.append("–" if value is None else (f"{value:.4g}" if "perplexity" in metric else f"{value:.3f}"))
-        avg = mean_accuracy(out["metrics"])
-        cells.append("–" if avg is None else f"{avg:.3f}")
+    width = lambda texts: max(map(len, texts), default=0)  # noqa: E731
+    table.add_column("task", no_wrap=True, min_width=width(t.replace("_fixture", "") for t, _, _ in columns))
+    table.add_column("metric", no_wrap=True, min_width=width(_METRIC_NAMES.get(m, m) for _, m, _ in columns))
+    for name, _ in rows:
+        table.add_column(name, justify="right", no_wrap=True, min_width=6)
+    if differences:  # the one column that may fold onto a second line in a narrow terminal
+        table.add_column(f"Δ {rows[-1][0]}−{rows[0][0]} [95% CI]", justify="right", overflow="fold")
+    for task, metric, _ in columns:
+        cells = [task.replace("_fixture", ""), _METRIC_NAMES.get(metric, metric)]
+        cells += [_fmt(metric, out["metrics"].get(task, {}).get(metric)) for _, out in rows]
+        if differences:
+            cells.append(_diff(metric, differences.get(task, {}).get(metric)))
         table.add_row(*cells)
-    Console(width=max(160, shutil.get_terminal_size().columns)).print(table)
+    flops = []
+    for _, out in rows:
+        values = [x for x in (out.get("flops") or {}).values() if isinstance(x, (int, float))]
+        flops.append(f"{100 * sum(values) / len(values):.1f}%" if values else "0.0%")
+    table.add_row("FLOPs ↓", "realised", *flops, *([""] if differences else []), end_section=False)
+    averages = [mean_accuracy(out["metrics"]) for _, out in rows]
+    if any(a is not None for a in averages):
+        table.add_row("average", "acc", *(_fmt("acc", a) for a in averages), *([""] if differences else []))
+    return table
+
+
+def print_comparison(rows: list[tuple[str, dict[str, Any]]], results: dict[str, Any]) -> None:
+    """Print the table at the terminal's width (no colour codes when the output is not a terminal)."""
+    from rich.console import Console
+
+    Console().print(comparison_table(rows, results))

@@ -1,0 +1,175 @@
+"""Ordinary mistakes end in one line ``error: ...`` and exit code 2 — never a traceback, never a lost number.
+
+Most cases call the entry point in-process (``tor_exp.__main__.main`` with ``sys.argv`` set), which is what
+``python -m tor_exp`` runs, minus the interpreter start; one case goes through a real subprocess.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REFERENCE = Path(__file__).resolve().parents[2] / "tor_exp" / "reference" / "assets"
+FAST = ["model=tiny_mamba2", "eval=smoke", "eval.limit=2", "device=cpu"]
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    from hydra.core.global_hydra import GlobalHydra
+
+    import tor_exp.__main__ as entry
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["tor_exp", *args])
+    code = 0
+    try:
+        entry.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """Exit 2 and, apart from the scoring progress bar of work that ran before the failure, one line."""
+    lines = [line for line in err.strip().replace("\r", "\n").splitlines()
+             if line.strip() and "tor_exp scoring" not in line]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture()
+def damaged(tmp_path) -> dict[str, Path]:
+    dirs = {name: tmp_path / name for name in ("empty", "truncated", "not_json")}
+    for d in dirs.values():
+        d.mkdir()
+    shutil.copy(REFERENCE / "config.json", dirs["truncated"])
+    (dirs["truncated"] / "model.safetensors").write_bytes((REFERENCE / "model.safetensors").read_bytes()[:100_000])
+    (dirs["not_json"] / "config.json").write_text("{not json")
+    shutil.copy(REFERENCE / "model.safetensors", dirs["not_json"])
+    return dirs
+
+
+@pytest.mark.parametrize("name, needle", [("empty", "model.safetensors"), ("truncated", "SafetensorError"),
+                                          ("not_json", "JSON"), ("missing", "no such directory")])
+def test_damaged_or_missing_model_dir(name, needle, damaged, tmp_path, monkeypatch, capsys):
+    path = damaged.get(name, tmp_path / "missing")
+    code, _, err = run_main(monkeypatch, capsys, "model=reference", f"model.path={path}", "model.tokenizer=byte",
+                            "eval=smoke", "eval.limit=1", f"hydra.run.dir={tmp_path / 'out'}")
+    assert_one_line_error(code, err, "model.path", needle)
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_hub_model_without_network_fails_fast(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    code, _, err = run_main(monkeypatch, capsys, "model=mamba2_130m", f"hydra.run.dir={tmp_path / 'out'}")
+    assert_one_line_error(code, err, "state-spaces/mamba2-130m", "not in the local Hugging Face cache")
+
+
+@pytest.mark.parametrize("args, needles", [
+    (("task=generate", "prompt="), ("prompt",)),
+    (("-m", "reduction.q=-1,0.5"), ("reduction.q=-1]: reduction.q=-1.0: must be in",)),
+    (("-m", "reduction.q=0.5", "reduction.locations=[1,2,x]"), ("reduction.locations",)),
+])
+def test_bad_values_incl_one_bad_job_of_a_multirun(args, needles, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(monkeypatch, capsys, *FAST, *args, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                            f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(code, err, *needles)
+    assert not list(tmp_path.rglob("results.json"))  # nothing ran
+
+
+def test_run_dir_under_a_file(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a_file").write_text("x")
+    code, _, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={tmp_path / 'a_file' / 'run'}")
+    assert_one_line_error(code, err, "hydra.run.dir", "is a file")
+
+
+def test_long_overrides_in_a_multirun_get_a_short_job_folder(tmp_path, monkeypatch, capsys):
+    """A long value (here a 40-location list) would make a file name longer than the file system allows."""
+    monkeypatch.chdir(tmp_path)
+    locations = "[" + ",".join(str(i) for i in range(1, 15)) + "]"
+    code, _, err = run_main(monkeypatch, capsys, "-m", *FAST, f"reduction.locations={locations}",
+                            "reduction.keep_ratio=0.9,0.8", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 0, err
+    folders = sorted(p.parent for p in (tmp_path / "sweep").rglob("results.json"))
+    assert len(folders) == 2 and all(len(p.name) <= 120 for p in folders)
+    assert len({p.name for p in folders}) == 2
+
+
+def test_a_different_config_never_replaces_a_complete_record(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={out}")
+    assert code == 0, err
+    first = (out / "results.json").read_text()
+    code, _, err = run_main(monkeypatch, capsys, *FAST, "reduction.q=0.3", f"hydra.run.dir={out}")
+    assert_one_line_error(code, err, "another config", "overwrite=true")
+    assert (out / "results.json").read_text() == first
+    code, _, err = run_main(monkeypatch, capsys, *FAST, "reduction.q=0.3", "overwrite=true", f"hydra.run.dir={out}")
+    assert code == 0, err
+    (kept,) = out.glob("results.json.replaced-*")
+    assert kept.read_text() == first
+    assert json.loads((out / "results.json").read_text())["config"]["reduction"]["q"] == 0.3
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b"[1, 2, 3]", b'{"status": "compl'])
+def test_a_damaged_record_is_moved_aside_and_the_job_recomputes(content, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_bytes(content)
+    code, stdout, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={out}")
+    assert code == 0, err
+    (kept,) = out.glob("results.json.corrupt-*")
+    assert kept.read_bytes() == content
+    assert json.loads((out / "results.json").read_text())["status"] == "complete"
+    assert "moved to results.json.corrupt-" in stdout + err
+
+
+def test_an_unwritable_results_file_still_saves_the_numbers(tmp_path, monkeypatch, capsys):
+    """The output dir turns unwritable at the end: the results land in a fallback file named in the error."""
+    import tor_exp.run as job
+
+    real = job.write_results
+
+    def refuse(out_dir, results):
+        if Path(out_dir) == tmp_path / "run":
+            raise OSError(28, "No space left on device")
+        return real(out_dir, results)
+
+    monkeypatch.setattr(job, "write_results", refuse)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    code, _, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(code, err, "No space left on device", "saved to")
+    (saved,) = (tmp_path / "tmp").rglob("results.json")
+    assert json.loads(saved.read_text())["status"] == "complete"
+
+
+def test_the_log_file_holds_what_ran_the_flops_and_where_results_went(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={out}")
+    assert code == 0, err
+    log = (out / "tor_exp.log").read_text()
+    assert "task=eval model=tiny_mamba2 reduction=utrc" in log
+    assert "realised backbone FLOPs reduction" in log
+    assert f"results: {out / 'results.json'}" in log
+
+
+def test_cli_subprocess_one_line(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "tor_exp", "-m", "reduction.q=-1,0.5",
+                           f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True, env=env, timeout=300)
+    assert_one_line_error(proc.returncode, proc.stderr, "reduction.q")
