@@ -207,6 +207,10 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
         logger=_to_object(cfg.get("logger"), "logger"),
         root=root,
     )
+    # auto ⇒ the concrete alignment for this method; exact with a parity method is refused here, before loading
+    from tor_exp.evaluation.config import resolve_alignment
+
+    validated.eval.alignment = resolve_alignment(validated.eval.alignment, validated.reduction.method)
     # locations must lie inside the model's depth; ρ must be solvable (total scope needs the loaded model's
     # shape unless the config gives it, so that case is solved after loading).
     from tor_exp.models.flops import build_schedule, resolve_locations, shape_from_model_config

@@ -58,7 +58,7 @@ class TorExpByName(TorExpLM):
             if kwargs or reduction is not _ABSENT:
                 raise ConfigError(f"eval model_args {sorted(kwargs) + (['reduction'] if reduction is not _ABSENT else [])}"
                                   ": overrides need `model` given by config name")
-            super().__init__(model, tokenizer, alignment=alignment or "exact", batch_size=batch_size or 8, **own)
+            super().__init__(model, tokenizer, alignment=alignment or "auto", batch_size=batch_size or 8, **own)
             return
         import torch
 

@@ -8,7 +8,7 @@ from tor_exp.evaluation.config import FIXTURE_TASKS, EvalConfig, resolve_include
 def test_defaults_are_the_fixture_suite():
     cfg = EvalConfig()
     assert cfg.tasks == list(FIXTURE_TASKS)
-    assert (cfg.alignment, cfg.batch_size, cfg.num_fewshot, cfg.limit) == ("exact", 8, 0, None)
+    assert (cfg.alignment, cfg.batch_size, cfg.num_fewshot, cfg.limit) == ("auto", 8, 0, None)
     assert cfg.compare_baseline is True and cfg.log_samples is False
 
 

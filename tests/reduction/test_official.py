@@ -146,3 +146,112 @@ def test_official_ignores_protection_like_the_released_code() -> None:
     state = TokenState.initial(hidden, residual, protected=protected)
     out = build_method(UTRCOfficialConfig()).reduce(state, {}, 0.7, 12)
     assert int(out.valid.sum()) == 7
+
+
+# ------------------------------------------------------------------------------------------ per request
+# METHOD.md §6: the registered parity methods reduce each row exactly as the released code reduces that request
+# alone. Widths/lengths: rows padded by most of their width (11 and 3 of 30 real), a row too short to reduce
+# at ρ = 0.7 (N = 3 ⇒ num_keep = 3), rows of equal length (23, 23) that share one call, an empty row.
+LENGTHS = [23, 11, 30, 3, 23, 14, 0]
+WIDTH = 30
+PARITY_CONFIGS = [UTRCOfficialConfig(), UTRCOfficialConfig(hidden="merge", residual="hybrid", metric="unclipped"),
+                  UTRCOfficialConfig(hidden="prune", residual="prune"), PuMerOfficialConfig(),
+                  PuMerOfficialConfig(metric="unclipped"), EViTOfficialConfig(), EViTOfficialConfig(metric="unclipped")]
+
+
+def _ragged(seed, lengths=LENGTHS, dim=4, zero_prob=0.0, positive=False, left=False):
+    """A batch of rows (real tokens 0..n-1 of each) padded to WIDTH with huge values; each row's real tokens
+    as a separate batch-1 state; the metric is the hidden stream. ``left`` puts the padding first."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in lengths:
+        hidden = torch.randn(n, dim, generator=g)
+        if positive:
+            hidden = hidden.abs() + 0.05
+        hidden[torch.rand(n, generator=g) < zero_prob] = 0.0  # all-zero metric tokens: NaN / −inf ties
+        rows.append((hidden, torch.randn(n, dim, generator=g), torch.randint(1, 4, (n,), generator=g).float()))
+    hidden = torch.full((len(lengths), WIDTH, dim), 1e4)
+    residual, sizes = hidden.clone(), torch.zeros(len(lengths), WIDTH)
+    cols = torch.arange(WIDTH)
+    valid = torch.stack([(cols >= WIDTH - n) if left else (cols < n) for n in lengths])
+    for b, (h, r, s) in enumerate(rows):
+        hidden[b, valid[b]], residual[b, valid[b]], sizes[b, valid[b]] = h, r, s
+    state = TokenState.initial(hidden, residual, valid).replace(sizes=sizes)
+    alone = [TokenState.initial(h[None], r[None]).replace(sizes=s[None]) for h, r, s in rows]
+    return state, alone
+
+
+def _reduce(cfg, state, keep_ratio=0.7):
+    return build_method(cfg).reduce(state, {"mixer_out": state.hidden}, keep_ratio, 12)
+
+
+def _assert_right_padded(out, counts):
+    assert out.valid.tolist() == [[j < n for j in range(out.length)] for n in counts]
+    pad = ~out.valid
+    assert (out.positions[pad] == -1).all() and (out.sizes[pad] == 0).all() and not out.reducible[pad].any()
+    assert (out.hidden[pad] == 0).all() and (out.residual[pad] == 0).all()
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["right_padded", "left_padded"])
+@pytest.mark.parametrize("zero_prob", [0.0, 0.3], ids=["no_ties", "zero_tokens"])
+@pytest.mark.parametrize("cfg", PARITY_CONFIGS, ids=lambda c: f"{c.method}-{c.metric}-{getattr(c, 'hidden', '')}")
+def test_each_row_is_reduced_exactly_as_it_is_alone(cfg, zero_prob, left) -> None:
+    """Bit-identical to the batch-1 call on the row's real tokens, whatever the rest of the batch and the padding
+    side; all-zero tokens (NaN metric for UTRC/PuMer with clip, −inf scores for EViT) make the orderings all
+    ties, which only the row's own op shapes break the released way."""
+    state, alone = _ragged(7, zero_prob=zero_prob, left=left)
+    out = _reduce(cfg, state)
+    singles = [_reduce(cfg, s) for s in alone]
+    counts = [s.length for s in singles]
+    _assert_right_padded(out, counts)
+    for b, single in enumerate(singles):
+        n, shift = counts[b], (WIDTH - LENGTHS[b]) if left else 0  # positions are columns of the padded row
+        assert out.positions[b, :n].tolist() == (single.positions[0] + shift).tolist()
+        for key in ("hidden", "residual", "sizes"):
+            assert torch.equal(getattr(out, key)[b, :n], getattr(single, key)[0]), (b, key)
+    # the row too short to reduce is unchanged
+    assert counts[3] == 3 and out.positions[3, :3].tolist() == [p + (WIDTH - 3 if left else 0) for p in range(3)]
+    assert torch.equal(out.hidden[3, :3], alone[3].hidden[0])
+    assert counts[6] == 0
+    # the realised removal is the row's own: r = min(N − ceil(0.7 N), N // 2) for the bipartite methods
+    if cfg.method != "evit_official":
+        assert counts == [n - max(official_removal(n, 0.7), 0) for n in LENGTHS]
+
+
+@pytest.mark.parametrize("cfg", [c for c in PARITY_CONFIGS if c.method != "evit_official"],
+                         ids=lambda c: f"{c.method}-{c.metric}-{getattr(c, 'hidden', '')}")
+def test_bipartite_rows_match_the_loop_reference(cfg) -> None:
+    """Against the independent single-request loop reference (no ties: a positive metric)."""
+    state, alone = _ragged(11, positive=True)
+    out = _reduce(cfg, state)
+    modes = (cfg.hidden, cfg.residual) if cfg.method == "utrc_official" else ("merge", "merge")
+    for b, single in enumerate(alone):
+        h, r, kept = ref_official_utrc(single.hidden[0], single.residual[0], single.hidden[0], 0.7, *modes,
+                                       cfg.metric == "clip", tome=cfg.method == "pumer_official")
+        n = len(kept)
+        assert out.positions[b, :n].tolist() == kept and int(out.valid[b].sum()) == n
+        if n:
+            torch.testing.assert_close(out.hidden[b, :n].double(), torch.tensor(h, dtype=torch.float64),
+                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out.residual[b, :n].double(), torch.tensor(r, dtype=torch.float64),
+                                       atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_evit_rows_match_the_loop_reference_with_ties(clip) -> None:
+    """Released EViT at batch 1 on each row: the num_keep+1 lowest scores plus every tie at the key (−inf
+    ties from all-zero tokens included); no batched retry, whatever the other rows keep."""
+    state, alone = _ragged(5, zero_prob=0.3)
+    out = _reduce(EViTOfficialConfig(metric="clip" if clip else "unclipped"), state)
+    for b, single in enumerate(alone):
+        h, r, kept = ref_official_evit(single.hidden[0], single.residual[0], single.hidden[0], 0.7, clip)
+        n = len(kept)
+        assert out.positions[b, :n].tolist() == kept and int(out.valid[b].sum()) == n
+        if n:
+            torch.testing.assert_close(out.hidden[b, :n].double(), torch.tensor(h, dtype=torch.float64))
+
+
+def test_nothing_to_remove_in_any_row_returns_the_state_itself() -> None:
+    state, _ = _ragged(3, lengths=[3, 2, 0, 1])
+    for cfg in (UTRCOfficialConfig(), PuMerOfficialConfig(), EViTOfficialConfig()):
+        assert _reduce(cfg, state) is state

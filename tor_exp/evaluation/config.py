@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from tor_exp.errors import ConfigError
 from tor_exp.paths import resolve_pkg_path
 
-ALIGNMENTS = ("exact", "offset")
+ALIGNMENTS = ("auto", "exact", "offset")
 FIXTURE_TASKS = ("lambada_fixture", "hellaswag_fixture", "piqa_fixture", "arc_easy_fixture",
                  "arc_challenge_fixture", "winogrande_fixture")
 PAPER_TASKS = ("lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
@@ -19,7 +19,8 @@ class EvalConfig:
 
     ``alignment``: ``exact`` protects the scored positions and gathers logits by original position (every
     scored token is predicted from its true predecessor); ``offset`` reproduces the released evaluation
-    (nothing protected, lm-eval's slice rule on the shortened logits) and counts requests it mis-scores.
+    (nothing protected, lm-eval's slice rule on the shortened logits) and counts requests it mis-scores;
+    ``auto`` (default) is ``offset`` for the parity methods and ``exact`` otherwise (:func:`resolve_alignment`).
     ``include_paths`` are extra lm-eval task folders; ``pkg://tor_exp/x/y`` means ``<installed tor_exp>/x/y``.
     """
 
@@ -27,7 +28,7 @@ class EvalConfig:
     include_paths: list[str] = field(default_factory=lambda: ["pkg://tor_exp/evaluation/tasks"])
     limit: Optional[int] = None
     batch_size: int = 8
-    alignment: str = "exact"
+    alignment: str = "auto"
     num_fewshot: int = 0
     log_samples: bool = False
     compare_baseline: bool = True
@@ -60,6 +61,28 @@ class EvalConfig:
         for key in ("log_samples", "compare_baseline", "verbose"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"eval.{key}={getattr(self, key)!r}: must be true or false")
+
+
+def resolve_alignment(alignment: str, method: Any) -> str:
+    """The concrete alignment (``exact`` | ``offset``) for ``method`` (a reduction name, a method object, or
+    None for an unreduced model); used by config validation and by the lm-eval backend.
+
+    Parity methods (``*_official``, METHOD.md §6) reduce every token of a request, scored ones included, as the
+    released code does, so ``exact`` (scored positions protected) cannot hold for them: ``auto`` gives them
+    ``offset`` (the released evaluation's rule) and an explicit ``exact`` is refused in one line.
+    """
+    if alignment not in ALIGNMENTS:
+        raise ConfigError(f"eval.alignment={alignment!r}: must be one of {', '.join(ALIGNMENTS)}")
+    name = method if isinstance(method, str) or method is None else getattr(method, "name", None)
+    from tor_exp.reduction import registered_methods
+
+    parity = bool(getattr(registered_methods().get(name, (None, None))[1], "parity", False))
+    if alignment == "auto":
+        return "offset" if parity else "exact"
+    if alignment == "exact" and parity:
+        raise ConfigError(f"eval.alignment=exact: reduction={name} reduces scored tokens (released behaviour); "
+                          "use eval.alignment=offset (or auto)")
+    return alignment
 
 
 def resolve_include_path(path: str) -> str:

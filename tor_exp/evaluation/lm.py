@@ -27,7 +27,7 @@ from lm_eval.models.utils_hf import stop_sequences_criteria
 from tqdm import tqdm
 
 from tor_exp.errors import ConfigError
-from tor_exp.evaluation.config import ALIGNMENTS
+from tor_exp.evaluation.config import resolve_alignment
 from tor_exp.evaluation.scoring import PackedBatch, Scores, pack, protected_mask, score_continuations
 from tor_exp.models.patching import ReducedOutput, reduced_forward
 
@@ -109,7 +109,7 @@ class TorExpLM(TemplateLM):
         model: Any,
         tokenizer: Any,
         *,
-        alignment: str = "exact",
+        alignment: str = "auto",
         batch_size: Any = 8,
         max_length: Optional[int] = None,
         max_gen_toks: int = 256,
@@ -120,13 +120,13 @@ class TorExpLM(TemplateLM):
         super().__init__()
         if tokenizer is None:
             raise ConfigError("eval model_args: a tokenizer is required with an in-memory model")
-        if alignment not in ALIGNMENTS:
-            raise ConfigError(f"eval.alignment={alignment!r}: must be one of {', '.join(ALIGNMENTS)}")
         if batch_size == "auto" or (isinstance(batch_size, str) and batch_size.startswith("auto")):
             raise ConfigError(f"eval.batch_size={batch_size!r}: must be a positive integer (no auto)")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.alignment = alignment
+        from tor_exp.models.patching import get_patch
+
+        self.alignment = resolve_alignment(alignment, getattr(get_patch(model), "method", None))  # auto ⇒ by method
         self.batch_size = _as_int("batch_size", batch_size)
         self._max_length = int(max_length) if max_length else None
         self._max_gen_toks = int(max_gen_toks)

@@ -271,7 +271,7 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
     tasks = list(raw["results"].keys())
     flops: dict[str, float] = {}
     detail: dict[str, dict[str, Any]] = {}
-    alignment: dict[str, Any] = {"mode": eval_cfg.alignment}
+    alignment: dict[str, Any] = {"mode": lm.alignment}  # resolved (auto ⇒ offset for parity methods)
     for task in tasks:
         s = stats.get(task, {})
         flops[task] = float(s.get("realised_reduction", 0.0))
@@ -295,7 +295,7 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
         "n_samples": {t: (v.get("effective", v.get("original")) if isinstance(v, dict) else v)
                       for t, v in raw.get("n-samples", {}).items()},
         "config": {"tasks": list(eval_cfg.tasks), "limit": eval_cfg.limit, "num_fewshot": eval_cfg.num_fewshot,
-                   "batch_size": eval_cfg.batch_size, "alignment": eval_cfg.alignment},
+                   "batch_size": eval_cfg.batch_size, "alignment": lm.alignment},
     }
     out["aggregations"] = {task: {m["metric"]: m["aggregation"] for m in (raw["configs"].get(task) or {})
                                   .get("metric_list", []) if isinstance(m.get("aggregation"), str)}

@@ -4,12 +4,18 @@ Used to explain the published numbers (``reduction=utrc_official | evit_official
 paper-mode methods (``utrc``, ``evit``, ``pumer``) are what the paper *describes*. Written from the behaviour
 spelled out in METHOD.md §6, not from the released code. Conventions of the released code kept here:
 
-* the whole current (padded) sequence is reducible: ``TokenState.reducible``/protected tokens are ignored;
-  N = current length, ``num_keep = math.ceil(N * ρ)`` (Python float, no epsilon),
-  ``r = min(N − num_keep, N // 2)`` for the bipartite methods; r ≤ 0 ⇒ unchanged;
+* the unit is one request, as the released evaluation scores it alone (batch size 1): every real token of a row
+  is reducible (``TokenState.reducible``/protected tokens are ignored, scored ones included) and N = the row's
+  current real length, ``num_keep = math.ceil(N * ρ)`` (Python float, no epsilon),
+  ``r = min(N − num_keep, N // 2)`` for the bipartite methods; r ≤ 0 ⇒ the row is unchanged;
 * metric X = the block's mixer output (d_model), detached; ``clip`` ⇒ X = max(X, 0);
 * Xn = X / ‖X‖₂ with no epsilon (an all-zero metric token gives NaN exactly as the released code would);
 * sizes restart at 1 at every location: dst ← (dst + Σ contributions) / (1 + Σ size contributions).
+
+The public plain-tensor functions (``official_utrc``, ``official_pumer``, ``official_evit``) keep the released
+code's semantics on the tensor they are given: every row is a whole, unpadded sequence of the same length (and
+``official_evit`` keeps the released batched flatten / retry). The registered methods apply them per request:
+padding never enters the metric, the sort or the matching, so a batched run gives each row its batch-1 result.
 
 Torch ops whose tie-breaking decides results (kept identical to the released code's choices so results match
 on the same device and torch version): ``torch.sort(dim=tokens, descending=True)`` (default, not stable) for
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor
@@ -236,20 +242,46 @@ class PuMerOfficialConfig(OfficialConfig):
     method: str = "pumer_official"
 
 
-def _state_after(state: TokenState, hidden: Tensor, residual: Tensor, kept: Tensor, sizes: Tensor) -> TokenState:
-    take = lambda t: t.gather(1, kept)  # noqa: E731
-    return TokenState(
-        hidden=hidden,
-        residual=residual,
-        positions=take(state.positions),
-        sizes=take(sizes),
-        reducible=take(state.reducible),
-        valid=take(state.valid),
-    )
+# ---------------------------------------------------------------------------------------------- per request
+def _real_first(valid: Tensor) -> Tensor:
+    """[B, N] column order that puts each row's real tokens first, in order (whatever the padding side)."""
+    return torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices
+
+
+def _assemble(state: TokenState, rows: list[tuple[Tensor, dict[str, Tensor]]]) -> TokenState:
+    """Right-padded state from per-group results ``(row indices [G], {field: [G, L', ...]})``; padding is
+    invalid, unreducible, position −1, size 0 and zero-valued, as TokenState requires."""
+    batch, device = state.batch_size, state.hidden.device
+    width = max(int(fields["positions"].shape[1]) for _, fields in rows)
+    out = {
+        "hidden": state.hidden.new_zeros(batch, width, state.hidden.shape[-1]),
+        "residual": state.residual.new_zeros(batch, width, state.residual.shape[-1]),
+        "positions": torch.full((batch, width), -1, dtype=state.positions.dtype, device=device),
+        "sizes": state.sizes.new_zeros(batch, width),
+        "reducible": torch.zeros(batch, width, dtype=torch.bool, device=device),
+        "valid": torch.zeros(batch, width, dtype=torch.bool, device=device),
+    }
+    for index, fields in rows:
+        cols = torch.arange(fields["positions"].shape[1], device=device)
+        for key, value in fields.items():
+            out[key][index[:, None], cols[None, :]] = value
+    return TokenState(**out)
 
 
 class _OfficialBipartite(ReductionMethod):
+    """Released UTRC / PuMer applied to each request alone.
+
+    Rows are grouped by real length and each group of equal-length rows is one call of the released ops on its
+    real tokens only, so each row is reduced exactly as the released code reduces it at batch size 1 (same N,
+    r, mid and even/odd sets, same op shapes). Padding the rows to a common width instead cannot give that
+    result: the edge order is a non-stable ``argsort`` over ties (all-zero clipped metric rows score exactly
+    0, an all-zero token makes every score NaN) and ``hybrid``'s size count is ``topk`` over a ones tensor —
+    both tie-breaks depend on the length of the sorted axis. The loop is over distinct lengths (at most one
+    per row), never over tokens; a batch of equal-length rows is a single call.
+    """
+
     tome: bool = False
+    parity: ClassVar[bool] = True
 
     @property
     def needed_features(self) -> set[str]:
@@ -261,20 +293,36 @@ class _OfficialBipartite(ReductionMethod):
     def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
         metric_x = features.get("mixer_out") if features else None
         metric_x = state.hidden if metric_x is None else metric_x
-        hidden_mode, residual_mode = self._modes()
-        hidden, residual, kept, match = _official_utrc(
-            state.hidden, state.residual, metric_x, keep_ratio, hidden_mode, residual_mode,
-            self.config.metric == "clip", tome=self.tome,
-        )
-        if match is None:
+        lengths = state.valid.sum(dim=1)
+        distinct = torch.unique(lengths).tolist()
+        if all(official_removal(n, keep_ratio) <= 0 for n in distinct):
             return state
-        src_idx, dst_idx, size_src = match
-        # bookkeeping only (the released values restart sizes at 1): residual-stream counts
-        sizes = state.sizes
-        odd_sizes = sizes[:, 1::2].scatter_add(1, dst_idx, sizes[:, ::2].gather(1, src_idx) * size_src.to(sizes.dtype))
-        sizes = sizes.clone()
-        sizes[:, 1::2] = odd_sizes
-        return _state_after(state, hidden, residual, kept, sizes)
+        hidden_mode, residual_mode = self._modes()
+        order = _real_first(state.valid)
+        rows = []
+        for length in distinct:
+            index = (lengths == length).nonzero().squeeze(1)
+            cols = order[index, :length]
+            take = lambda t: t[index[:, None], cols]  # noqa: E731  [G, length, ...], real tokens only
+            sizes = take(state.sizes)
+            hidden, residual, kept, match = _official_utrc(
+                take(state.hidden), take(state.residual), take(metric_x), keep_ratio, hidden_mode, residual_mode,
+                self.config.metric == "clip", tome=self.tome,
+            )
+            if match is not None:
+                src_idx, dst_idx, size_src = match
+                # bookkeeping only (the released values restart sizes at 1): residual-stream counts
+                moved = sizes[:, ::2].gather(1, src_idx) * size_src.to(sizes.dtype)
+                odd = sizes[:, 1::2].scatter_add(1, dst_idx, moved)
+                sizes = sizes.clone()
+                sizes[:, 1::2] = odd
+            keep = lambda t: t.gather(1, kept)  # noqa: E731
+            rows.append((index, {
+                "hidden": hidden, "residual": residual, "positions": keep(take(state.positions)),
+                "sizes": keep(sizes), "reducible": keep(take(state.reducible)),
+                "valid": torch.ones_like(kept, dtype=torch.bool),
+            }))
+        return _assemble(state, rows)
 
 
 @register_method("utrc_official", UTRCOfficialConfig)
@@ -292,9 +340,29 @@ class PuMerOfficial(_OfficialBipartite):
     tome = True
 
 
+def official_evit_rows(metric_x: Tensor, valid: Tensor, keep_ratio: float, clip: bool = True) -> Tensor:
+    """Keep mask [B, N] of the released EViT applied to each row alone (its real tokens, N = its length).
+
+    At batch size 1 the released flatten / reshape never fails, so there is no retry: keep s ≤ key, key = the
+    row's (num_keep)-th smallest score (ties at the key are all kept). Only sorted *values* are used, so no
+    tie-break is involved and padding (sorted last as +inf, then masked out) cannot change a row's result.
+    Rows with num_keep ≥ N keep everything.
+    """
+    s = _metric(metric_x, clip).sum(dim=-1)
+    s = s.masked_fill(s == 0, float("-inf"))
+    n = valid.sum(dim=1)
+    num_keep = torch.ceil(n.to(torch.float64) * keep_ratio).to(torch.long)  # = math.ceil(N * ρ) in doubles
+    reduces = num_keep < n
+    key = s.masked_fill(~valid, float("inf")).sort(dim=1).values.gather(
+        1, num_keep.clamp(max=max(s.shape[1] - 1, 0))[:, None])
+    return valid & (~(s > key) | ~reduces[:, None])
+
+
 @register_method("evit_official", EViTOfficialConfig)
 class EViTOfficial(ReductionMethod):
-    """Released EViT: keeps the num_keep+1 *lowest*-scored tokens, no fusion."""
+    """Released EViT on each request alone: keeps the num_keep+1 *lowest*-scored tokens, no fusion."""
+
+    parity: ClassVar[bool] = True
 
     @property
     def needed_features(self) -> set[str]:
@@ -303,14 +371,9 @@ class EViTOfficial(ReductionMethod):
     def reduce(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float, location: int) -> TokenState:
         metric_x = features.get("mixer_out") if features else None
         metric_x = state.hidden if metric_x is None else metric_x
-        keep = official_evit_mask(metric_x, keep_ratio, self.config.metric == "clip")
-        if keep is None:
+        if state.length == 0:
             return state
-        return TokenState(
-            hidden=_flat_take(state.hidden, keep),
-            residual=_flat_take(state.residual, keep),
-            positions=_flat_take(state.positions, keep),
-            sizes=_flat_take(state.sizes, keep),
-            reducible=_flat_take(state.reducible, keep),
-            valid=_flat_take(state.valid, keep),
-        )
+        keep = official_evit_rows(metric_x, state.valid, keep_ratio, self.config.metric == "clip")
+        if bool((keep == state.valid).all()):
+            return state
+        return state.keep(keep)[0]

@@ -201,6 +201,13 @@ def load_wandb_group(group: str, *, entity: Optional[str] = None, project: str =
 
 
 # ------------------------------------------------------------------------------------------------- rows
+def _alignment_of(r: dict[str, Any]) -> Optional[str]:
+    """The alignment the run used: the resolved mode it recorded (``eval.alignment=auto`` is resolved per
+    method), else the configured one (older records)."""
+    mode = (r.get("alignment") or {}).get("mode")
+    return mode or ((r.get("config") or {}).get("eval") or {}).get("alignment")
+
+
 def _design_of(result: dict[str, Any]) -> dict[str, Any]:
     reduction = (result.get("config") or {}).get("reduction") or {}
     return {k: reduction[k] for k in DESIGN_KEYS if k in reduction}
@@ -278,7 +285,7 @@ def collect_rows(results: list[dict[str, Any]], *, prefer_table: Optional[str] =
             keep_ratio=r.get("keep_ratio"), realised_flops=_realised(r),
             variant=_variant(design, varying[key], locations, locs_vary[key]),
             ours=paper_columns(r.get("metrics") or {}), paper=paper_values(paper_row), paper_table=table,
-            alignment=((r.get("config") or {}).get("eval") or {}).get("alignment"), source=str(r.get("_path", "")),
+            alignment=_alignment_of(r), source=str(r.get("_path", "")),
             design=design, locations=locations, tasks=sorted((r.get("metrics") or {}).keys()),
         ))
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
