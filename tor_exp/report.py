@@ -206,6 +206,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="also save a W&B report for the group (needs network and `wandb login`)")
     parser.add_argument("--paper-table", default=None, help="prefer this paper table (table1..table6) when several match")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--quality", default=None, metavar="PREFIX",
+                        help="write PREFIX.md/.json/.png: every method's difference to none and to UTRC at the same "
+                             "target with paired bootstrap intervals (needs a sweep run with eval.log_samples=true)")
+    parser.add_argument("--iters", type=int, default=1000, help="bootstrap resamples for --quality")
     args = parser.parse_args(argv)
 
     source = Path(args.source)
@@ -229,6 +233,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not results:
         sys.stderr.write(f"error: no complete runs found in {args.source}\n")
         return 2
+    if args.quality:
+        from tor_exp.reporting.quality import write_quality
+
+        try:
+            paths = write_quality(results, Path(args.quality), iters=args.iters,
+                                  title=f"Quality by method and FLOPs target: {source.name}")
+        except (ValueError, FileNotFoundError, KeyError) as err:
+            sys.stderr.write(f"error: --quality: {err}\n")
+            return 2
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+        return 1 if unreadable else 0
     built = build_report(args.source, out, results=results, prefer_table=args.paper_table, plots=not args.no_plots,
                          unreadable=unreadable)
     for name, path in built["paths"].items():

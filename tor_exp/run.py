@@ -189,6 +189,7 @@ def evaluate_task(job: Job) -> dict[str, Any]:
         "flops_per_task": out.get("flops", {}),
         "alignment": out.get("alignment", {}),
         "num_requests": out.get("num_requests"),
+        "aggregations": out.get("aggregations", {}),
         "realised_flops_reduction": sum(realised) / len(realised) if realised else 0.0,
         "headline": mean_accuracy(out["metrics"]),
     })

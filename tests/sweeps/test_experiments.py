@@ -34,9 +34,11 @@ EXPECTED = {
     "table2_mamba": _grid(["mamba_1.4b", "mamba_2.8b"], ["pumer", "evit", "utrc"]),
     "parity": _grid(["mamba2_1.3b", "mamba2_2.7b"], ["pumer_official", "evit_official", "utrc_official"]),
     "table6_ltmp": _grid(["mamba2_2.7b"], ["ltmp", "utrc"]),
+    "reference_quality": _grid(["reference"], ["utrc", "evit", "pumer", "ltmp", "utrc_official", "evit_official",
+                                               "pumer_official"]),
 }
 COUNTS = {"table1_mamba2": 20, "table2_mamba": 20, "parity": 20, "table3_metric": 8, "table4_locations": 6,
-          "table5_design": 7, "table6_ltmp": 7, "smoke": 2}
+          "table5_design": 7, "table6_ltmp": 7, "smoke": 2, "reference_quality": 22}
 
 
 def expand(experiment: str, only: list[int] | None = None) -> list[tuple[list[str], object]]:
@@ -100,8 +102,9 @@ def test_sweep_spec_expands_to_the_expected_jobs(experiment):
     assert len(set(overrides)) == len(overrides)
     if experiment in EXPECTED:
         got = [_cell_of(ov) for ov, _ in jobs]
-        if experiment == "table6_ltmp":
-            got = [("mamba2_2.7b", m, f) for _, m, f in got]
+        if experiment in ("table6_ltmp", "reference_quality"):
+            model = "mamba2_2.7b" if experiment == "table6_ltmp" else "reference"
+            got = [(model, m, f) for _, m, f in got]
         assert len(set(got)) == len(got) and set(got) == EXPECTED[experiment]
 
 

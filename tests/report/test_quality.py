@@ -1,0 +1,67 @@
+"""The quality document: paired differences computed from a real (tiny) sweep's logged samples, checked against a
+direct computation from the same per-document records."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tor_exp.reporting.intervals import paired_difference
+
+
+def test_paired_difference_of_means_is_exact_and_its_interval_covers_it():
+    a = {i: float(i % 2) for i in range(40)}
+    b = {i: float(i % 2 or i % 5 == 0) for i in range(40)}  # b = a plus 4 more correct documents
+    d = paired_difference(a, b, lambda xs: sum(xs) / len(xs), iters=500, seed=1)
+    assert d.delta == pytest.approx(4 / 40) and d.n == 40
+    assert d.low <= d.delta <= d.high and d.low >= 0.0  # b never loses a document: no resample goes below 0
+    same = paired_difference(a, dict(a), lambda xs: sum(xs) / len(xs), iters=200)
+    assert (same.delta, same.low, same.high) == (0.0, 0.0, 0.0)
+    assert paired_difference({1: 1.0}, {2: 1.0}, sum) is None  # no shared documents
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """none, utrc@20 % and evit@20 % on the tiny model, through the normal job with samples logged."""
+    from tor_exp.config import compose_dict
+    from tor_exp.run import run
+
+    root = tmp_path_factory.mktemp("quality")
+    base = ["model=tiny_mamba2", "eval=reference", "eval.limit=6", "eval.log_samples=true",
+            "eval.compare_baseline=false", "device=cpu", "eval.bootstrap_iters=0"]
+    for name, extra in (("none", ["reduction=none"]), ("utrc", ["reduction=utrc", "reduction.target_flops=0.2"]),
+                        ("evit", ["reduction=evit", "reduction.target_flops=0.2"])):
+        run(compose_dict(base + extra), out_dir=root / name)
+    return root
+
+
+def test_quality_rows_equal_a_direct_computation(tiny_sweep):
+    from tor_exp.reporting.collect import load_sweep
+    from tor_exp.reporting.quality import quality_rows
+
+    records = load_sweep(tiny_sweep)
+    rows = {r["method"]: r for r in quality_rows(records, iters=200)}
+    key = "reference_heldout/byte_perplexity"
+
+    def ppl_per_byte(method):
+        lines = (tiny_sweep / method / "samples" / method / "reference_heldout.jsonl").read_text().splitlines()
+        pairs = [json.loads(line)["byte_perplexity"] for line in lines]
+        return math.exp(-sum(ll for ll, _ in pairs) / sum(n for _, n in pairs))
+
+    for method in ("utrc", "evit"):
+        assert rows[method]["vs_none"][key]["delta"] == pytest.approx(ppl_per_byte(method) - ppl_per_byte("none"))
+        assert rows[method]["values"][key] == pytest.approx(ppl_per_byte(method))
+    assert rows["evit"]["vs_utrc"][key]["delta"] == pytest.approx(ppl_per_byte("evit") - ppl_per_byte("utrc"))
+    assert rows["none"]["vs_none"] == {}
+
+
+def test_report_writes_the_quality_document(tiny_sweep, tmp_path):
+    from tor_exp.report import main
+
+    assert main([str(tiny_sweep), "--quality", str(tmp_path / "q"), "--iters", "100"]) == 0
+    text = (tmp_path / "q.md").read_text()
+    assert "## reference_heldout: byte_perplexity" in text and "| evit | 20 % |" in text
+    assert (tmp_path / "q.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "q.json").read_text())["iters"] == 100

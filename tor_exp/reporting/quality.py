@@ -1,0 +1,142 @@
+"""Quality of every method at every FLOPs target, as differences with paired bootstrap intervals.
+
+The numbers come from one sweep of the normal job (the lm-eval backend is the only scorer) with
+``eval.log_samples=true``: each job logs lm-eval's per-document records, and every method is compared with
+``none`` and with UTRC at the same target on the same documents (:mod:`tor_exp.reporting.intervals`)::
+
+    python -m tor_exp -m experiment=reference_quality
+    python -m tor_exp.report multirun/reference_quality --quality docs/reference_quality
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from tor_exp.reporting.console import task_columns
+from tor_exp.reporting.intervals import aggregation, paired_difference, per_document
+
+#: the method every other one is also compared with, at the same FLOPs target
+REFERENCE_METHOD = "utrc"
+
+
+def job_samples(record: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """task → lm-eval's per-document records of the job's own method (the files results.json lists)."""
+    folder = Path(record["_path"])
+    files = (record.get("samples") or {}).get(record["method"]) or {}
+    return {task: [json.loads(line) for line in (folder / rel).read_text().splitlines() if line.strip()]
+            for task, rel in files.items()}
+
+
+def _metrics(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The (task, metric) pairs to report: each task's headline metrics, minus those no run ever moves off 0."""
+    pairs = [(task, metric) for task, metric, _ in task_columns(records[0]["metrics"])]
+    return [(t, m) for t, m in pairs if any(r["metrics"].get(t, {}).get(m) for r in records)]
+
+
+def quality_rows(records: Sequence[dict[str, Any]], *, iters: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per job: method, target, realised FLOPs, each (task, metric) value and its differences to ``none``
+    and to UTRC at the same target (``{"delta", "low", "high", "n", ...}``)."""
+    records = sorted(records, key=lambda r: (r["method"] != "none", r["method"], r.get("target_flops") or 0.0))
+    if not records or records[0]["method"] != "none":
+        raise ValueError("the sweep has no `none` job to compare with")
+    samples = {id(r): job_samples(r) for r in records}
+    aggregations = {t: m for r in records for t, m in (r.get("aggregations") or {}).items()}
+    metrics = _metrics(records)
+    base = records[0]
+    reference = {r.get("target_flops"): r for r in records if r["method"] == REFERENCE_METHOD}
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"method": r["method"], "target": r.get("target_flops"), "keep_ratio": r.get("keep_ratio"),
+                               "realised": r.get("realised_flops_reduction"), "values": {}, "vs_none": {},
+                               f"vs_{REFERENCE_METHOD}": {}}
+        for task, metric in metrics:
+            key = f"{task}/{metric}"
+            row["values"][key] = r["metrics"].get(task, {}).get(metric)
+            agg_name = (aggregations.get(task) or {}).get(metric)
+            if agg_name is None:
+                continue
+            mine = per_document(samples[id(r)].get(task, []), metric)
+            for label, other in (("vs_none", base), (f"vs_{REFERENCE_METHOD}", reference.get(r.get("target_flops")))):
+                if other is None or other is r:
+                    continue
+                diff = paired_difference(per_document(samples[id(other)].get(task, []), metric), mine,
+                                         aggregation(agg_name), iters=iters, seed=seed)
+                if diff is not None:
+                    row[label][key] = diff.to_dict()
+        rows.append(row)
+    return rows
+
+
+def _cell(d: Optional[dict[str, Any]], digits: int = 3) -> str:
+    if not d:
+        return "–"
+    star = " **\\***" if d["low"] > 0 or d["high"] < 0 else ""
+    return f"{d['delta']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]{star}"
+
+
+def render_quality_markdown(rows: list[dict[str, Any]], *, title: str, notes: Sequence[str] = ()) -> str:
+    keys = list(rows[0]["values"])
+    lines = [f"# {title}", "", *notes, "",
+             "Each Δ is *method − none* or *method − UTRC at the same target* on the same documents, with its paired "
+             "bootstrap 95 % interval (documents resampled with replacement); **\\*** marks an interval that "
+             "excludes 0, i.e. a difference this many documents resolve.", ""]
+    for key in keys:
+        task, metric = key.split("/", 1)
+        lines += [f"## {task}: {metric}", "",
+                  f"| method | target | realised FLOPs ↓ | {metric} | Δ vs none [95 % CI] | Δ vs UTRC [95 % CI] |",
+                  "|---|---|---|---|---|---|"]
+        for row in rows:
+            value = row["values"].get(key)
+            target = "–" if row["target"] is None or row["method"] == "none" else f"{100 * row['target']:.0f} %"
+            realised = "–" if row["realised"] is None else f"{100 * row['realised']:.1f} %"
+            shown = "–" if value is None else f"{value:.4f}"
+            lines.append(f"| {row['method']} | {target} | {realised} | {shown} | {_cell(row['vs_none'].get(key))} | "
+                         f"{_cell(row[f'vs_{REFERENCE_METHOD}'].get(key))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_quality(rows: list[dict[str, Any]], path: Path) -> Path:
+    """One panel per (task, metric): Δ vs none (with its interval as error bars) against realised FLOPs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(rows[0]["values"])
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.0), squeeze=False)
+    methods = sorted({r["method"] for r in rows} - {"none"})
+    for ax, key in zip(axes[0], keys):
+        for method in methods:
+            pts = sorted((r["realised"], r["vs_none"][key]) for r in rows
+                         if r["method"] == method and key in r["vs_none"])
+            if not pts:
+                continue
+            x = [100 * p[0] for p in pts]
+            y = [p[1]["delta"] for p in pts]
+            err = [[p[1]["delta"] - p[1]["low"] for p in pts], [p[1]["high"] - p[1]["delta"] for p in pts]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, ls="--" if method.endswith("_official") else "-",
+                        label=method)
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xlabel("realised backbone FLOPs reduction (%)")
+        ax.set_ylabel(f"Δ {key.split('/', 1)[1]} vs none (95 % CI)")
+        ax.set_title(key.split("/", 1)[0])
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_quality(records: Sequence[dict[str, Any]], prefix: Path, *, title: str, notes: Sequence[str] = (),
+                  iters: int = 1000) -> dict[str, Path]:
+    """``<prefix>.md``, ``<prefix>.json`` and ``<prefix>.png`` for the sweep's records."""
+    rows = quality_rows(records, iters=iters)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": prefix.with_suffix(".md"), "json": prefix.with_suffix(".json")}
+    paths["markdown"].write_text(render_quality_markdown(rows, title=title, notes=notes) + "\n")
+    paths["json"].write_text(json.dumps({"rows": rows, "iters": iters}, indent=1) + "\n")
+    paths["plot"] = plot_quality(rows, prefix.with_suffix(".png"))
+    return paths
