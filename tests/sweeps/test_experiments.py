@@ -122,6 +122,9 @@ def _check_job(experiment: str, cfg) -> tuple:
     assert cfg.logger.group == experiment
     if experiment == "smoke":
         assert v.model.name == "tiny_mamba2" and v.eval.tasks == ["lambada_fixture"] and v.eval.limit <= 4
+    elif experiment == "reference_quality":
+        assert v.model.name == "reference" and "reference_heldout" in v.eval.tasks and v.eval.log_samples
+        assert v.eval.compare_baseline is False and v.eval.limit is None
     else:
         assert v.eval.tasks == ["lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande"]
         assert v.eval.compare_baseline is False  # the 0 % row is its own job
@@ -134,6 +137,8 @@ def _check_job(experiment: str, cfg) -> tuple:
         assert locations == L64
     elif model in ("mamba2_1.3b", "mamba_1.4b"):
         assert locations == L48
+    elif model == "reference":
+        assert locations == [5, 8, 11, 14, 17]
     else:
         assert experiment in ("smoke", "table4_locations")
     flops = v.reduction.target_flops if v.reduction.keep_ratio is None else None
