@@ -128,7 +128,8 @@ def _check_job(experiment: str, cfg) -> tuple:
     else:
         assert v.eval.tasks == ["lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande"]
         assert v.eval.compare_baseline is False  # the 0 % row is its own job
-    assert v.eval.alignment == ("offset" if v.reduction.method.endswith("_official") else "exact")
+    parity = experiment == "parity" or v.reduction.method.endswith("_official")  # parity.yaml sets offset for all
+    assert v.eval.alignment == ("offset" if parity else "exact")
     from tor_exp.models.flops import build_schedule
 
     locations = list(build_schedule(v.reduction, v.model).locations)
