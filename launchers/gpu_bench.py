@@ -1,9 +1,9 @@
 """Driver of launchers/gpu_bench.sh: every bench preset at paper scale on one random-weight model, in one process.
 
-The presets are read from conf/bench/*.yaml (their `defaults` list is only the schema), the model and method
-from conf/model/ and conf/reduction/, then the paper-scale overrides below are applied; this is what
-``python -m tor_exp task=bench model=<m> bench=<preset> bench.batch_sizes=[16] ...`` runs, minus Hydra and
-minus loading weights: the model is built once, directly on the GPU, with random weights of the real shape.
+Each preset's config is composed exactly as ``python -m tor_exp task=bench model=<m> reduction=<r> bench=<preset>
+bench.batch_sizes=[16] ...`` composes it (tor_exp.config.compose, validated), with the paper-scale overrides below;
+what differs from that command is only that the model is built once, directly on the GPU, with random weights of
+the real shape, instead of loading a checkpoint per preset.
 
 Writes <out>/<preset>/results.json (+ bench_<preset>.md/.png), <out>/summary.md and <out>/summary.json.
 ``--scale cpu`` runs the same code with tiny shapes (a check of this script on a machine without a GPU).
@@ -43,12 +43,13 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def read_yaml(group: str, name: str) -> dict[str, Any]:
-    import yaml
+def preset_config(model: str, method: str, preset: str, dtype: str, values: dict[str, Any]):
+    """The validated config of one preset run (``values``: bench keys → values, written as Hydra overrides)."""
+    from tor_exp.config import compose
 
-    data = yaml.safe_load((REPO / "conf" / group / f"{name}.yaml").read_text()) or {}
-    data.pop("defaults", None)
-    return data
+    overrides = [f"model={model}", f"reduction={method}", "task=bench", f"bench={preset}", f"model.dtype={dtype}"]
+    overrides += [f"bench.{key}={json.dumps(value)}" for key, value in values.items()]
+    return compose(overrides)
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -118,21 +119,16 @@ def main() -> int:
     import torch
 
     from tor_exp.bench import run_benchmark
-    from tor_exp.bench.config import BenchConfig
     from tor_exp.bench.random_model import random_model
     from tor_exp.logging.results import run_metadata, write_results
-    from tor_exp.models import ModelConfig
-    from tor_exp.reduction import registered_methods
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(args.device)
     print(json.dumps(env, indent=2), flush=True)
 
-    model_cfg = ModelConfig(**{**read_yaml("model", args.model), "dtype": args.dtype})
-    red_data = read_yaml("reduction", args.method)
-    red_cls, _ = registered_methods()[red_data["method"]]
-    reduction_cfg = red_cls(**red_data)
+    first = preset_config(args.model, args.method, PRESETS[0], args.dtype, {})
+    model_cfg, reduction_cfg = first.model, first.reduction
 
     t0 = time.perf_counter()
     model = random_model(model_cfg, args.device, args.dtype)
@@ -151,8 +147,8 @@ def main() -> int:
 
     tables, summary, status = [], {}, {}
     for preset in [p for p in args.presets.split(",") if p]:
-        data = {**read_yaml("bench", preset), **SCALES[args.scale][preset], **extra.get(preset, {})}
-        bench_cfg = BenchConfig(**data)
+        data = {**SCALES[args.scale][preset], **extra.get(preset, {})}
+        bench_cfg = preset_config(args.model, args.method, preset, args.dtype, data).bench
         t1 = time.perf_counter()
         print(f"\n[gpu_bench] {preset}: {data}", flush=True)
         try:

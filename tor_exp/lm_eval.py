@@ -74,7 +74,7 @@ class TorExpByName(TorExpLM):
         self._patched.enter_context(reducing(net, method, schedule, tokenizer=tok,
                                              calibration_source=v.model.calibration_text))
         super().__init__(net, tok, alignment=alignment or v.eval.alignment, batch_size=batch_size or v.eval.batch_size,
-                         target_flops=None if method is None else schedule.target_flops, **own)
+                         **own)
 
     def __del__(self) -> None:
         stack = getattr(self, "_patched", None)

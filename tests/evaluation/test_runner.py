@@ -131,7 +131,7 @@ def test_lm_eval_entry_point_builds_model_from_config_names(model_args, tmp_path
     info = get_patch(lm.model)
     assert info is not None and info.method.name in ("evit", "utrc")
     if isinstance(model_args, dict):
-        assert info.schedule.locations == [0, 1] and lm.layers == 4 and lm.target_flops == 0.3
+        assert info.schedule.locations == [0, 1] and lm.layers == 4 and info.schedule.target_flops == 0.3
     else:
         assert info.schedule.keep_ratio == 0.5 and lm.layers == 16
     assert lm.stats_dict()["winogrande_fixture"]["realised_reduction"] > 0.0

@@ -115,7 +115,6 @@ class TorExpLM(TemplateLM):
         max_gen_toks: int = 256,
         add_bos_token: Optional[bool] = None,
         prefix_token_id: Optional[int] = None,
-        target_flops: Optional[float] = None,
     ) -> None:
         super().__init__()
         if tokenizer is None:
@@ -133,7 +132,6 @@ class TorExpLM(TemplateLM):
         self._device = next(model.parameters()).device  # inputs follow the model
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = prefix_token_id
-        self.target_flops = None if target_flops is None else float(target_flops)
         self.layers = num_layers(model)
         self.stats: dict[str, TaskStats] = {}
         self._task_names: Optional[list[str]] = None

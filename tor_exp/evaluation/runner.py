@@ -255,8 +255,7 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
     tm = task_manager(list(eval_cfg.include_paths), list(eval_cfg.tasks))
     specs, all_local = task_specs(list(eval_cfg.tasks), tm)
     sched = _schedule_info(model)
-    lm = TorExpLM(model, tokenizer, alignment=eval_cfg.alignment, batch_size=eval_cfg.batch_size,
-                  target_flops=sched.get("target"))
+    lm = TorExpLM(model, tokenizer, alignment=eval_cfg.alignment, batch_size=eval_cfg.batch_size)
     with offline_datasets(all_local), light_env_info(), _quiet_num_fewshot_notice(), \
             quiet_progress(eval_cfg.verbose):
         raw = lm_eval.simple_evaluate(
