@@ -64,7 +64,7 @@ def render_markdown(rows: list[ReportRow], *, title: str = "tor_exp report", not
         method = data["method_titles"].get(r.method, r.method)
         if r.method.endswith("_official"):
             base = r.method[: -len("_official")]
-            method = f"{data['method_titles'].get(base, base)} (official)"
+            method = f"{data['method_titles'].get(base, base)} (parity mode)"
         if r.alignment == "offset":
             method += " [offset]"
         cells = [data["model_titles"].get(canonical_model(r.model), r.model), method]

@@ -14,7 +14,7 @@ from tor_exp.evaluation.config import resolve_alignment
 from tor_exp.evaluation.lm import TorExpLM
 from tor_exp.models import Schedule, patch, unpatch
 from tor_exp.reduction import build_method, registered_methods
-from tor_exp.reduction.official import UTRCOfficialConfig
+from tor_exp.reduction.parity import UTRCParityConfig
 
 PARITY = ["evit_official", "pumer_official", "utrc_official"]
 PAPER = ["evit", "ltmp", "none", "pumer", "utrc"]
@@ -89,7 +89,7 @@ def test_cli_exact_with_a_parity_method_is_one_line_exit_2(tmp_path: Path) -> No
 def test_backend_resolves_auto_against_the_patched_method(tiny) -> None:
     model, tok = tiny
     assert TorExpLM(model=model, tokenizer=tok).alignment == "exact"  # unpatched
-    patch(model, build_method(UTRCOfficialConfig()), Schedule(locations=[0, 1], keep_ratio=0.9))
+    patch(model, build_method(UTRCParityConfig()), Schedule(locations=[0, 1], keep_ratio=0.9))
     try:
         assert TorExpLM(model=model, tokenizer=tok).alignment == "offset"
         assert TorExpLM(model=model, tokenizer=tok, alignment="offset").alignment == "offset"

@@ -12,7 +12,7 @@ from tor_exp.evaluation.config import FIXTURE_TASKS
 from tor_exp.evaluation.lm import TorExpLM
 from tor_exp.models import Schedule, patch, unpatch
 from tor_exp.reduction import build_method
-from tor_exp.reduction.official import EViTOfficialConfig, PuMerOfficialConfig, UTRCOfficialConfig
+from tor_exp.reduction.parity import EViTParityConfig, PuMerParityConfig, UTRCParityConfig
 
 KEEP_RATIO = 0.8  # short fixture prompts still reduce at both locations; long continuations still fit (offset)
 
@@ -22,7 +22,7 @@ def requests():
     return fixture_requests(list(FIXTURE_TASKS), limit=4)
 
 
-@pytest.mark.parametrize("cfg", [UTRCOfficialConfig(), EViTOfficialConfig(), PuMerOfficialConfig()],
+@pytest.mark.parametrize("cfg", [UTRCParityConfig(), EViTParityConfig(), PuMerParityConfig()],
                          ids=lambda c: c.method)
 def test_batch_1_and_batch_8_score_every_request_identically(tiny, requests, cfg):
     model, tok = tiny

@@ -169,7 +169,7 @@ def ref_pumer(hidden, residual, sim_feat, sizes, reducible, keep_ratio) -> list[
 
 
 # ------------------------------------------------------------------------------------------ released code
-def ref_official_utrc(hidden, residual, metric_x, keep_ratio, hidden_mode, residual_mode, clip, tome=False):
+def ref_parity_utrc(hidden, residual, metric_x, keep_ratio, hidden_mode, residual_mode, clip, tome=False):
     """Released UTRC / PuMer on one row, from METHOD.md §6, with loops. Returns (hidden, residual, kept)."""
     n_tok = len(hidden)
     num_keep = math.ceil(n_tok * keep_ratio)
@@ -246,7 +246,7 @@ def ref_official_utrc(hidden, residual, metric_x, keep_ratio, hidden_mode, resid
     return new_h, new_r, kept
 
 
-def ref_official_evit(hidden, residual, metric_x, keep_ratio, clip):
+def ref_parity_evit(hidden, residual, metric_x, keep_ratio, clip):
     """Released EViT on one row (batch of 1: the reshape never fails, so no retry)."""
     n_tok = len(hidden)
     s = []

@@ -12,7 +12,7 @@ from tor_exp.errors import ConfigError
 from tor_exp.reduction import ReductionConfig, build_method, registered_methods
 from tor_exp.reduction.evit import EViTConfig
 from tor_exp.reduction.ltmp import LTMPConfig
-from tor_exp.reduction.official import UTRCOfficialConfig
+from tor_exp.reduction.parity import UTRCParityConfig
 from tor_exp.reduction.pumer import PuMerConfig
 from tor_exp.reduction.utrc import UTRCConfig
 
@@ -38,8 +38,8 @@ def test_each_method_has_a_schema_default_and_a_yaml_file_with_every_key(name: s
     assert data == fields, f"conf/reduction/{name}.yaml must list every key with its default"
 
 
-def test_official_defaults_are_the_released_ones() -> None:
-    cfg = UTRCOfficialConfig()
+def test_parity_defaults_are_the_released_ones() -> None:
+    cfg = UTRCParityConfig()
     assert (cfg.keep_ratio, cfg.target_flops, cfg.hidden, cfg.residual, cfg.metric) == (0.905, None, "hybrid", "merge", "clip")
     assert registered_methods()["none"][0]().target_flops == 0.0
 
@@ -62,8 +62,8 @@ def test_official_defaults_are_the_released_ones() -> None:
         (PuMerConfig, "similarity_source", "attention"),
         (LTMPConfig, "prune_share", 2.0),
         (LTMPConfig, "freeze", "median"),
-        (UTRCOfficialConfig, "metric", "l1"),
-        (UTRCOfficialConfig, "hidden", "evit"),
+        (UTRCParityConfig, "metric", "l1"),
+        (UTRCParityConfig, "hidden", "evit"),
     ],
 )
 def test_bad_values_raise_config_error_naming_the_key(cls, key, value) -> None:

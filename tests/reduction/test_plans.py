@@ -16,7 +16,7 @@ from tor_exp.reduction.base import ReductionConfig, ReductionMethod
 from tor_exp.reduction.evit import EViTConfig
 from tor_exp.reduction.ltmp import LTMPConfig
 from tor_exp.reduction.none import NoneConfig
-from tor_exp.reduction.official import UTRCOfficialConfig
+from tor_exp.reduction.parity import UTRCParityConfig
 from tor_exp.reduction.pumer import PuMerConfig
 from tor_exp.reduction.utrc import UTRCConfig
 
@@ -149,7 +149,7 @@ def test_run_reduction_decides_then_applies_like_reduce() -> None:
 
 
 def test_parity_methods_make_no_plans_and_observers_get_none() -> None:
-    method = build_method(UTRCOfficialConfig())
+    method = build_method(UTRCParityConfig())
     assert not method.makes_plans
     with pytest.raises(NotImplementedError, match="no ReductionPlan"):
         method.plan(TokenState.initial(torch.randn(1, 8, 3), torch.randn(1, 8, 3)), {}, 0.5, 0)

@@ -145,8 +145,8 @@ def test_utrc_flow_on_the_tiny_model(tiny_model):
 def test_parity_methods_are_refused_before_running(tiny_model):
     from tor_exp.models.flops import Schedule
     from tor_exp.reduction import build_method
-    from tor_exp.reduction.official import PuMerOfficialConfig
+    from tor_exp.reduction.parity import PuMerParityConfig
 
     model, ids = tiny_model
     with pytest.raises(NoPlanError, match="cannot show 'pumer_official'"):
-        trace_token_flow(model, ids, build_method(PuMerOfficialConfig()), Schedule([2, 5], 0.8))
+        trace_token_flow(model, ids, build_method(PuMerParityConfig()), Schedule([2, 5], 0.8))

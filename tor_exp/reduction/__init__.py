@@ -5,7 +5,7 @@ mode and baselines) and ``utrc_official``, ``evit_official``, ``pumer_official``
 code, METHOD.md §6). Modules: ``state`` (TokenState), ``importance`` (scores), ``matching`` (ranking, matching,
 retention), ``merge`` (ReductionPlan, apply_plan), ``base`` (registry, the plan/reduce contract).
 """
-from tor_exp.reduction import evit, ltmp, none, official, pumer, utrc  # noqa: F401  (registration)
+from tor_exp.reduction import evit, ltmp, none, parity, pumer, utrc  # noqa: F401  (registration)
 from tor_exp.reduction.base import (
     ReductionConfig,
     ReductionMethod,

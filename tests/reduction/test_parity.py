@@ -8,16 +8,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from naive_reference import ref_official_evit, ref_official_utrc
+from naive_reference import ref_parity_evit, ref_parity_utrc
 from tor_exp.reduction import TokenState, build_method
-from tor_exp.reduction.official import (
-    EViTOfficialConfig,
-    PuMerOfficialConfig,
-    UTRCOfficialConfig,
-    official_evit,
-    official_pumer,
-    official_removal,
-    official_utrc,
+from tor_exp.reduction.parity import (
+    EViTParityConfig,
+    PuMerParityConfig,
+    UTRCParityConfig,
+    parity_evit,
+    parity_pumer,
+    parity_removal,
+    parity_utrc,
 )
 
 SETTINGS = settings(max_examples=30, deadline=None, database=None)
@@ -48,11 +48,11 @@ def _check(out, ref_rows):
        clip=st.booleans())
 def test_official_utrc_matches_loop_reference(seed, batch, length, dim, keep_ratio, modes, clip) -> None:
     hidden, residual, metric = _inputs(seed, batch, length, dim, positive=clip)
-    out = official_utrc(hidden, residual, metric, keep_ratio, modes[0], modes[1], clip)
-    refs = [ref_official_utrc(hidden[b], residual[b], metric[b], keep_ratio, modes[0], modes[1], clip)
+    out = parity_utrc(hidden, residual, metric, keep_ratio, modes[0], modes[1], clip)
+    refs = [ref_parity_utrc(hidden[b], residual[b], metric[b], keep_ratio, modes[0], modes[1], clip)
             for b in range(batch)]
     _check(out, refs)
-    assert out[2].shape[1] == length - max(official_removal(length, keep_ratio), 0)
+    assert out[2].shape[1] == length - max(parity_removal(length, keep_ratio), 0)
 
 
 @SETTINGS
@@ -60,8 +60,8 @@ def test_official_utrc_matches_loop_reference(seed, batch, length, dim, keep_rat
        keep_ratio=st.floats(0.3, 1.0), clip=st.booleans())
 def test_official_pumer_matches_loop_reference(seed, batch, length, dim, keep_ratio, clip) -> None:
     hidden, residual, metric = _inputs(seed, batch, length, dim, positive=clip)
-    out = official_pumer(hidden, residual, metric, keep_ratio, clip)
-    refs = [ref_official_utrc(hidden[b], residual[b], metric[b], keep_ratio, "merge", "merge", clip, tome=True)
+    out = parity_pumer(hidden, residual, metric, keep_ratio, clip)
+    refs = [ref_parity_utrc(hidden[b], residual[b], metric[b], keep_ratio, "merge", "merge", clip, tome=True)
             for b in range(batch)]
     _check(out, refs)
 
@@ -71,8 +71,8 @@ def test_official_pumer_matches_loop_reference(seed, batch, length, dim, keep_ra
        keep_ratio=st.floats(0.2, 1.0), clip=st.booleans())
 def test_official_evit_matches_loop_reference(seed, length, dim, keep_ratio, clip) -> None:
     hidden, residual, metric = _inputs(seed, 1, length, dim, positive=False)
-    out = official_evit(hidden, residual, metric, keep_ratio, clip)
-    _check(out, [ref_official_evit(hidden[0], residual[0], metric[0], keep_ratio, clip)])
+    out = parity_evit(hidden, residual, metric, keep_ratio, clip)
+    _check(out, [ref_parity_evit(hidden[0], residual[0], metric[0], keep_ratio, clip)])
 
 
 def test_official_utrc_hand_worked_even_odd_application() -> None:
@@ -83,7 +83,7 @@ def test_official_utrc_hand_worked_even_odd_application() -> None:
     metric = torch.tensor([[[1.0, 0.2], [0.5, 0.5], [0.2, 1.0], [0.4, 0.3]]])
     hidden = torch.tensor([[[1.0], [2.0], [4.0], [8.0]]])
     residual = hidden * 10
-    h, r, kept = official_utrc(hidden, residual, metric, 0.5, "merge", "prune", clip=True)
+    h, r, kept = parity_utrc(hidden, residual, metric, 0.5, "merge", "prune", clip=True)
     assert kept.tolist() == [[1, 3]]
     torch.testing.assert_close(h[0, :, 0], torch.tensor([(2.0 + 1.0 + 4.0) / 3, 8.0]))
     torch.testing.assert_close(r[0, :, 0], torch.tensor([20.0, 80.0]))  # prune: contributions 0, size 0
@@ -94,7 +94,7 @@ def test_official_hybrid_counts_r_over_2_sources_and_keeps_per_channel_topk() ->
     # source values is kept; exactly one source counts in the size.
     metric = torch.tensor([[[1.0, 0.2], [0.5, 0.5], [0.2, 1.0], [0.4, 0.3]]])  # as above: 0, 2 → 1
     hidden = torch.tensor([[[1.0, 5.0], [2.0, 2.0], [4.0, -1.0], [8.0, 8.0]]])
-    h, _, kept = official_utrc(hidden, hidden.clone(), metric, 0.5, "hybrid", "merge", clip=True)
+    h, _, kept = parity_utrc(hidden, hidden.clone(), metric, 0.5, "hybrid", "merge", clip=True)
     assert kept.tolist() == [[1, 3]]
     # channel 0: max(1, 4) = 4; channel 1: max(5, -1) = 5; size 1 + 1 = 2
     torch.testing.assert_close(h[0, 0], torch.tensor([(2.0 + 4.0) / 2, (2.0 + 5.0) / 2]))
@@ -105,34 +105,34 @@ def test_official_evit_keeps_the_lowest_scores_and_retries_on_ties() -> None:
     # row 0: s = [4, 3, 2, 1] ⇒ keep ceil(4·.5)+1 = 3 lowest: positions 1, 2, 3
     # row 1: all-zero scores ⇒ −inf ties ⇒ 4 kept; total 7 is not divisible by 2 ⇒ retry with num_keep = 3
     metric = torch.tensor([[[4.0], [3.0], [2.0], [1.0]], [[0.0], [0.0], [0.0], [0.0]]])
-    _, _, kept = official_evit(hidden, hidden, metric, 0.5, clip=True)
+    _, _, kept = parity_evit(hidden, hidden, metric, 0.5, clip=True)
     assert kept.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
-    _, _, kept = official_evit(hidden[:1], hidden[:1], metric[:1], 0.5, clip=True)
+    _, _, kept = parity_evit(hidden[:1], hidden[:1], metric[:1], 0.5, clip=True)
     assert kept.tolist() == [[1, 2, 3]]
 
 
 def test_official_removal_uses_python_ceil_and_the_half_cap() -> None:
-    assert official_removal(100, 0.905) == 9
-    assert official_removal(10, 0.2) == 5  # capped at N // 2
-    assert official_removal(3, 0.905) == 0
+    assert parity_removal(100, 0.905) == 9
+    assert parity_removal(10, 0.2) == 5  # capped at N // 2
+    assert parity_removal(3, 0.905) == 0
 
 
-@pytest.mark.parametrize("cfg", [UTRCOfficialConfig(), UTRCOfficialConfig(hidden="prune", residual="hybrid"),
-                                 PuMerOfficialConfig(), EViTOfficialConfig()])
+@pytest.mark.parametrize("cfg", [UTRCParityConfig(), UTRCParityConfig(hidden="prune", residual="hybrid"),
+                                 PuMerParityConfig(), EViTParityConfig()])
 def test_registered_wrappers_equal_the_pure_functions(cfg) -> None:
     hidden, residual, metric = _inputs(3, 2, 23, 5, positive=False)
     hidden = hidden.abs() + 0.01  # the wrapper's metric is the hidden stream
     state = TokenState.initial(hidden, residual)
     out = build_method(cfg).reduce(state, {"mixer_out": hidden}, 0.7, 12)
-    if isinstance(cfg, EViTOfficialConfig):
-        exp = official_evit(hidden, residual, hidden, 0.7)
-    elif isinstance(cfg, PuMerOfficialConfig):
-        exp = official_pumer(hidden, residual, hidden, 0.7)
+    if isinstance(cfg, EViTParityConfig):
+        exp = parity_evit(hidden, residual, hidden, 0.7)
+    elif isinstance(cfg, PuMerParityConfig):
+        exp = parity_pumer(hidden, residual, hidden, 0.7)
     else:
-        exp = official_utrc(hidden, residual, hidden, 0.7, cfg.hidden, cfg.residual)
+        exp = parity_utrc(hidden, residual, hidden, 0.7, cfg.hidden, cfg.residual)
     assert torch.equal(out.hidden, exp[0]) and torch.equal(out.residual, exp[1])
     assert torch.equal(out.positions, exp[2])
-    if isinstance(cfg, EViTOfficialConfig):
+    if isinstance(cfg, EViTParityConfig):
         assert out.sizes.sum().item() == out.valid.sum().item()  # pure removal
     elif getattr(cfg, "residual", "merge") == "merge":
         assert out.sizes.sum().item() == 46.0  # residual merge conserves the bookkeeping counts
@@ -144,7 +144,7 @@ def test_official_ignores_protection_like_the_released_code() -> None:
     hidden, residual, _ = _inputs(4, 1, 10, 4, positive=True)
     protected = torch.ones(1, 10, dtype=torch.bool)
     state = TokenState.initial(hidden, residual, protected=protected)
-    out = build_method(UTRCOfficialConfig()).reduce(state, {}, 0.7, 12)
+    out = build_method(UTRCParityConfig()).reduce(state, {}, 0.7, 12)
     assert int(out.valid.sum()) == 7
 
 
@@ -154,9 +154,9 @@ def test_official_ignores_protection_like_the_released_code() -> None:
 # at ρ = 0.7 (N = 3 ⇒ num_keep = 3), rows of equal length (23, 23) that share one call, an empty row.
 LENGTHS = [23, 11, 30, 3, 23, 14, 0]
 WIDTH = 30
-PARITY_CONFIGS = [UTRCOfficialConfig(), UTRCOfficialConfig(hidden="merge", residual="hybrid", metric="unclipped"),
-                  UTRCOfficialConfig(hidden="prune", residual="prune"), PuMerOfficialConfig(),
-                  PuMerOfficialConfig(metric="unclipped"), EViTOfficialConfig(), EViTOfficialConfig(metric="unclipped")]
+PARITY_CONFIGS = [UTRCParityConfig(), UTRCParityConfig(hidden="merge", residual="hybrid", metric="unclipped"),
+                  UTRCParityConfig(hidden="prune", residual="prune"), PuMerParityConfig(),
+                  PuMerParityConfig(metric="unclipped"), EViTParityConfig(), EViTParityConfig(metric="unclipped")]
 
 
 def _ragged(seed, lengths=LENGTHS, dim=4, zero_prob=0.0, positive=False, left=False):
@@ -215,7 +215,7 @@ def test_each_row_is_reduced_exactly_as_it_is_alone(cfg, zero_prob, left) -> Non
     assert counts[6] == 0
     # the realised removal is the row's own: r = min(N − ceil(0.7 N), N // 2) for the bipartite methods
     if cfg.method != "evit_official":
-        assert counts == [n - max(official_removal(n, 0.7), 0) for n in LENGTHS]
+        assert counts == [n - max(parity_removal(n, 0.7), 0) for n in LENGTHS]
 
 
 @pytest.mark.parametrize("cfg", [c for c in PARITY_CONFIGS if c.method != "evit_official"],
@@ -226,7 +226,7 @@ def test_bipartite_rows_match_the_loop_reference(cfg) -> None:
     out = _reduce(cfg, state)
     modes = (cfg.hidden, cfg.residual) if cfg.method == "utrc_official" else ("merge", "merge")
     for b, single in enumerate(alone):
-        h, r, kept = ref_official_utrc(single.hidden[0], single.residual[0], single.hidden[0], 0.7, *modes,
+        h, r, kept = ref_parity_utrc(single.hidden[0], single.residual[0], single.hidden[0], 0.7, *modes,
                                        cfg.metric == "clip", tome=cfg.method == "pumer_official")
         n = len(kept)
         assert out.positions[b, :n].tolist() == kept and int(out.valid[b].sum()) == n
@@ -242,9 +242,9 @@ def test_evit_rows_match_the_loop_reference_with_ties(clip) -> None:
     """Released EViT at batch 1 on each row: the num_keep+1 lowest scores plus every tie at the key (−inf
     ties from all-zero tokens included); no batched retry, whatever the other rows keep."""
     state, alone = _ragged(5, zero_prob=0.3)
-    out = _reduce(EViTOfficialConfig(metric="clip" if clip else "unclipped"), state)
+    out = _reduce(EViTParityConfig(metric="clip" if clip else "unclipped"), state)
     for b, single in enumerate(alone):
-        h, r, kept = ref_official_evit(single.hidden[0], single.residual[0], single.hidden[0], 0.7, clip)
+        h, r, kept = ref_parity_evit(single.hidden[0], single.residual[0], single.hidden[0], 0.7, clip)
         n = len(kept)
         assert out.positions[b, :n].tolist() == kept and int(out.valid[b].sum()) == n
         if n:
@@ -253,5 +253,5 @@ def test_evit_rows_match_the_loop_reference_with_ties(clip) -> None:
 
 def test_nothing_to_remove_in_any_row_returns_the_state_itself() -> None:
     state, _ = _ragged(3, lengths=[3, 2, 0, 1])
-    for cfg in (UTRCOfficialConfig(), PuMerOfficialConfig(), EViTOfficialConfig()):
+    for cfg in (UTRCParityConfig(), PuMerParityConfig(), EViTParityConfig()):
         assert _reduce(cfg, state) is state

@@ -1,6 +1,7 @@
 """Parity mode: the behaviour of the authors' released implementation (METHOD.md §6), op for op.
 
-Used to explain the published numbers (``reduction=utrc_official | evit_official | pumer_official``); the
+Used to explain the published numbers; registered under the names the method spec gives the parity mode
+(``reduction=utrc_official | evit_official | pumer_official``); the
 paper-mode methods (``utrc``, ``evit``, ``pumer``) are what the paper *describes*. Written from the behaviour
 spelled out in METHOD.md §6, not from the released code. Conventions of the released code kept here:
 
@@ -12,9 +13,9 @@ spelled out in METHOD.md §6, not from the released code. Conventions of the rel
 * Xn = X / ‖X‖₂ with no epsilon (an all-zero metric token gives NaN exactly as the released code would);
 * sizes restart at 1 at every location: dst ← (dst + Σ contributions) / (1 + Σ size contributions).
 
-The public plain-tensor functions (``official_utrc``, ``official_pumer``, ``official_evit``) keep the released
+The public plain-tensor functions (``parity_utrc``, ``parity_pumer``, ``parity_evit``) keep the released
 code's semantics on the tensor they are given: every row is a whole, unpadded sequence of the same length (and
-``official_evit`` keeps the released batched flatten / retry). The registered methods apply them per request:
+``parity_evit`` keeps the released batched flatten / retry). The registered methods apply them per request:
 padding never enters the metric, the sort or the matching, so a batched run gives each row its batch-1 result.
 
 Torch ops whose tie-breaking decides results (kept identical to the released code's choices so results match
@@ -36,12 +37,12 @@ from torch import Tensor
 from tor_exp.reduction.base import ReductionConfig, ReductionMethod, check_choice, register_method
 from tor_exp.reduction.state import TokenState
 
-OFFICIAL_METRICS = ("clip", "unclipped")
-OFFICIAL_STRATEGIES = ("prune", "merge", "hybrid")
+PARITY_METRICS = ("clip", "unclipped")
+PARITY_STRATEGIES = ("prune", "merge", "hybrid")
 
 
 # ---------------------------------------------------------------------------------------------- matching
-def official_removal(length: int, keep_ratio: float) -> int:
+def parity_removal(length: int, keep_ratio: float) -> int:
     """r = min(N − ceil(N·ρ), N // 2) with Python's float ceil (the released code's arithmetic)."""
     return min(length - math.ceil(length * keep_ratio), length // 2)
 
@@ -65,7 +66,7 @@ def _edges(a: Tensor, b: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
     return unm_idx.sort(dim=1).values, src_idx.sort(dim=1).values, dst_idx
 
 
-def official_match_sorted(xn: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
+def parity_match_sorted(xn: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
     """UTRC matching: each channel sorted independently over tokens (rows of Xs are not tokens),
     a = Xs[:, N//2:], b = Xs[:, :N//2]; a-row i is applied to position 2i, b-row j to position 2j+1."""
     xs = xn.sort(dim=1, descending=True).values
@@ -73,19 +74,19 @@ def official_match_sorted(xn: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
     return _edges(xs[:, mid:], xs[:, :mid], r)
 
 
-def official_match_tome(xn: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
+def parity_match_tome(xn: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
     """PuMer/ToMe matching on the real tokens: a = even positions, b = odd positions."""
     return _edges(xn[:, ::2], xn[:, 1::2], r)
 
 
-def official_kept_index(length: int, unm_idx: Tensor) -> Tensor:
+def parity_kept_index(length: int, unm_idx: Tensor) -> Tensor:
     """Positions that survive, ascending: unmerged evens (2i) and every odd position (2j+1)."""
     batch = unm_idx.shape[0]
     odd = torch.arange(1, length, 2, device=unm_idx.device).expand(batch, -1)
     return torch.cat([2 * unm_idx, odd], dim=1).sort(dim=1).values
 
 
-def official_apply(x: Tensor, unm_idx: Tensor, src_idx: Tensor, dst_idx: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+def parity_apply(x: Tensor, unm_idx: Tensor, src_idx: Tensor, dst_idx: Tensor, mode: str) -> tuple[Tensor, Tensor]:
     """Apply one strategy to a stream x [B, N, D]; returns (values [B, N−r, D] in original order,
     size_src [B, r]: the size each source contributed to its destination (1 or 0)).
 
@@ -118,7 +119,7 @@ def official_apply(x: Tensor, unm_idx: Tensor, src_idx: Tensor, dst_idx: Tensor,
     out = torch.zeros_like(x)
     out[:, 1::2] = dst_new
     out.scatter_(1, (2 * unm_idx)[..., None].expand(-1, -1, dim), unm)
-    kept = official_kept_index(length, unm_idx)
+    kept = parity_kept_index(length, unm_idx)
     return out.gather(1, kept[..., None].expand(-1, -1, dim)), size_src[..., 0]
 
 
@@ -128,7 +129,7 @@ def _unchanged(hidden: Tensor, residual: Tensor) -> tuple[Tensor, Tensor, Tensor
 
 
 # ---------------------------------------------------------------------------------------------- public API
-def official_utrc(
+def parity_utrc(
     hidden: Tensor,
     residual: Tensor,
     metric_x: Tensor,
@@ -138,32 +139,32 @@ def official_utrc(
     clip: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Released UTRC at one location → (hidden [B,N−r,D], residual [B,N−r,D], kept_index [B,N−r])."""
-    hidden, residual, kept, _ = _official_utrc(hidden, residual, metric_x, keep_ratio, hidden_mode, residual_mode, clip)
+    hidden, residual, kept, _ = _parity_utrc(hidden, residual, metric_x, keep_ratio, hidden_mode, residual_mode, clip)
     return hidden, residual, kept
 
 
-def _official_utrc(hidden, residual, metric_x, keep_ratio, hidden_mode, residual_mode, clip, tome=False):
+def _parity_utrc(hidden, residual, metric_x, keep_ratio, hidden_mode, residual_mode, clip, tome=False):
     length = hidden.shape[1]
-    r = official_removal(length, keep_ratio)
+    r = parity_removal(length, keep_ratio)
     if r <= 0:
         return (*_unchanged(hidden, residual), None)
     x = _metric(metric_x, clip)
     xn = x / x.norm(dim=-1, keepdim=True)
-    unm_idx, src_idx, dst_idx = (official_match_tome if tome else official_match_sorted)(xn, r)
-    new_hidden, _ = official_apply(hidden, unm_idx, src_idx, dst_idx, hidden_mode)
-    new_residual, size_src = official_apply(residual, unm_idx, src_idx, dst_idx, residual_mode)
-    return new_hidden, new_residual, official_kept_index(length, unm_idx), (src_idx, dst_idx, size_src)
+    unm_idx, src_idx, dst_idx = (parity_match_tome if tome else parity_match_sorted)(xn, r)
+    new_hidden, _ = parity_apply(hidden, unm_idx, src_idx, dst_idx, hidden_mode)
+    new_residual, size_src = parity_apply(residual, unm_idx, src_idx, dst_idx, residual_mode)
+    return new_hidden, new_residual, parity_kept_index(length, unm_idx), (src_idx, dst_idx, size_src)
 
 
-def official_pumer(
+def parity_pumer(
     hidden: Tensor, residual: Tensor, metric_x: Tensor, keep_ratio: float, clip: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Released PuMer (ToMe bipartite on even/odd positions, full-vector average) at one location."""
-    hidden, residual, kept, _ = _official_utrc(hidden, residual, metric_x, keep_ratio, "merge", "merge", clip, tome=True)
+    hidden, residual, kept, _ = _parity_utrc(hidden, residual, metric_x, keep_ratio, "merge", "merge", clip, tome=True)
     return hidden, residual, kept
 
 
-def official_evit_mask(metric_x: Tensor, keep_ratio: float, clip: bool = True) -> Optional[Tensor]:
+def parity_evit_mask(metric_x: Tensor, keep_ratio: float, clip: bool = True) -> Optional[Tensor]:
     """Keep mask [B, N] of the released EViT, or None when nothing is removed.
 
     s = Σ_d X_d with exact zeros → −inf; ``s.sort(dim=1)`` ascending; key = value at index num_keep; keep
@@ -193,11 +194,11 @@ def _flat_take(t: Tensor, keep: Tensor) -> Tensor:
     return t[keep].reshape(keep.shape[0], -1, *t.shape[2:])
 
 
-def official_evit(
+def parity_evit(
     hidden: Tensor, residual: Tensor, metric_x: Tensor, keep_ratio: float, clip: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Released EViT at one location → (hidden, residual, kept_index); same positions in both streams."""
-    keep = official_evit_mask(metric_x, keep_ratio, clip)
+    keep = parity_evit_mask(metric_x, keep_ratio, clip)
     if keep is None:
         return _unchanged(hidden, residual)
     index = torch.arange(hidden.shape[1], device=hidden.device).expand_as(keep)
@@ -206,7 +207,7 @@ def official_evit(
 
 # ---------------------------------------------------------------------------------------------- registered
 @dataclass
-class OfficialConfig(ReductionConfig):
+class ParityConfig(ReductionConfig):
     """Shared parity-mode keys: released default ρ = 0.905 (≈ 29.8 % FLOPs at 64 layers) and ``metric``."""
 
     target_flops: Optional[float] = None
@@ -215,11 +216,11 @@ class OfficialConfig(ReductionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("reduction.metric", self.metric, OFFICIAL_METRICS)
+        check_choice("reduction.metric", self.metric, PARITY_METRICS)
 
 
 @dataclass
-class UTRCOfficialConfig(OfficialConfig):
+class UTRCParityConfig(ParityConfig):
     """Released UTRC: ``hidden`` (hybrid) and ``residual`` (merge) strategies ∈ prune | merge | hybrid."""
 
     method: str = "utrc_official"
@@ -228,17 +229,17 @@ class UTRCOfficialConfig(OfficialConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_choice("reduction.hidden", self.hidden, OFFICIAL_STRATEGIES)
-        check_choice("reduction.residual", self.residual, OFFICIAL_STRATEGIES)
+        check_choice("reduction.hidden", self.hidden, PARITY_STRATEGIES)
+        check_choice("reduction.residual", self.residual, PARITY_STRATEGIES)
 
 
 @dataclass
-class EViTOfficialConfig(OfficialConfig):
+class EViTParityConfig(ParityConfig):
     method: str = "evit_official"
 
 
 @dataclass
-class PuMerOfficialConfig(OfficialConfig):
+class PuMerParityConfig(ParityConfig):
     method: str = "pumer_official"
 
 
@@ -268,7 +269,7 @@ def _assemble(state: TokenState, rows: list[tuple[Tensor, dict[str, Tensor]]]) -
     return TokenState(**out)
 
 
-class _OfficialBipartite(ReductionMethod):
+class _ParityBipartite(ReductionMethod):
     """Released UTRC / PuMer applied to each request alone.
 
     Rows are grouped by real length and each group of equal-length rows is one call of the released ops on its
@@ -295,7 +296,7 @@ class _OfficialBipartite(ReductionMethod):
         metric_x = state.hidden if metric_x is None else metric_x
         lengths = state.valid.sum(dim=1)
         distinct = torch.unique(lengths).tolist()
-        if all(official_removal(n, keep_ratio) <= 0 for n in distinct):
+        if all(parity_removal(n, keep_ratio) <= 0 for n in distinct):
             return state
         hidden_mode, residual_mode = self._modes()
         order = _real_first(state.valid)
@@ -305,7 +306,7 @@ class _OfficialBipartite(ReductionMethod):
             cols = order[index, :length]
             take = lambda t: t[index[:, None], cols]  # noqa: E731  [G, length, ...], real tokens only
             sizes = take(state.sizes)
-            hidden, residual, kept, match = _official_utrc(
+            hidden, residual, kept, match = _parity_utrc(
                 take(state.hidden), take(state.residual), take(metric_x), keep_ratio, hidden_mode, residual_mode,
                 self.config.metric == "clip", tome=self.tome,
             )
@@ -325,22 +326,22 @@ class _OfficialBipartite(ReductionMethod):
         return _assemble(state, rows)
 
 
-@register_method("utrc_official", UTRCOfficialConfig)
-class UTRCOfficial(_OfficialBipartite):
+@register_method("utrc_official", UTRCParityConfig)
+class UTRCParity(_ParityBipartite):
     """Released UTRC (per-channel-sorted matching, even/odd application, sizes restart at 1)."""
 
     def _modes(self) -> tuple[str, str]:
         return self.config.hidden, self.config.residual
 
 
-@register_method("pumer_official", PuMerOfficialConfig)
-class PuMerOfficial(_OfficialBipartite):
+@register_method("pumer_official", PuMerParityConfig)
+class PuMerParity(_ParityBipartite):
     """Released PuMer: ToMe bipartite on even/odd positions, full-vector average in both streams."""
 
     tome = True
 
 
-def official_evit_rows(metric_x: Tensor, valid: Tensor, keep_ratio: float, clip: bool = True) -> Tensor:
+def parity_evit_rows(metric_x: Tensor, valid: Tensor, keep_ratio: float, clip: bool = True) -> Tensor:
     """Keep mask [B, N] of the released EViT applied to each row alone (its real tokens, N = its length).
 
     At batch size 1 the released flatten / reshape never fails, so there is no retry: keep s ≤ key, key = the
@@ -358,8 +359,8 @@ def official_evit_rows(metric_x: Tensor, valid: Tensor, keep_ratio: float, clip:
     return valid & (~(s > key) | ~reduces[:, None])
 
 
-@register_method("evit_official", EViTOfficialConfig)
-class EViTOfficial(ReductionMethod):
+@register_method("evit_official", EViTParityConfig)
+class EViTParity(ReductionMethod):
     """Released EViT on each request alone: keeps the num_keep+1 *lowest*-scored tokens, no fusion."""
 
     parity: ClassVar[bool] = True
@@ -373,7 +374,7 @@ class EViTOfficial(ReductionMethod):
         metric_x = state.hidden if metric_x is None else metric_x
         if state.length == 0:
             return state
-        keep = official_evit_rows(metric_x, state.valid, keep_ratio, self.config.metric == "clip")
+        keep = parity_evit_rows(metric_x, state.valid, keep_ratio, self.config.metric == "clip")
         if bool((keep == state.valid).all()):
             return state
         return state.keep(keep)[0]
