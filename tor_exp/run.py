@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tor_exp.config import ValidatedConfig, register_configs, validate
-from tor_exp.logging.results import config_hash, load_results, run_metadata, write_results
+from tor_exp.logging.results import config_hash, is_complete, load_results, run_metadata, write_results
 
 
 
@@ -61,11 +61,9 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> float | None:
     out_dir = Path(out_dir) if out_dir is not None else output_dir()
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     chash = config_hash(resolved)
-    if v.root.resume:
-        previous = load_results(out_dir)
-        if previous and previous.get("status") == "complete" and previous.get("config_hash") == chash:
-            print(f"[tor_exp] results for this config already in {out_dir / 'results.json'}: skipped (resume=true)")
-            return previous.get("headline")
+    if v.root.resume and is_complete(out_dir, resolved):
+        print(f"[tor_exp] results for this config already in {out_dir / 'results.json'}: skipped (resume=true)")
+        return (load_results(out_dir) or {}).get("headline")
 
     torch.manual_seed(v.root.seed)
     device = resolve_device(v.root.device)
