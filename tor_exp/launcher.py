@@ -44,14 +44,13 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQue
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from submitit.slurm.slurm import SlurmInfoWatcher
-from submitit.slurm.slurm import SlurmJob as _SubmititSlurmJob
 
+from tor_exp.__main__ import fail  # one line on stderr, exit 2 (Hydra reports exceptions, not SystemExit)
 from tor_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-ERROR_EXIT = 2  # bad user input (tor_exp.__main__)
-JOB_FAILED_EXIT = 1
+JOB_FAILED_EXIT = 1  # a job failed (bad user input exits with 2)
 # stands in for the scheduler's job id while jobs are planned: a sweep dir that contains it cannot be known
 # before submission, so such jobs are always submitted (they still skip themselves when complete)
 _JOB_ID_PLACEHOLDER = "tor_exp-job-id-unknown-before-submission"
@@ -150,13 +149,6 @@ def _validate(task_config: DictConfig) -> None:
     validate(task_config)
 
 
-def fail(message: str, code: int = ERROR_EXIT) -> None:
-    """One line on stderr and the exit code, never a traceback (Hydra reports exceptions, not SystemExit)."""
-    sys.stderr.write(f"error: {message}\n")
-    sys.stderr.flush()
-    raise SystemExit(code)
-
-
 # ----------------------------------------------------------------------------------------------- launchers
 class _TorExpLauncher(BaseSubmititLauncher):
     """Shared by both launchers: plan, leave out complete jobs, run the rest, report failures in one line each."""
@@ -233,14 +225,17 @@ class _TorExpLauncher(BaseSubmititLauncher):
             try:
                 ret = handle.results()[0]
             except Exception as err:  # submitit: the job raised outside the task, or died without a result
-                failures.append(f"job {job.label} failed: {_reason(str(err))} (log: {handle.paths.stderr})")
-                continue
-            if ret.status == JobStatus.FAILED:
-                exc = ret._return_value
-                failures.append(f"job {job.label} failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                                f" (log: {handle.paths.stderr})")
-                continue
-            returns[job.num] = ret
+                reason = _reason(str(err))
+                if "timed-out too many times" in reason:
+                    reason += (f" (every attempt reached hydra.launcher.timeout_min={self.params.get('timeout_min')}; "
+                               f"requeued max_num_timeout={self.params.get('max_num_timeout')} times)")
+            else:
+                if ret.status != JobStatus.FAILED:
+                    returns[job.num] = ret
+                    continue
+                exc = ret._return_value  # the task raised (Hydra's run_job caught it)
+                reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+            failures.append(f"job {job.label} failed: {reason} (log: {handle.paths.stderr})")
         if failures:
             for line in failures:
                 sys.stderr.write(f"error: {line}\n")
@@ -258,13 +253,30 @@ class SlurmLauncher(_TorExpLauncher):
             fail("launcher=slurm: sbatch not found: this machine is not a Slurm submit node "
                  "(launchers/local_slurm.sh starts a single-node cluster to try it)")
         executor = self._executor()
-        executor._executor.job_class = SlurmJob  # AutoExecutor's Slurm executor: our state watcher
         handles = submit_or_fail(lambda: executor.map_array(self, *zip(*[self._job_args(j) for j in pending])),
                                  self.params)
         array = str(handles[0].job_id).split("_")[0]
         log.info(f"[tor_exp] submitted Slurm job array {array}: {len(handles)} job(s) "
                  f"({', '.join('#' + str(j.num) for j in pending)}); logs in {self.params['submitit_folder']}")
+        self._wait(array, handles)
         return self._collect(list(zip(pending, handles)))
+
+    def _wait(self, array: str, handles: List[Any]) -> None:
+        """Wait for the jobs; jobs Slurm accepted but will never start (pending for a reason that waiting does
+        not fix, e.g. more CPUs than any node has) are cancelled and reported like a refusal."""
+        for handle in handles:  # submitit makes array jobs its own SlurmJob: give them our state watcher
+            handle.watcher = WATCHER
+            WATCHER.register_job(handle.job_id)
+        delay, next_check = 2.0, time.time() + 2.0
+        while not all(handle.done() for handle in handles):
+            if time.time() >= next_check:
+                reason = never_starts(array)
+                if reason is not None:
+                    subprocess.run(["scancel", array], capture_output=True, timeout=60)
+                    fail(f"{never_starts_message(reason, self.params)}; cancelled job array {array}")
+                delay = min(2 * delay, 60.0)
+                next_check = time.time() + delay
+            time.sleep(1.0)
 
 
 class LocalLauncher(_TorExpLauncher):
@@ -339,8 +351,7 @@ class SqueueWatcher(SlurmInfoWatcher):
                 self._finished.add(job_id)
 
 
-class SlurmJob(_SubmititSlurmJob):
-    watcher = SqueueWatcher(delay_s=600)
+WATCHER = SqueueWatcher(delay_s=600)  # shared by all jobs of this process, like submitit's own
 
 
 # ----------------------------------------------------------------------------------------------- GPUs
@@ -445,12 +456,45 @@ def _partitions() -> str:
     return f" (partitions here: {', '.join(names)})" if names else ""
 
 
+# pending reasons that waiting never resolves → the launcher keys that decide them
+NEVER_STARTS = {
+    "PartitionConfig": ("cpus_per_task", "mem_gb", "gpus_per_node"),
+    "PartitionNodeLimit": ("nodes",),
+    "PartitionTimeLimit": ("timeout_min",),
+    "QOSMaxWallDurationPerJobLimit": ("timeout_min",),
+    "BadConstraints": ("constraint",),
+    "InvalidAccount": ("account",),
+    "InvalidQOS": ("qos",),
+}
+
+
+def never_starts(array: str) -> Optional[str]:
+    """The first pending reason of the array's jobs that waiting will not fix (squeue), else None."""
+    try:
+        out = subprocess.run(["squeue", "--noheader", "--array", f"--jobs={array}", "--states=PENDING",
+                              "--format=%r"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((r.strip() for r in out.stdout.splitlines() if r.strip() in NEVER_STARTS), None)
+
+
+def never_starts_message(reason: str, params: Dict[str, Any]) -> str:
+    keys = NEVER_STARTS[reason]
+    named = ", ".join(f"{k}={params.get(k)}" for k in keys)
+    return (f"hydra.launcher.{named}: Slurm accepted the jobs but will never start them (pending: {reason}: more "
+            f"than {_partition(params)} allows; `sinfo -N -o '%N %c %m %G %l'` shows its nodes and limit)")
+
+
+def _partition(params: Dict[str, Any]) -> str:
+    return f"partition {params['partition']}" if params.get("partition") else "the default partition"
+
+
 def refusal_message(sbatch_error: str, params: Dict[str, Any]) -> str:
     """sbatch's error text → one line naming the ``hydra.launcher`` key that decides it."""
     lines = [line.strip() for line in sbatch_error.splitlines() if line.strip()]
     said = "; ".join(line.replace("sbatch: error: ", "") for line in lines) or "no message"
     low = said.lower()
-    partition = params.get("partition") or "(the default)"
+    partition = _partition(params)
 
     def key(name: str) -> str:
         return f"hydra.launcher.{name}={params.get(name)}"
@@ -459,21 +503,21 @@ def refusal_message(sbatch_error: str, params: Dict[str, Any]) -> str:
         return f"{key('partition')}: Slurm has no such partition{_partitions()}"
     if "generic resource" in low or "gres" in low:
         gpu_key = next((k for k in ("gres", "gpus_per_task", "gpus_per_node") if params.get(k)), "gpus_per_node")
-        return (f"{key(gpu_key)}: Slurm refused the GPU request (invalid generic resource): partition {partition} "
+        return (f"{key(gpu_key)}: Slurm refused the GPU request (invalid generic resource): {partition} "
                 f"has no such GPUs; choose a GPU partition (hydra.launcher.partition) or run on CPUs with "
                 f"hydra.launcher.gpus_per_node=0")
     if "invalid account" in low:
-        return (f"{key('account')}: Slurm refused the account (unknown, or not allowed on partition {partition}); "
+        return (f"{key('account')}: Slurm refused the account (unknown, or not allowed on {partition}); "
                 f"`sacctmgr show associations user=$USER` lists yours")
     if "invalid qos" in low:
         return f"{key('qos')}: Slurm refused the QOS (unknown, or not allowed for this account/partition)"
     if "time limit" in low:
-        return f"{key('timeout_min')}: more than partition {partition} allows (`sinfo -o '%P %l'` shows its limit)"
+        return f"{key('timeout_min')}: more than {partition} allows (`sinfo -o '%P %l'` shows its limit)"
     if "memory specification" in low:
-        return f"{key('mem_gb')}: no node of partition {partition} has that much memory (`sinfo -N -o '%N %m'`)"
+        return f"{key('mem_gb')}: no node of {partition} has that much memory (`sinfo -N -o '%N %m'`)"
     if "node configuration is not available" in low or "processors" in low:
         return (f"hydra.launcher.cpus_per_task={params.get('cpus_per_task')}, mem_gb={params.get('mem_gb')}, "
-                f"gpus_per_node={params.get('gpus_per_node')}: no node of partition {partition} has that many "
+                f"gpus_per_node={params.get('gpus_per_node')}: no node of {partition} has that many "
                 f"(`sinfo -N -o '%N %c %m %G'`)")
     return f"Slurm refused the job array: {said} (check hydra.launcher.*: conf/launcher/slurm.yaml, conf/local/)"
 
@@ -492,8 +536,12 @@ def _completed_return(job: PlannedJob) -> JobReturn:
 
 
 def _reason(message: str) -> str:
-    """The useful line of submitit's error: the job's exception (last line of its trace), else the first line."""
+    """The useful line of submitit's error: the job's own ``error: ...`` line (bad input inside the job), the
+    job's exception (last line of its trace), else the first line."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
+    said = next((line for line in lines if line.startswith("error: ")), None)
+    if said is not None:
+        return said[len("error: "):]
     if "failed during processing with trace:" in message:
         trace = message.split("failed during processing with trace:", 1)[1]
         body = [l.strip() for l in trace.splitlines() if l.strip() and not set(l.strip()) <= {"-"}]
