@@ -39,7 +39,7 @@ need_root() {
 }
 
 running() {  # running PIDFILE: the daemon whose pid is in PIDFILE is alive
-    [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
+    [[ -s "$1" ]] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null
 }
 
 install_packages() {
@@ -57,9 +57,14 @@ install_packages() {
 
 start_munge() {
     if running "$MUNGE_PID"; then return 0; fi
-    [[ -s /etc/munge/munge.key ]] || { mungekey --create --keyfile=/etc/munge/munge.key; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
-    mkdir -p /run/munge /var/log/munge /var/lib/munge
-    chown munge:munge /run/munge /var/log/munge /var/lib/munge
+    mkdir -p /etc/munge /run/munge /var/log/munge /var/lib/munge
+    chown munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge
+    chmod 700 /etc/munge
+    if [[ ! -s /etc/munge/munge.key ]]; then  # the package's post-install usually made one
+        mungekey --create --keyfile=/etc/munge/munge.key
+        chown munge:munge /etc/munge/munge.key
+        chmod 400 /etc/munge/munge.key
+    fi
     runuser -u munge -- /usr/sbin/munged
     munge -n | unmunge >/dev/null || die "munged started but a credential does not round-trip (see /var/log/munge/)"
 }

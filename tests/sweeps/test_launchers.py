@@ -50,7 +50,7 @@ def test_environment_variable_wrappers_are_gone():
 
 
 def test_slurm_launcher_requeues_timeouts_and_reads_the_local_group(tmp_path):
-    cfg = _compose(["launcher=slurm"])
+    cfg = _compose(["launcher=slurm", "~local"])  # ~local: whatever this machine's conf/local/default.yaml says
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["_target_"] == "hydra_plugins.tor_exp_launcher.launchers.SlurmLauncher"
     assert launcher["max_num_timeout"] == 3 and launcher["partition"] is None and launcher["setup"] == []
@@ -74,12 +74,12 @@ def test_slurm_launcher_requeues_timeouts_and_reads_the_local_group(tmp_path):
         job = OmegaConf.masked_copy(c, [k for k in c if k != "hydra"])
         return config_hash(OmegaConf.to_container(job, resolve=True))
 
-    assert job_hash(with_local) == job_hash(_compose(["launcher=slurm"]))
-    assert job_hash(_compose(["launcher=slurm", "eval.limit=3"])) != job_hash(with_local)
+    assert job_hash(with_local) == job_hash(_compose(["launcher=slurm", "~local"]))
+    assert job_hash(_compose(["launcher=slurm", "~local", "eval.limit=3"])) != job_hash(with_local)
 
 
 def test_local_launcher_config():
-    launcher = OmegaConf.to_container(_compose(["launcher=local"]).hydra.launcher, resolve=True)
+    launcher = OmegaConf.to_container(_compose(["launcher=local", "~local"]).hydra.launcher, resolve=True)
     assert launcher["_target_"] == "hydra_plugins.tor_exp_launcher.launchers.LocalLauncher"
     assert launcher["gpus_per_node"] is None and launcher["array_parallelism"] is None
 

@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 LOCAL_SLURM = ROOT / "launchers" / "local_slurm.sh"
 CLUSTER = "tor_exp_local"
-SLURM_ARGS = ["launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
+# `~local`: this machine's conf/local/default.yaml (a real cluster's partition, ...) stays out of the tests
+SLURM_ARGS = ["launcher=slurm", "~local", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
               "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=5", "hydra.launcher.signal_delay_s=5"]
 CELLS = {"[none]": ("none", None), "[utrc,f20]": ("utrc", 0.2), "[evit,f20]": ("evit", 0.2)}
 
@@ -84,6 +85,14 @@ def scheduler_jobs(name: str) -> dict[str, str]:
     out = subprocess.run(["squeue", "--noheader", "--array", "--states=all", f"--name={name}", "--format=%i %T"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def settled_jobs(name: str) -> dict[str, str]:
+    """scheduler_jobs once every job has left the running states (a job's result is on disk just before its
+    process exits, so the sweep may return while Slurm still shows it RUNNING or COMPLETING)."""
+    active = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED"}
+    wait_for(lambda: not active & set(scheduler_jobs(name).values()), 60, f"the jobs named {name} to end")
+    return scheduler_jobs(name)
 
 
 def restarts(job_id: str) -> int:
@@ -143,14 +152,14 @@ def table_sweep(slurm_cluster, tmp_path_factory) -> TableSweep:
                 proc.kill()
     first = subprocess.CompletedProcess(first_cmd, proc.returncode, out, err)
     sweep = cwd / "multirun" / "table"
-    jobs = [scheduler_jobs(name)]
+    jobs = [settled_jobs(name)]
     second = subprocess.run(sweep_cmd(name, list(CELLS)), cwd=cwd, env=env(), capture_output=True, text=True,
                             timeout=360)
-    jobs.append(scheduler_jobs(name))
+    jobs.append(settled_jobs(name))
     after_second = results(sweep)
     third = subprocess.run(sweep_cmd(name, list(CELLS)), cwd=cwd, env=env(), capture_output=True, text=True,
                            timeout=360)
-    jobs.append(scheduler_jobs(name))
+    jobs.append(settled_jobs(name))
     return TableSweep(sweep, markers, name, first, second, third, jobs, interrupted, after_second)
 
 
@@ -272,7 +281,7 @@ def test_a_job_over_its_real_time_limit_is_requeued_and_ends_complete(slurm_clus
                     f"+hydra.callbacks.stall.marker_dir={tmp_path / 'stalled'}", "+hydra.callbacks.stall.jobs=[0]")
     run = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-3000:]
-    (job_id, state), = scheduler_jobs(name).items()
+    (job_id, state), = settled_jobs(name).items()
     assert state == "COMPLETED" and restarts(job_id) == 1
     log = "".join(p.read_text() for p in (tmp_path / "multirun" / "table" / ".submitit").rglob("*_log.*"))
     assert "this job is timed-out" in log and "(0 remaining timeouts)" in log

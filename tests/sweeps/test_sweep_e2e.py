@@ -157,7 +157,7 @@ def test_smoke_sweep_through_launcher_local_one_gpu_per_job_then_resumes_without
     starts no process at all."""
     sweep = tmp_path / "multirun" / "smoke"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "0,1"}
-    cmd = [sys.executable, "-m", "tor_exp", *sweep_args(sweep), "launcher=local", "device=cpu",
+    cmd = [sys.executable, "-m", "tor_exp", *sweep_args(sweep), "launcher=local", "~local", "device=cpu",
            "hydra.launcher.gpus_per_node=1"]
     first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
