@@ -27,7 +27,7 @@ CTLD_PID=/run/slurmctld.pid
 SLURMD_PID=/run/slurmd.pid
 MUNGE_PID=/run/munge/munged.pid
 PACKAGES=(slurmctld slurmd slurm-client munge)
-WAIT_S="${TOR_EXP_SLURM_WAIT_S:-60}"
+WAIT_S=60  # seconds for the node to report idle
 
 die() {
     echo "error: $*" >&2
