@@ -80,7 +80,8 @@ write_conf() {
     cat >"$CONF" <<EOF
 $MARKER (single-node test cluster; stop it with: launchers/local_slurm.sh stop)
 ClusterName=$CLUSTER
-SlurmctldHost=$(hostname -s)
+# everything on this machine, over loopback (the host name need not resolve)
+SlurmctldHost=$(hostname -s)(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -105,13 +106,13 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$LOGDIR/jobcomp.log
 MinJobAge=3600
-KillWait=5
+KillWait=2
 # new jobs and requeued ones (eligible cred_expire s later) are scheduled within 2 s (defaults: 60 s, 30 s)
 SchedulerParameters=sched_interval=2,bf_interval=2
 # jobs without --mem get 1 GB per CPU, not the whole node
 DefMemPerCPU=1024
 InactiveLimit=0
-$node State=UNKNOWN
+$node NodeAddr=127.0.0.1 State=UNKNOWN
 JobSubmitPlugins=lua
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -169,7 +170,11 @@ start() {
 
 stop() {
     need_root stop
-    local f
+    local f jobs
+    if running "$CTLD_PID"; then  # jobs would outlive the daemons (their slurmstepd keeps running)
+        jobs=$(squeue --noheader --format=%A 2>/dev/null | sort -u | tr '\n' ' ')
+        [[ -n "${jobs// /}" ]] && scancel $jobs 2>/dev/null && sleep 3
+    fi
     for f in "$SLURMD_PID" "$CTLD_PID" "$MUNGE_PID"; do
         if running "$f"; then
             kill "$(cat "$f")"

@@ -5,13 +5,14 @@ cluster's slurm.conf); ``TOR_EXP_REQUIRE_SLURM=1`` (.ci/run) turns the skip into
 jobs come from the scheduler (``squeue --states=all``: the test cluster keeps finished jobs for an hour), each
 sweep with its own job name.
 
-One table-like sweep of the tiny model carries (a), (b) and (c):
-1. cells [none], [utrc,f20]: the first attempt of both jobs stalls (``stall.StallFirstAttempt``, a Hydra callback:
-   a legitimately slow job is slow on every attempt, so nothing would ever finish); job #0 is preempted
-   (``scontrol requeue``), job #1 gets submitit's time-limit signal (what Slurm sends ``signal_delay_s`` before
-   ``timeout_min``; the real 1-minute limit is the slow test below). Both are requeued and end complete, once.
-2. the grid grows by [evit,f20] (a half-finished sweep: 2 of 3 done): one job is submitted, #2.
-3. the same command again: nothing is submitted.
+One table-like sweep of the tiny model (cells [none], [utrc,f20], [evit,f20]) carries (a), (b) and (c):
+1. the [evit,f20] job runs first, in this process (Hydra's basic launcher: the sweep is now half-finished, and
+   its one result was not written through Slurm);
+2. the sweep through Slurm submits only #0 and #1. The first attempt of both stalls (``stall.StallFirstAttempt``,
+   a Hydra callback: a legitimately slow job is slow on every attempt, so nothing would ever finish); #0 is
+   preempted (``scontrol requeue``), #1 gets submitit's time-limit signal (what Slurm sends ``signal_delay_s``
+   before ``timeout_min``; the real 1-minute limit is the slow test below). Both are requeued, end complete, once;
+3. the same command again submits nothing.
 """
 from __future__ import annotations
 
@@ -113,12 +114,12 @@ class TableSweep:
     sweep: Path
     markers: Path
     name: str
-    first: subprocess.CompletedProcess
-    second: subprocess.CompletedProcess
-    third: subprocess.CompletedProcess
-    jobs_after: list[dict[str, str]]  # scheduler's view after each of the three runs
+    slurm: subprocess.CompletedProcess  # the sweep through Slurm (2 of 3 jobs missing)
+    again: subprocess.CompletedProcess  # the same command once finished
+    jobs_after: list[dict[str, str]]  # the scheduler's view after each of them
     interrupted: dict[str, str]  # "preempted" / "timed out" → Slurm job id
-    results_after_second: dict[str, tuple[int, str]]
+    in_process: tuple[int, str]  # the [evit,f20] result written before the Slurm sweep
+    results_after_slurm: dict[str, tuple[int, str]]
 
 
 def results(sweep: Path) -> dict[str, tuple[int, str]]:
@@ -126,15 +127,35 @@ def results(sweep: Path) -> dict[str, tuple[int, str]]:
             for p in sorted(sweep.rglob("results.json"))}
 
 
+def run_in_process(args: list[str]) -> None:
+    from hydra.core.global_hydra import GlobalHydra
+
+    import tor_exp.__main__ as entry
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["tor_exp", *args])
+        GlobalHydra.instance().clear()
+        try:
+            entry.main()
+        finally:
+            GlobalHydra.instance().clear()
+
+
 @pytest.fixture(scope="module")
 def table_sweep(slurm_cluster, tmp_path_factory) -> TableSweep:
     cwd = tmp_path_factory.mktemp("slurm_table")
+    sweep = cwd / "multirun" / "table"
     name = f"tor_exp_test_{uuid.uuid4().hex[:8]}"
     markers = cwd / "stalled"
+    cells = list(CELLS)
+    run_in_process(["-m", "experiment=smoke", "eval.limit=2", f"hydra.sweep.dir={sweep}", "+experiment/cell=[evit,f20]",
+                    "~local"])
+    in_process = results(sweep)["tiny_mamba2/evit/f0.2"]
+
     stall = ["+hydra.callbacks.stall._target_=stall.StallFirstAttempt", f"+hydra.callbacks.stall.marker_dir={markers}",
              "+hydra.callbacks.stall.jobs=[0,1]"]
-    first_cmd = sweep_cmd(name, ["[none]", "[utrc,f20]"], *stall)
-    with subprocess.Popen(first_cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    cmd = sweep_cmd(name, cells, *stall)
+    with subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True) as proc:
         try:
             wait_for(lambda: (markers / "stalled_0").exists() and (markers / "stalled_1").exists()
@@ -150,22 +171,17 @@ def table_sweep(slurm_cluster, tmp_path_factory) -> TableSweep:
         finally:
             if proc.poll() is None:
                 proc.kill()
-    first = subprocess.CompletedProcess(first_cmd, proc.returncode, out, err)
-    sweep = cwd / "multirun" / "table"
+    slurm = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     jobs = [settled_jobs(name)]
-    second = subprocess.run(sweep_cmd(name, list(CELLS)), cwd=cwd, env=env(), capture_output=True, text=True,
-                            timeout=360)
+    after_slurm = results(sweep)
+    again = subprocess.run(sweep_cmd(name, cells), cwd=cwd, env=env(), capture_output=True, text=True, timeout=360)
     jobs.append(settled_jobs(name))
-    after_second = results(sweep)
-    third = subprocess.run(sweep_cmd(name, list(CELLS)), cwd=cwd, env=env(), capture_output=True, text=True,
-                           timeout=360)
-    jobs.append(settled_jobs(name))
-    return TableSweep(sweep, markers, name, first, second, third, jobs, interrupted, after_second)
+    return TableSweep(sweep, markers, name, slurm, again, jobs, interrupted, in_process, after_slurm)
 
 
 def test_table_sweep_ends_with_one_complete_result_per_job(table_sweep):
-    """(a) every run exits 0; one results.json per grid cell, complete, of its own config, nothing else."""
-    for run in (table_sweep.first, table_sweep.second, table_sweep.third):
+    """(a) both runs exit 0; one results.json per grid cell, complete, of its own config, nothing else."""
+    for run in (table_sweep.slurm, table_sweep.again):
         assert run.returncode == 0, run.stderr[-3000:]
     found = results(table_sweep.sweep)
     assert sorted(found) == ["tiny_mamba2/evit/f0.2", "tiny_mamba2/none/f0.0", "tiny_mamba2/utrc/f0.2"]
@@ -175,47 +191,46 @@ def test_table_sweep_ends_with_one_complete_result_per_job(table_sweep):
         assert res["status"] == "complete" and res["method"] == method and res["model"] == "tiny_mamba2"
         assert res["config_hash"] == config_hash(res["config"])
         assert res["num_requests"] == {"lambada_fixture": 2}
-        assert res["target_flops"] == (None if method == "none" else 0.2) or method == "none"
+        assert method == "none" or res["target_flops"] == 0.2
         assert all(v is None or v == v for v in res["metrics"]["lambada_fixture"].values())  # no NaN
     assert not list(table_sweep.sweep.rglob("*.json.tmp"))
-    assert all(state == "COMPLETED" for state in table_sweep.jobs_after[-1].values()), table_sweep.jobs_after[-1]
+    assert set(table_sweep.jobs_after[-1].values()) == {"COMPLETED"}
 
 
 def test_preempted_and_timed_out_jobs_are_requeued_and_end_complete_once(table_sweep):
-    """(b) both interrupted jobs restarted once (the scheduler's count), under the same job id, and wrote one
+    """(b) both interrupted jobs restarted once (the scheduler's count) under the same job id and wrote one
     complete result; the timed-out one was requeued by submitit, counting down max_num_timeout (3)."""
     assert sorted(p.name for p in table_sweep.markers.iterdir()) == ["stalled_0", "stalled_1"]  # 1st attempts
     for what, job_id in table_sweep.interrupted.items():
         assert restarts(job_id) == 1, what
         assert table_sweep.jobs_after[0][job_id] == "COMPLETED", what
-    assert len(table_sweep.jobs_after[0]) == 2  # a requeue is no new submission
     submitit_dir = table_sweep.sweep / ".submitit"
-    timed_out_log = (submitit_dir / table_sweep.interrupted["timed out"]).glob("*_log.*")
-    text = "".join(p.read_text() for p in timed_out_log)
-    assert "this job is timed-out" in text and "(2 remaining timeouts)" in text
-    preempted_log = "".join(p.read_text() for p in (submitit_dir / table_sweep.interrupted["preempted"]).glob("*"))
-    assert "DUE TO JOB REQUEUE" in preempted_log and "remaining timeouts" not in preempted_log
-    for job in ("tiny_mamba2/none/f0.0", "tiny_mamba2/utrc/f0.2"):
-        log = (table_sweep.sweep / job / "tor_exp.log").read_text()
-        assert log.count("skipped (resume=true)") == 0  # the 1st attempt wrote nothing to skip on
-        res = json.loads((table_sweep.sweep / job / "results.json").read_text())
-        assert res["status"] == "complete"
+
+    def logs(job_id: str) -> str:
+        return "".join(p.read_text() for p in (submitit_dir / job_id).glob("*_log.*"))
+
+    timed_out = logs(table_sweep.interrupted["timed out"])
+    assert "this job is timed-out" in timed_out and "(2 remaining timeouts)" in timed_out
+    preempted = logs(table_sweep.interrupted["preempted"])
+    assert "DUE TO JOB REQUEUE" in preempted and "remaining timeouts" not in preempted
+    for what, job_id in table_sweep.interrupted.items():  # both attempts append to the same job log
+        text = logs(job_id)
+        assert text.count("[tor_exp] job #") == 2, what  # two attempts started
+        assert text.count("[tor_exp] results:") == 1 and "skipped (resume=true)" not in text, what
 
 
 def test_reruns_submit_only_the_missing_jobs(table_sweep):
-    """(c) the grown grid submits exactly its one new job (#2); the finished sweep, run again, submits none and
-    leaves every results.json untouched."""
-    first, second, third = (set(jobs) for jobs in table_sweep.jobs_after)
-    new = second - first
-    assert len(first) == 2 and len(new) == 1
-    assert "3 job(s), 2 already complete" in table_sweep.second.stdout + table_sweep.second.stderr
-    assert "(#2)" in table_sweep.second.stdout + table_sweep.second.stderr
-    evit_log = (table_sweep.sweep / "tiny_mamba2" / "evit" / "f0.2" / "tor_exp.log")
-    assert evit_log.exists()
-    assert third == second  # the scheduler saw no submission
-    assert "3 already complete (resume=true, not submitted), 0 to run" in table_sweep.third.stdout + \
-        table_sweep.third.stderr
-    assert results(table_sweep.sweep) == table_sweep.results_after_second
+    """(c) the half-finished sweep submitted exactly its two missing jobs, #0 and #1 (the scheduler saw two, no
+    third; the result written beforehand is untouched); the finished sweep, run again, submits none and leaves
+    every results.json as it was."""
+    out = table_sweep.slurm.stdout + table_sweep.slurm.stderr
+    assert "3 job(s), 1 already complete (resume=true, not submitted), 2 to run" in out and "(#0, #1)" in out
+    assert len(table_sweep.jobs_after[0]) == 2  # requeues are no new submissions either
+    assert table_sweep.results_after_slurm["tiny_mamba2/evit/f0.2"] == table_sweep.in_process
+    assert table_sweep.jobs_after[1] == table_sweep.jobs_after[0]
+    again = table_sweep.again.stdout + table_sweep.again.stderr
+    assert "3 job(s), 3 already complete (resume=true, not submitted), 0 to run" in again
+    assert results(table_sweep.sweep) == table_sweep.results_after_slurm
 
 
 # ----------------------------------------------------------------------------------------------- refusals
