@@ -226,15 +226,15 @@ class _TorExpLauncher(BaseSubmititLauncher):
                 ret = handle.results()[0]
             except Exception as err:  # submitit: the job raised outside the task, or died without a result
                 reason = _reason(str(err))
-                if "timed-out too many times" in reason:
-                    reason += (f" (every attempt reached hydra.launcher.timeout_min={self.params.get('timeout_min')}; "
-                               f"requeued max_num_timeout={self.params.get('max_num_timeout')} times)")
             else:
                 if ret.status != JobStatus.FAILED:
                     returns[job.num] = ret
                     continue
-                exc = ret._return_value  # the task raised (Hydra's run_job caught it)
+                exc = ret._return_value  # the task raised (Hydra's run_job caught it; also submitit's time-out)
                 reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+            if "timed-out too many times" in reason:
+                reason += (f" (every attempt reached hydra.launcher.timeout_min={self.params.get('timeout_min')}; "
+                           f"requeued max_num_timeout={self.params.get('max_num_timeout')} times)")
             failures.append(f"job {job.label} failed: {reason} (log: {handle.paths.stderr})")
         if failures:
             for line in failures:

@@ -308,7 +308,7 @@ def test_a_job_over_its_real_time_limit_is_requeued_and_ends_complete(slurm_clus
 def test_a_job_always_over_its_time_limit_ends_failed_after_max_num_timeout(slurm_cluster, tmp_path):
     """Requeueing cannot save a job that is slow on every attempt (nothing is checkpointed): a tiny benchmark
     with an absurd repeat count (bench.repeats) is requeued max_num_timeout=1 time, then the sweep fails with
-    one line naming timeout_min (about 2.5 min)."""
+    one line naming timeout_min (about 100 s)."""
     name = f"tor_exp_test_{uuid.uuid4().hex[:8]}"
     cmd = [sys.executable, "-m", "tor_exp", "-m", "model=tiny_mamba2", "task=bench", "bench.repeats=1000000",
            "bench.plot=false", "hydra.sweep.dir=multirun/slow", "reduction=none", "device=cpu", *SLURM_ARGS,
