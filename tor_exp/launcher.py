@@ -339,7 +339,7 @@ class SqueueWatcher(SlurmInfoWatcher):
             return
         self._num_calls += 1
         out = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%N",
-                              f"--user={os.environ.get('USER') or os.getuid()}"],
+                              f"--user={os.getuid()}"],
                              capture_output=True, text=True, timeout=60)
         if out.returncode == 0:
             listed = self.read_info("JobID|State|NodeList\n" + out.stdout)
