@@ -7,14 +7,8 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-_ERROR_EXIT = 2
-
-
-def fail(message: str) -> NoReturn:
-    sys.stderr.write(f"error: {message}\n")
-    raise SystemExit(_ERROR_EXIT)
+from tor_exp.errors import fail
 
 
 def _split_argv(argv: list[str]) -> tuple[list[str], bool]:

@@ -28,6 +28,8 @@ class Config:
     eval: Any = None
     bench: Any = None
     logger: Any = None
+    # this machine's launcher settings (optional, untracked conf/local/default.yaml; see conf/local/example.yaml)
+    local: Any = None
     task: str = "eval"
     seed: int = 0
     device: str = "auto"

@@ -18,7 +18,7 @@ from torch import nn
 
 from tor_exp.config import ValidatedConfig, validate
 from tor_exp.errors import ConfigError
-from tor_exp.logging.results import config_hash, read_results, run_metadata, set_aside, write_results
+from tor_exp.logging.results import config_hash, is_complete, read_results, run_metadata, set_aside, write_results
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def ensure_writable(out_dir: Path) -> None:
                           "choose another hydra.run.dir / hydra.sweep.dir") from None
 
 
-def previous_record(out_dir: Path, chash: str, v: ValidatedConfig) -> dict[str, Any] | None:
+def previous_record(out_dir: Path, resolved: dict[str, Any], v: ValidatedConfig) -> dict[str, Any] | None:
     """Resume, or make room for this job's record without ever losing another one.
 
     Returns the record to reuse (``resume`` and a complete record of this config), else None after setting aside
@@ -127,9 +127,9 @@ def previous_record(out_dir: Path, chash: str, v: ValidatedConfig) -> dict[str, 
         return None
     if record is None:
         return None
-    same, complete = record.get("config_hash") == chash, record.get("status") == "complete"
-    if same and complete and v.root.resume:
+    if v.root.resume and is_complete(out_dir, resolved):  # the launchers' pre-submission filter uses the same rule
         return record
+    same, complete = record.get("config_hash") == config_hash(resolved), record.get("status") == "complete"
     if complete and not same:
         if not v.root.overwrite:
             raise ConfigError(f"{out_dir / 'results.json'} holds a complete result of another config "
@@ -269,7 +269,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     chash = config_hash(resolved)
     ensure_writable(out_dir)
-    previous = previous_record(out_dir, chash, v)
+    previous = previous_record(out_dir, resolved, v)
     if previous is not None:
         log.info("results for this config already in %s: skipped (resume=true)", out_dir / "results.json")
         return previous

@@ -1,13 +1,15 @@
 """End to end: the smoke sweep (tiny Mamba-2, one fixture task) completes and, run again, resumes in place.
 
 In process: Hydra's basic launcher (both jobs, then a rerun that skips both, then a rerun after one job's
-results.json was lost, as a killed sweep leaves it). Through ``launcher=local`` (hydra-submitit-launcher's
-submitit_local: one process per job): the same sweep completes and resumes.
+results.json was lost, as a killed sweep leaves it), and tor_exp's launchers' pre-submission filter on the same
+jobs. Through ``launcher=local`` (one process per job, each with its own GPU id): the same sweep completes, and
+run again starts no job.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,22 +120,58 @@ def test_killed_and_changed_sweeps_rerun_only_what_is_missing(tmp_path, monkeypa
     assert snapshot(sweep)[JOBS[0]] == before[JOBS[0]]
 
 
-def test_smoke_sweep_through_submitit_local_resumes(tmp_path):
-    """launcher=local: each job is its own process (submitit); the second sweep skips both jobs."""
+def test_launcher_filter_leaves_out_exactly_the_jobs_that_would_skip_themselves(tmp_path, monkeypatch, capsys):
+    """The pre-submission filter composes each job's own output dir, whatever the layout (here Hydra's
+    ``<num>_<override_dirname>`` subdirs), and applies the job's own resume rule: after a finished sweep nothing
+    is submitted, after a lost result only that job, with resume=false every job."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from tor_exp.launcher import LocalLauncher
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    sweep = tmp_path / "multirun" / "layout"
+    args = sweep_args(sweep) + ["hydra.sweep.subdir=${hydra.job.num}_${hydra.job.override_dirname}"]
+    run_in_process(monkeypatch, args)  # Hydra's basic launcher: the jobs write their own results
+    found = sorted(str(p.parent.relative_to(sweep)) for p in sweep.rglob("results.json"))
+    assert found == ["0_eval.limit=2", "1_eval.limit=2"]  # the experiment leaves its cells out of override_dirname
+
+    submitted: list[list[int]] = []
+
+    def record(self, pending):
+        submitted.append([job.num for job in pending])
+        return {job.num: JobReturn(status=JobStatus.COMPLETED, _return_value=None) for job in pending}
+
+    monkeypatch.setattr(LocalLauncher, "_run", record)
+    run_in_process(monkeypatch, args + ["launcher=local"])
+    assert submitted == []
+    assert "2 job(s), 2 already complete" in capsys.readouterr().out
+    (sweep / found[1] / "results.json").unlink()
+    run_in_process(monkeypatch, args + ["launcher=local"])
+    assert submitted == [[1]]
+    run_in_process(monkeypatch, args + ["launcher=local", "resume=false"])
+    assert submitted == [[1], [0, 1]]
+
+
+def test_smoke_sweep_through_launcher_local_one_gpu_per_job_then_resumes_without_starting_jobs(tmp_path):
+    """launcher=local: each job is its own process (submitit) with its own CUDA_VISIBLE_DEVICES (two GPUs as far
+    as the launcher can tell; the smoke experiment runs on the CPU, which this machine has); run again, the finished
+    sweep starts no process at all."""
     sweep = tmp_path / "multirun" / "smoke"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "tor_exp", *sweep_args(sweep), "launcher=local"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "0,1"}
+    cmd = [sys.executable, "-m", "tor_exp", *sweep_args(sweep), "launcher=local", "~local",
+           "hydra.launcher.gpus_per_node=1"]
     first = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     check_results(sweep)
     logs = sorted((sweep / ".submitit").rglob("*_log.out"))
     assert len(logs) == 2  # two submitit jobs
+    given = sorted(re.search(r"CUDA_VISIBLE_DEVICES='(.*?)'", p.read_text()).group(1) for p in logs)
+    assert given == ["0", "1"]
     before = snapshot(sweep)
 
     second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "2 job(s), 2 already complete (resume=true, not submitted), 0 to run" in second.stdout + second.stderr
     assert snapshot(sweep) == before
-    logs = sorted((sweep / ".submitit").rglob("*_log.out"))
-    assert len(logs) == 4
-    skipped = [p for p in logs if SKIP_MESSAGE in p.read_text()]
-    assert len(skipped) == 2
+    assert sorted((sweep / ".submitit").rglob("*_log.out")) == logs

@@ -13,8 +13,9 @@ from typing import Any
 RESULTS_FILE = "results.json"
 _VERSIONED = ("torch", "transformers", "lm_eval", "hydra-core", "omegaconf", "wandb", "mamba_ssm", "causal_conv1d", "tor_exp")
 
-# keys that do not change what a run computes: excluded from the resume hash
-_VOLATILE_KEYS = ("logger", "resume", "run_name", "overwrite")
+# keys that do not change what a run computes: excluded from the resume hash (`local`: the machine's launcher
+# settings from the optional conf/local/ group, e.g. the Slurm partition)
+_VOLATILE_KEYS = ("logger", "resume", "run_name", "overwrite", "local")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -57,6 +58,22 @@ def config_hash(resolved_config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def is_complete(out_dir: str | os.PathLike, job_config: Any) -> bool:
+    """The resume rule: ``out_dir`` holds a complete results.json of exactly this config (same hash).
+
+    One function for the job's own resume check and the launchers' pre-submission filter, so a job the launcher
+    leaves out is exactly a job that would have skipped itself. ``job_config``: the job's config (DictConfig,
+    resolved here) or its resolved dict.
+    """
+    if not isinstance(job_config, dict):
+        from omegaconf import OmegaConf
+
+        job_config = OmegaConf.to_container(job_config, resolve=True)
+    previous = load_results(out_dir)
+    return bool(previous) and previous.get("status") == "complete" and \
+        previous.get("config_hash") == config_hash(job_config)
+
+
 def write_results(out_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
     """Atomic write: a killed run never leaves a half-written results.json that resume would trust."""
     path = Path(out_dir) / RESULTS_FILE
@@ -89,22 +106,6 @@ def read_results(out_dir: str | os.PathLike) -> tuple[dict[str, Any] | None, str
 def load_results(out_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The results record of ``out_dir``, or None when there is none or it is unusable."""
     return read_results(out_dir)[0]
-
-
-def is_complete(out_dir: str | os.PathLike, job_config: Any) -> bool:
-    """The resume rule: ``out_dir`` holds a complete results.json of exactly this config (same hash).
-
-    One function for the job's own resume check and the launchers' pre-submission filter, so a job the launcher
-    leaves out is exactly a job that would have skipped itself. ``job_config``: the job's config (DictConfig,
-    resolved here) or its resolved dict.
-    """
-    if not isinstance(job_config, dict):
-        from omegaconf import OmegaConf
-
-        job_config = OmegaConf.to_container(job_config, resolve=True)
-    previous = load_results(out_dir)
-    return bool(previous) and previous.get("status") == "complete" and \
-        previous.get("config_hash") == config_hash(job_config)
 
 
 def set_aside(out_dir: str | os.PathLike, why: str) -> Path:
