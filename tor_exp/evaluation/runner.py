@@ -169,7 +169,7 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
     tm = task_manager(list(eval_cfg.include_paths), list(eval_cfg.tasks))
     sched = _schedule_info(model)
     lm = TorExpLM(model, tokenizer, alignment=eval_cfg.alignment, batch_size=eval_cfg.batch_size,
-                  target_flops=sched.get("target"))
+                  max_batch_size=eval_cfg.max_batch_size, target_flops=sched.get("target"))
     with light_env_info(), quiet_expected_notices(), quiet_progress(eval_cfg.verbose):
         raw = lm_eval.simple_evaluate(
             model=lm, tasks=list(eval_cfg.tasks), num_fewshot=eval_cfg.num_fewshot, limit=eval_cfg.limit,
@@ -207,7 +207,9 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
         "n_samples": {t: (v.get("effective", v.get("original")) if isinstance(v, dict) else v)
                       for t, v in raw.get("n-samples", {}).items()},
         "config": {"tasks": list(eval_cfg.tasks), "limit": eval_cfg.limit, "num_fewshot": eval_cfg.num_fewshot,
-                   "batch_size": eval_cfg.batch_size, "alignment": lm.alignment},
+                   "batch_size": eval_cfg.batch_size, "alignment": lm.alignment,
+                   # the sizes batch_size=auto found, per request type (empty with a fixed batch size)
+                   "batch_sizes": dict(lm.batch_sizes)},
     }
     out["aggregations"] = {task: {m["metric"]: m["aggregation"] for m in (raw["configs"].get(task) or {})
                                   .get("metric_list", []) if isinstance(m.get("aggregation"), str)}
