@@ -87,9 +87,17 @@ def test_unreduced_and_offset_runs(tiny, patched, tmp_path, monkeypatch, no_netw
     assert base["flops_detail"]["piqa_fixture"]["target"] is None
 
 
-def test_task_manager_knows_the_tag_and_rejects_unknown_names():
+def test_task_manager_knows_the_tag_and_rejects_unknown_names(monkeypatch):
+    import lm_eval.tasks
+
     tm = task_manager(["pkg://tor_exp/evaluation/tasks"], ["tor_exp_fixtures", "piqa_fixture"])
     assert set(FIXTURE_TASKS) <= set(tm.task_index)
+
+    class WithoutBuiltins(lm_eval.tasks.TaskManager):  # lm-eval's own index takes 12-15 s to build; not needed here
+        def __init__(self, include_path=None, include_defaults=True, **kwargs):
+            super().__init__(include_path=include_path, include_defaults=False, **kwargs)
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", WithoutBuiltins)
     with pytest.raises(ConfigError, match="eval.tasks"):
         task_manager(["pkg://tor_exp/evaluation/tasks"], ["no_such_task"])
 
