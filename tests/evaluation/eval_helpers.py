@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from lm_eval.tasks import get_task_dict
 
-from tor_exp.evaluation.runner import offline_datasets, task_manager, task_specs
+from tor_exp.evaluation.runner import task_manager
 
 N_LAYER = 4
 LOCATIONS = [0, 1]
@@ -12,9 +12,7 @@ LOCATIONS = [0, 1]
 def fixture_requests(tasks: list[str], limit: int) -> list:
     """lm-eval ``Instance`` objects of the given fixture tasks (first ``limit`` documents each)."""
     tm = task_manager(["pkg://tor_exp/evaluation/tasks"], tasks)
-    specs, _ = task_specs(tasks, tm)
-    with offline_datasets(True):
-        task_dict = get_task_dict(specs, tm)
+    task_dict = get_task_dict(tasks, tm)
     out = []
     for name in tasks:
         task = task_dict[name]

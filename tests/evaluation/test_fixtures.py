@@ -94,18 +94,13 @@ def _same(a, b) -> bool:
 
 
 def test_fixture_documents_render_through_lm_eval(tmp_path, monkeypatch):
-    """Built via the runner's specs from another cwd: every doc has a valid gold index and non-empty prompt."""
-    from tor_exp.evaluation.runner import offline_datasets, task_manager, task_specs
+    """Built by tag name from another cwd (each task reads its data file next to its YAML): every doc has a
+    valid gold index and non-empty prompt."""
+    from tor_exp.evaluation.runner import task_manager
 
     monkeypatch.chdir(tmp_path)
     tm = task_manager(["pkg://tor_exp/evaluation/tasks"], ["tor_exp_fixtures"])
-    specs, all_local = task_specs(["tor_exp_fixtures"], tm)
-    assert all_local and sorted(s["task"] for s in specs) == sorted(FIXTURE_TASKS)
-    for spec in specs:
-        path = Path(spec["dataset_kwargs"]["data_files"]["test"])
-        assert path.is_absolute() and path.is_file()
-    with offline_datasets(True):
-        tasks = lm_eval.tasks.get_task_dict(specs, tm)
+    tasks = lm_eval.tasks.get_task_dict(["tor_exp_fixtures"], tm)
     assert sorted(tasks) == sorted(FIXTURE_TASKS)
     for name, task in tasks.items():
         docs = list(task.test_docs())

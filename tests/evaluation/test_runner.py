@@ -9,7 +9,7 @@ import pytest
 
 from tor_exp.errors import ConfigError
 from tor_exp.evaluation.config import FIXTURE_TASKS, EvalConfig
-from tor_exp.evaluation.runner import evaluate, task_manager, task_specs
+from tor_exp.evaluation.runner import evaluate, task_manager
 
 LIMIT = 3
 
@@ -87,12 +87,19 @@ def test_unreduced_and_offset_runs(tiny, patched, tmp_path, monkeypatch, no_netw
     assert base["flops_detail"]["piqa_fixture"]["target"] is None
 
 
-def test_task_specs_expand_the_tag_and_reject_unknown_names():
-    tm = task_manager(["pkg://tor_exp/evaluation/tasks"], ["tor_exp_fixtures"])
-    specs, all_local = task_specs(["tor_exp_fixtures", "piqa_fixture"], tm)  # piqa only once
-    assert all_local and len(specs) == 6
+def test_task_manager_knows_the_tag_and_rejects_unknown_names(monkeypatch):
+    import lm_eval.tasks
+
+    tm = task_manager(["pkg://tor_exp/evaluation/tasks"], ["tor_exp_fixtures", "piqa_fixture"])
+    assert set(FIXTURE_TASKS) <= set(tm.task_index)
+
+    class WithoutBuiltins(lm_eval.tasks.TaskManager):  # lm-eval's own index takes 12-15 s to build; not needed here
+        def __init__(self, include_path=None, include_defaults=True, **kwargs):
+            super().__init__(include_path=include_path, include_defaults=False, **kwargs)
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", WithoutBuiltins)
     with pytest.raises(ConfigError, match="eval.tasks"):
-        task_specs(["no_such_task"], tm)
+        task_manager(["pkg://tor_exp/evaluation/tasks"], ["no_such_task"])
 
 
 @pytest.mark.parametrize("model_args", [
@@ -108,12 +115,11 @@ def test_lm_eval_entry_point_builds_model_from_config_names(model_args, tmp_path
     from lm_eval.api.registry import get_model
 
     import tor_exp.lm_eval  # noqa: F401  (importing it registers "tor_exp" with lm-eval)
-    from tor_exp.evaluation.runner import light_env_info, offline_datasets
+    from tor_exp.evaluation.runner import light_env_info
     from tor_exp.models.patching import get_patch
 
     monkeypatch.chdir(tmp_path)
     tm = task_manager(["pkg://tor_exp/evaluation/tasks"], ["winogrande_fixture"])
-    specs, _ = task_specs(["winogrande_fixture"], tm)
     built = []
     cls = get_model("tor_exp")
     original_init = cls.__init__
@@ -123,8 +129,8 @@ def test_lm_eval_entry_point_builds_model_from_config_names(model_args, tmp_path
         built.append(self)
 
     monkeypatch.setattr(cls, "__init__", spy)
-    with offline_datasets(True), light_env_info():
-        raw = lm_eval.simple_evaluate(model="tor_exp", model_args=model_args, tasks=specs, limit=2,
+    with light_env_info():
+        raw = lm_eval.simple_evaluate(model="tor_exp", model_args=model_args, tasks=["winogrande_fixture"], limit=2,
                                       task_manager=tm, batch_size=4, bootstrap_iters=0)
     assert 0.0 <= raw["results"]["winogrande_fixture"]["acc,none"] <= 1.0
     (lm,) = built

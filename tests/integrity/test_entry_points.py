@@ -12,13 +12,12 @@ LIMIT = 2
 def _simple_evaluate(model, model_args=None, **kw):
     import lm_eval
 
-    from tor_exp.evaluation.runner import light_env_info, offline_datasets, task_manager, task_specs
+    from tor_exp.evaluation.runner import light_env_info, task_manager
 
     tm = task_manager(["pkg://tor_exp/evaluation/tasks"], list(FIXTURE_TASKS))
-    specs, _ = task_specs(list(FIXTURE_TASKS), tm)
-    with offline_datasets(True), light_env_info():
-        return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=specs, limit=LIMIT, task_manager=tm,
-                                       log_samples=True, bootstrap_iters=0, **kw)
+    with light_env_info():
+        return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=list(FIXTURE_TASKS), limit=LIMIT,
+                                       task_manager=tm, log_samples=True, bootstrap_iters=0, **kw)
 
 
 def _per_request(raw) -> dict[tuple[str, int, int], float]:

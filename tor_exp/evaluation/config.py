@@ -8,6 +8,7 @@ from tor_exp.errors import ConfigError
 from tor_exp.paths import resolve_pkg_path
 
 ALIGNMENTS = ("auto", "exact", "offset")
+AUTO = "auto"
 FIXTURE_TASKS = ("lambada_fixture", "hellaswag_fixture", "piqa_fixture", "arc_easy_fixture",
                  "arc_challenge_fixture", "winogrande_fixture")
 PAPER_TASKS = ("lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
@@ -27,7 +28,10 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: list(FIXTURE_TASKS))
     include_paths: list[str] = field(default_factory=lambda: ["pkg://tor_exp/evaluation/tasks"])
     limit: Optional[int] = None
-    batch_size: int = 8
+    # a positive integer, or auto: the largest batch that fits, found per request type (lm-eval's HFLM rule)
+    batch_size: Any = 8
+    # the first size batch_size=auto tries (null: lm-eval's 64)
+    max_batch_size: Optional[int] = None
     alignment: str = "auto"
     num_fewshot: int = 0
     log_samples: bool = False
@@ -48,8 +52,10 @@ class EvalConfig:
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
                                        or self.limit <= 0):
             raise ConfigError(f"eval.limit={self.limit!r}: must be a positive integer or null")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise ConfigError(f"eval.batch_size={self.batch_size!r}: must be a positive integer")
+        self.batch_size = batch_size_setting(self.batch_size)
+        if self.max_batch_size is not None and (isinstance(self.max_batch_size, bool)
+                                                or not isinstance(self.max_batch_size, int) or self.max_batch_size <= 0):
+            raise ConfigError(f"eval.max_batch_size={self.max_batch_size!r}: must be a positive integer or null")
         if self.alignment not in ALIGNMENTS:
             raise ConfigError(f"eval.alignment={self.alignment!r}: must be one of {', '.join(ALIGNMENTS)}")
         if isinstance(self.num_fewshot, bool) or not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
@@ -61,6 +67,18 @@ class EvalConfig:
         for key in ("log_samples", "compare_baseline", "verbose"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"eval.{key}={getattr(self, key)!r}: must be true or false")
+
+
+def batch_size_setting(value: Any) -> Any:
+    """``eval.batch_size`` (and lm-eval's ``batch_size``): a positive integer, or ``"auto"`` for the largest batch
+    that fits, detected on the longest request of each request type as lm-eval's HFLM does."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)  # lm-eval's command line passes numbers as text
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"eval.batch_size={value!r}: must be a positive integer or auto")
+    return value
 
 
 def resolve_alignment(alignment: str, method: Any) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from lm_eval import utils as lm_utils
@@ -27,7 +27,7 @@ from lm_eval.models.utils_hf import stop_sequences_criteria
 from tqdm import tqdm
 
 from tor_exp.errors import ConfigError
-from tor_exp.evaluation.config import resolve_alignment
+from tor_exp.evaluation.config import AUTO, batch_size_setting, resolve_alignment
 from tor_exp.evaluation.scoring import PackedBatch, Scores, pack, protected_mask, score_continuations
 from tor_exp.models.patching import ReducedOutput, reduced_forward
 
@@ -37,6 +37,8 @@ DEFAULT_MAX_LENGTH = 2048
 #: our progress bars' label; the runner keeps these and silences lm-eval's own bars unless eval.verbose
 PROGRESS_PREFIX = "tor_exp scoring"
 UNKNOWN_TASK = "<unknown>"
+#: lm-eval's HFLM starts its batch size search here when no max_batch_size is given
+DEFAULT_MAX_BATCH_SIZE = 64
 
 
 # ----------------------------------------------------------------------------------------------- model access
@@ -95,6 +97,24 @@ def _as_int(key: str, value: Any) -> int:
     return out
 
 
+def detect_batch_size(probe: Callable[[int], Any], start: int) -> int:
+    """The largest batch size from ``start`` down at which ``probe(batch_size)`` runs without running out of
+    memory: accelerate's ``find_executable_batch_size`` (lm-eval's HFLM uses the same search); 1 when none fits."""
+    from accelerate.utils import find_executable_batch_size
+
+    @find_executable_batch_size(starting_batch_size=start)
+    def fits(batch_size: int) -> int:
+        probe(batch_size)
+        return batch_size
+
+    try:
+        return fits()
+    except RuntimeError as err:
+        if "No executable batch size found" in str(err):
+            return 1
+        raise
+
+
 class TorExpLM(TemplateLM):
     """lm-eval backend over an in-memory (patched or plain) HF Mamba / Mamba-2 model and its tokenizer.
 
@@ -111,6 +131,7 @@ class TorExpLM(TemplateLM):
         *,
         alignment: str = "auto",
         batch_size: Any = 8,
+        max_batch_size: Optional[int] = None,
         max_length: Optional[int] = None,
         max_gen_toks: int = 256,
         add_bos_token: Optional[bool] = None,
@@ -119,14 +140,15 @@ class TorExpLM(TemplateLM):
         super().__init__()
         if tokenizer is None:
             raise ConfigError("eval model_args: a tokenizer is required with an in-memory model")
-        if batch_size == "auto" or (isinstance(batch_size, str) and batch_size.startswith("auto")):
-            raise ConfigError(f"eval.batch_size={batch_size!r}: must be a positive integer (no auto)")
         self.model = model.eval()
         self.tokenizer = tokenizer
         from tor_exp.models.patching import get_patch
 
         self.alignment = resolve_alignment(alignment, getattr(get_patch(model), "method", None))  # auto ⇒ by method
-        self.batch_size = _as_int("batch_size", batch_size)
+        self.batch_size = batch_size_setting(batch_size)  # an int, or "auto"
+        self.max_batch_size = _as_int("max_batch_size", max_batch_size or DEFAULT_MAX_BATCH_SIZE)
+        #: batch sizes found with batch_size=auto, per request type (lm-eval records these in its results)
+        self.batch_sizes: dict[str, int] = {}
         self._max_length = int(max_length) if max_length else None
         self._max_gen_toks = int(max_gen_toks)
         self._device = next(model.parameters()).device  # inputs follow the model
@@ -215,8 +237,11 @@ class TorExpLM(TemplateLM):
 
         reorder = Collator(items, sort_fn=_sort_key)
         results: list[tuple[float, bool]] = []
+        kind = "loglikelihood_rolling" if score_all else "loglikelihood"
+        longest = min(items, key=_sort_key) if items else None
+        size = self._batch_size(kind, lambda n: self._score_batch([longest] * n, score_all=score_all, count=False))
         pbar = tqdm(total=len(items), disable=disable_tqdm, desc=f"{PROGRESS_PREFIX} loglikelihood")
-        for chunk in reorder.get_batched(n=self.batch_size):
+        for chunk in reorder.get_batched(n=size):
             results.extend(self._score_batch(chunk, score_all=score_all))
             pbar.update(len(chunk))
         pbar.close()
@@ -230,14 +255,24 @@ class TorExpLM(TemplateLM):
         """The one place the model is called: a (reduced) forward with every position's logits."""
         return reduced_forward(self.model, input_ids, attention_mask=valid.long(), protected=protected, logits="all")
 
+    def _batch_size(self, kind: str, probe: Callable[[int], Any]) -> int:
+        """The fixed batch size, or with ``auto`` the largest that fits this call's longest request (found anew
+        on every call, as lm-eval does: each request type and each call has its own longest request)."""
+        if self.batch_size != AUTO:
+            return int(self.batch_size)
+        self.batch_sizes[kind] = detect_batch_size(probe, self.max_batch_size)
+        log.info("batch_size=auto: %d for %s requests", self.batch_sizes[kind], kind)
+        return self.batch_sizes[kind]
+
     @torch.no_grad()
-    def _score_batch(self, chunk, *, score_all: bool) -> list[tuple[float, bool]]:
+    def _score_batch(self, chunk, *, score_all: bool, count: bool = True) -> list[tuple[float, bool]]:
         batch = pack([(ctx, cont) for _, (_, ctx, cont), _ in chunk], max_length=self.max_length,
                      pad_id=self.pad_token_id, device=self._device)
         alignment = "exact" if score_all else self.alignment
         out = self._model_call(batch.input_ids, batch.valid, protected_mask(batch, alignment, score_all=score_all))
         scores = score_continuations(out.logits, out.positions, out.valid, batch, alignment)
-        self._count(chunk, batch, scores, out.tokens_per_layer, score_all)
+        if count:
+            self._count(chunk, batch, scores, out.tokens_per_layer, score_all)
         return [(float(lp), bool(g)) for lp, g in zip(scores.logprob.tolist(), scores.greedy.tolist())]
 
     def _count(self, chunk, batch: PackedBatch, scores: Scores, tokens_per_layer: torch.Tensor,
@@ -286,6 +321,20 @@ class TorExpLM(TemplateLM):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
         return [float(t) for t in totals]
 
+    def _generation_probe(self, requests) -> Callable[[int], Any]:
+        """``probe(n)``: the longest prompt of ``requests`` ``n`` times through ``generate`` for one new token (the
+        (reduced) prefill is the memory peak: a Mamba decode step keeps a fixed-size state per row)."""
+        longest = max((self.tok_encode(r.args[0])[-(self.max_length - self.max_gen_toks):] for r in requests),
+                      key=len, default=[self.prefix_token_id]) or [self.prefix_token_id]
+
+        @torch.no_grad()
+        def probe(n: int) -> None:
+            ids = torch.tensor([longest] * n, dtype=torch.long, device=self._device)
+            self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
+                                pad_token_id=self.pad_token_id, use_cache=True)
+
+        return probe
+
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Generation with lm-eval's stop handling through the model's ``generate``: a patched model reduces the
         prefill only (METHOD.md §5). Requests are counted; their FLOPs are not measured (no token counts)."""
@@ -294,8 +343,9 @@ class TorExpLM(TemplateLM):
                            group_by="gen_kwargs", group_fn=lambda x: x[0][1])
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
         results: list[str] = []
+        size = self._batch_size("generate_until", self._generation_probe(requests))
         pbar = tqdm(total=len(requests), disable=disable_tqdm, desc=f"{PROGRESS_PREFIX} generate_until")
-        for chunk in reorder.get_batched(n=self.batch_size):
+        for chunk in reorder.get_batched(n=size):
             contexts = [c[0][0] for c in chunk]
             kwargs = normalize_gen_kwargs(chunk[0][0][1], self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)

@@ -1,8 +1,8 @@
 """Run lm-eval tasks on a (patched) model and return plain, JSON-ready results.
 
-The Hydra runner calls :func:`evaluate` and writes results.json / W&B itself. Fixture tasks run fully offline:
-their YAMLs are loaded here and their relative ``data_files`` rewritten to absolute paths (lm-eval resolves them
-against the working directory otherwise), so evaluation works from any cwd and from an installed package.
+The Hydra runner calls :func:`evaluate` and writes results.json / W&B itself. Tasks are passed to lm-eval by name;
+the bundled ones read their local data files relative to their own folder (``tor_exp/evaluation/task_data.py``),
+so they run offline from any cwd and from an installed package with nothing rewritten here.
 """
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ import contextlib
 import logging
 import math
 import os
-from pathlib import Path
 from typing import Any, Iterator
 
 from tor_exp.errors import ConfigError
 from tor_exp.evaluation.config import EvalConfig, resolve_include_path
 
 log = logging.getLogger(__name__)
-
-_OFFLINE_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
 # ----------------------------------------------------------------------------------------------- tasks
@@ -37,112 +34,29 @@ def task_manager(include_paths: list[str], task_names: list[str]):
     return tm
 
 
-def _absolute_data_files(data_files: Any, base: Path) -> tuple[Any, bool]:
-    """Make relative local data file paths absolute against ``base``; report whether all are local files."""
-    if isinstance(data_files, str):
-        if "://" in data_files:
-            return data_files, False
-        p = Path(data_files).expanduser()
-        p = p if p.is_absolute() else base / p
-        return str(p), p.exists()
-    if isinstance(data_files, (list, tuple)):
-        pairs = [_absolute_data_files(x, base) for x in data_files]
-        return [x for x, _ in pairs], all(ok for _, ok in pairs)
-    if isinstance(data_files, dict):
-        pairs = {k: _absolute_data_files(v, base) for k, v in data_files.items()}
-        return {k: v for k, (v, _) in pairs.items()}, all(ok for _, ok in pairs.values())
-    return data_files, False
+class ExpectedNotices(logging.Filter):
+    """lm-eval's per-task notices that say nothing about a tor_exp run: ``eval.num_fewshot`` replacing a task's
+    unset default, and the hint about ``--metadata`` printed for every task with a ``custom_dataset`` (the bundled
+    tasks load their data files that way, see ``task_data.py``)."""
 
-
-def task_specs(task_names: list[str], tm) -> tuple[list[Any], bool]:
-    """Task names → lm-eval task specs (dicts for local-file tasks, names otherwise) and whether all are local.
-
-    Tags are expanded to their tasks so every local task gets its paths rewritten.
-    """
-    from lm_eval.tasks._index import Kind
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    specs: list[Any] = []
-    all_local = True
-    seen: set[str] = set()
-
-    def add(name: str) -> None:
-        nonlocal all_local
-        if name in seen:
-            return
-        seen.add(name)
-        entry = tm.task_index.get(name)
-        if entry is None:
-            raise ConfigError(f"eval.tasks: unknown lm-eval task {name!r}")
-        if entry.kind == Kind.TAG:
-            for member in sorted(entry.tags):
-                add(member)
-            return
-        if entry.kind == Kind.TASK and entry.yaml_path is not None:
-            cfg = load_yaml(entry.yaml_path, resolve_func=True)
-            kwargs = dict(cfg.get("dataset_kwargs") or {})
-            if "data_files" in kwargs:
-                kwargs["data_files"], local = _absolute_data_files(kwargs["data_files"],
-                                                                   Path(entry.yaml_path).parent)
-                cfg["dataset_kwargs"] = kwargs
-                cfg.pop("tag", None)  # the dict is one task; tags would re-register names
-                specs.append(cfg)
-                all_local = all_local and local
-                return
-        specs.append(name)
-        all_local = False
-
-    for name in task_names:
-        add(name)
-    return specs, all_local
-
-
-@contextlib.contextmanager
-def offline_datasets(enabled: bool) -> Iterator[None]:
-    """Force the datasets / hub libraries offline (env + already-imported config flags), then restore."""
-    if not enabled:
-        yield
-        return
-    saved_env = {k: os.environ.get(k) for k in _OFFLINE_ENV}
-    os.environ.update(_OFFLINE_ENV)
-    patched: list[tuple[Any, str, Any]] = []
-    try:
-        import datasets.config as dcfg
-
-        patched.append((dcfg, "HF_DATASETS_OFFLINE", dcfg.HF_DATASETS_OFFLINE))
-        dcfg.HF_DATASETS_OFFLINE = True
-        if hasattr(dcfg, "HF_HUB_OFFLINE"):
-            patched.append((dcfg, "HF_HUB_OFFLINE", dcfg.HF_HUB_OFFLINE))
-            dcfg.HF_HUB_OFFLINE = True
-    except ImportError:  # pragma: no cover - datasets comes with lm-eval
-        pass
-    try:
-        yield
-    finally:
-        for obj, attr, value in patched:
-            setattr(obj, attr, value)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-class _DropFewshotOverride(logging.Filter):
-    """lm-eval warns once per task that eval.num_fewshot replaces the task's unset default: expected, not news."""
+    NOTICES = ("Overwriting default num_fewshot", "Custom kwargs can be passed to `--metadata`")
+    LOGGERS = ("lm_eval.evaluator", "lm_eval.api.task")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Overwriting default num_fewshot")
+        message = record.getMessage()
+        return not any(notice in message for notice in self.NOTICES)
 
 
 @contextlib.contextmanager
-def _quiet_num_fewshot_notice() -> Iterator[None]:
-    logger, drop = logging.getLogger("lm_eval.evaluator"), _DropFewshotOverride()
-    logger.addFilter(drop)
+def quiet_expected_notices() -> Iterator[None]:
+    drop = ExpectedNotices()
+    for name in drop.LOGGERS:
+        logging.getLogger(name).addFilter(drop)
     try:
         yield
     finally:
-        logger.removeFilter(drop)
+        for name in drop.LOGGERS:
+            logging.getLogger(name).removeFilter(drop)
 
 
 @contextlib.contextmanager
@@ -253,13 +167,12 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
     # workers inherit a handler that ignores SIGTERM, the Pool never closes and the job hangs. In-process instead.
     os.environ.setdefault("DISABLE_MULTIPROC", "1")
     tm = task_manager(list(eval_cfg.include_paths), list(eval_cfg.tasks))
-    specs, all_local = task_specs(list(eval_cfg.tasks), tm)
     sched = _schedule_info(model)
-    lm = TorExpLM(model, tokenizer, alignment=eval_cfg.alignment, batch_size=eval_cfg.batch_size)
-    with offline_datasets(all_local), light_env_info(), _quiet_num_fewshot_notice(), \
-            quiet_progress(eval_cfg.verbose):
+    lm = TorExpLM(model, tokenizer, alignment=eval_cfg.alignment, batch_size=eval_cfg.batch_size,
+                  max_batch_size=eval_cfg.max_batch_size)
+    with light_env_info(), quiet_expected_notices(), quiet_progress(eval_cfg.verbose):
         raw = lm_eval.simple_evaluate(
-            model=lm, tasks=specs, num_fewshot=eval_cfg.num_fewshot, limit=eval_cfg.limit,
+            model=lm, tasks=list(eval_cfg.tasks), num_fewshot=eval_cfg.num_fewshot, limit=eval_cfg.limit,
             log_samples=eval_cfg.log_samples or keep_samples, task_manager=tm,
             bootstrap_iters=eval_cfg.bootstrap_iters,
             batch_size=eval_cfg.batch_size,
@@ -294,7 +207,9 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
         "n_samples": {t: (v.get("effective", v.get("original")) if isinstance(v, dict) else v)
                       for t, v in raw.get("n-samples", {}).items()},
         "config": {"tasks": list(eval_cfg.tasks), "limit": eval_cfg.limit, "num_fewshot": eval_cfg.num_fewshot,
-                   "batch_size": eval_cfg.batch_size, "alignment": lm.alignment},
+                   "batch_size": eval_cfg.batch_size, "alignment": lm.alignment,
+                   # the sizes batch_size=auto found, per request type (empty with a fixed batch size)
+                   "batch_sizes": dict(lm.batch_sizes)},
     }
     out["aggregations"] = {task: {m["metric"]: m["aggregation"] for m in (raw["configs"].get(task) or {})
                                   .get("metric_list", []) if isinstance(m.get("aggregation"), str)}

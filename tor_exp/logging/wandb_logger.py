@@ -1,57 +1,121 @@
-"""W&B logging of a finished run's results (offline by default: no account, no network needed)."""
+"""W&B record of a finished run, written after results.json (offline by default: no account, no network needed).
+
+One run per job: ``job_type`` = the job's task (eval | bench | generate), the resolved config, every scalar as a
+summary value (one number per run, compared across runs in the workspace, not one-point charts), a per-task
+table (value, stderr and, with a ``none`` baseline, the difference to it with its paired interval), and
+results.json (plus the per-request samples when ``eval.log_samples``) as an artifact. ``mode=disabled`` does not
+touch W&B at all.
+"""
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from tor_exp.logging.config import LoggerConfig
+from tor_exp.logging.results import RESULTS_FILE
+
+TABLE_COLUMNS = ["method", "task", "metric", "value", "stderr", "none", "difference", "low", "high"]
+JOB_TYPES = ("eval", "bench", "generate")
+
+
+def _number(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def flatten_metrics(results: dict[str, Any]) -> dict[str, float]:
-    """`metrics/<task>/<metric>` scalars plus FLOPs and timings, the panel keys reports use."""
+    """The run's scalars under the keys reports use: ``metrics/<task>/<metric>``, FLOPs, timings, bench summary,
+    ``avg_acc``, and ``differences/<task>/<metric>/{delta,low,high}``."""
     flat: dict[str, float] = {}
     for task, metrics in (results.get("metrics") or {}).items():
         for name, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if _number(value) is not None:
                 flat[f"metrics/{task}/{name}"] = float(value)
     for key in ("target_flops", "keep_ratio", "realised_flops_reduction", "realised_total_flops_reduction",
                 "layer_average_proxy"):
-        value = results.get(key)
-        if isinstance(value, (int, float)):
-            flat[key] = float(value)
-    if isinstance(results.get("headline"), (int, float)):  # the paper's Avg., in % like the report's panel
+        if _number(results.get(key)) is not None:
+            flat[key] = float(results[key])
+    if _number(results.get("headline")) is not None:  # the paper's Avg., in % like the report's panel
         flat["avg_acc"] = 100.0 * float(results["headline"])
     for name, value in (results.get("timings") or {}).items():
-        if isinstance(value, (int, float)):
+        if _number(value) is not None:
             flat[f"timings/{name}"] = float(value)
     for name, value in (results.get("bench_summary") or {}).items():
-        if isinstance(value, (int, float)):
+        if _number(value) is not None:
             flat[f"bench/{name}"] = float(value)
+    for task, metrics in (results.get("differences") or {}).items():
+        for metric, diff in (metrics or {}).items():
+            for part in ("delta", "low", "high"):
+                if _number((diff or {}).get(part)) is not None:
+                    flat[f"differences/{task}/{metric}/{part}"] = float(diff[part])
     return flat
 
 
-def log_to_wandb(cfg: LoggerConfig, results: dict[str, Any], run_dir: Path, run_name: str, group: str | None) -> str | None:
-    """Log one run; returns the local W&B run dir (or None when disabled)."""
+def task_rows(results: dict[str, Any]) -> list[list[Any]]:
+    """Rows of the per-task table (:data:`TABLE_COLUMNS`): every metric of every task with its stderr, the
+    ``none`` baseline's value, and the method − none difference with its paired interval (None where absent)."""
+    method = results.get("method")
+    baseline = (results.get("baseline") or {}).get("metrics") or {}
+    differences = results.get("differences") or {}
+    rows = []
+    for task, metrics in (results.get("metrics") or {}).items():
+        for metric, value in metrics.items():
+            if metric.endswith("_stderr") or _number(value) is None:
+                continue
+            diff = (differences.get(task) or {}).get(metric) or {}
+            rows.append([method, task, metric, float(value), _number(metrics.get(f"{metric}_stderr")),
+                         _number((baseline.get(task) or {}).get(metric)), _number(diff.get("delta")),
+                         _number(diff.get("low")), _number(diff.get("high"))])
+    return rows
+
+
+def artifact_files(results: dict[str, Any], run_dir: Path) -> dict[str, Path]:
+    """Name in the artifact → file: results.json and every samples file results.json lists."""
+    files = {RESULTS_FILE: run_dir / RESULTS_FILE}
+    for per_task in (results.get("samples") or {}).values():
+        for rel in (per_task or {}).values():
+            files[str(rel)] = run_dir / rel
+    return {name: path for name, path in files.items() if path.is_file()}
+
+
+def log_to_wandb(cfg: LoggerConfig, results: dict[str, Any], run_dir: Path, run_name: str,
+                 group: str | None) -> str | None:
+    """Log one finished run; returns the local W&B run dir (None when disabled: then nothing is written)."""
+    settings = cfg.resolved()
+    if settings.mode == "disabled":
+        return None
     import wandb
 
+    run_dir = Path(run_dir)
+    job_type = results.get("task") if results.get("task") in JOB_TYPES else None
     run = wandb.init(
-        project=cfg.project,
-        entity=cfg.entity,
+        project=settings.project,
+        entity=settings.entity,
         group=cfg.group or group,
         name=run_name,
         tags=list(cfg.tags),
-        mode=cfg.mode,
+        mode=settings.mode,
+        job_type=job_type,
         dir=str(run_dir),
         config=results.get("config", {}),
         reinit="finish_previous",
     )
     try:
-        flat = flatten_metrics(results)
-        run.summary.update(flat)
-        run.log(flat)
+        run.summary.update(flatten_metrics(results))
+        rows = task_rows(results)
+        if rows:
+            run.log({"results": wandb.Table(columns=TABLE_COLUMNS, data=rows)})
         plot = (results.get("bench") or {}).get("plot")
         if plot and Path(plot).is_file():  # the benchmark's PNG beside its numbers
             run.log({"bench/plot": wandb.Image(str(plot))})
+        files = artifact_files(results, run_dir)
+        if files:
+            artifact = wandb.Artifact(f"results-{re.sub(r'[^A-Za-z0-9_.-]', '-', run.id)}", type="results",
+                                      metadata={"method": results.get("method"), "model": results.get("model"),
+                                                "job_type": job_type})
+            for name, path in files.items():
+                artifact.add_file(str(path), name=name)
+            run.log_artifact(artifact)
         return getattr(run, "dir", None)
     finally:
         run.finish()

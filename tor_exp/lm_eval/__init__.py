@@ -1,5 +1,13 @@
 """lm-eval integration: the model name ``tor_exp`` (built from tor_exp's config names) and lm-eval's own CLI.
 
+Command line (``tor-exp-lm-eval`` is the same)::
+
+    python -m tor_exp.lm_eval --model tor_exp --model_args model=reference,reduction=utrc --tasks lambada_fixture
+
+is lm-eval's command line with ``tor_exp`` registered and the bundled task folders (:data:`TASK_FOLDERS`: the six
+fixtures, their tag ``tor_exp_fixtures`` and ``reference_heldout``) added to every task search, so those names work
+from any directory; ``--include_path`` adds more.
+
 Python::
 
     import lm_eval, tor_exp.lm_eval  # importing registers "tor_exp"
@@ -12,8 +20,10 @@ validation): ``model=<name>``, ``reduction=<name>`` (``none``/``None``/``null`` 
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 from contextlib import ExitStack
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import lm_eval.models  # noqa: F401  (fills lm-eval's lazy model registry before ours is added)
 from lm_eval.api.registry import register_model
@@ -22,8 +32,10 @@ from tor_exp.errors import ConfigError
 from tor_exp.evaluation.lm import TorExpLM
 
 _ABSENT = object()
-#: keyword arguments lm-eval passes to every model that a fixed-batch backend ignores
-_IGNORED = ("max_batch_size", "trust_remote_code", "parallelize")
+#: keyword arguments lm-eval passes to every model that this backend ignores
+_IGNORED = ("trust_remote_code", "parallelize")
+#: the task folders shipped in the package, searched by the command line besides lm-eval's own tasks
+TASK_FOLDERS = ("pkg://tor_exp/evaluation/tasks", "pkg://tor_exp/reference/task")
 
 
 def model_overrides(model: str, reduction: Any, dotted: dict[str, Any]) -> list[str]:
@@ -48,7 +60,7 @@ class TorExpByName(TorExpLM):
 
     def __init__(self, model: Any = None, tokenizer: Any = None, *, pretrained: Any = None,
                  reduction: Any = _ABSENT, device: Optional[str] = None, alignment: Optional[str] = None,
-                 batch_size: Any = None, **kwargs: Any) -> None:
+                 batch_size: Any = None, max_batch_size: Optional[int] = None, **kwargs: Any) -> None:
         model = model if model is not None else pretrained
         for key in _IGNORED:
             kwargs.pop(key, None)
@@ -58,7 +70,8 @@ class TorExpByName(TorExpLM):
             if kwargs or reduction is not _ABSENT:
                 raise ConfigError(f"eval model_args {sorted(kwargs) + (['reduction'] if reduction is not _ABSENT else [])}"
                                   ": overrides need `model` given by config name")
-            super().__init__(model, tokenizer, alignment=alignment or "auto", batch_size=batch_size or 8, **own)
+            super().__init__(model, tokenizer, alignment=alignment or "auto", batch_size=batch_size or 8,
+                             max_batch_size=max_batch_size, **own)
             return
         import torch
 
@@ -67,14 +80,16 @@ class TorExpByName(TorExpLM):
         from tor_exp.models.calibration import build_reduction, reducing
 
         v = compose(model_overrides(model, reduction, kwargs))
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # lm-eval's command line asks for cuda:0 unless told otherwise: like its HFLM, use the CPU when there is none
+        dev = device if device and (not str(device).startswith("cuda") or torch.cuda.is_available()) else \
+            ("cuda" if torch.cuda.is_available() else "cpu")
         net, tok = load_model(v.model, device=dev)
         method, schedule = build_reduction(v.reduction, v.model, shape=ModelShape.from_hf_config(net.config))
         self._patched = ExitStack()
         self._patched.enter_context(reducing(net, method, schedule, tokenizer=tok,
                                              calibration_source=v.model.calibration_text))
         super().__init__(net, tok, alignment=alignment or v.eval.alignment, batch_size=batch_size or v.eval.batch_size,
-                         **own)
+                         max_batch_size=max_batch_size or v.eval.max_batch_size, **own)
 
     def __del__(self) -> None:
         stack = getattr(self, "_patched", None)
@@ -82,16 +97,53 @@ class TorExpByName(TorExpLM):
             stack.close()
 
 
+def task_folders() -> list[str]:
+    """:data:`TASK_FOLDERS` as absolute folders of the installed package (for ``TaskManager(include_path=...)``)."""
+    from tor_exp.evaluation.config import resolve_include_path
+
+    return [resolve_include_path(folder) for folder in TASK_FOLDERS]
+
+
+@contextlib.contextmanager
+def bundled_tasks() -> Iterator[None]:
+    """Every lm-eval ``TaskManager`` built inside searches the bundled task folders too (before the caller's
+    ``include_path``, which therefore wins on a name clash). lm-eval's ``run``, ``ls`` and ``validate`` commands
+    each build their own TaskManager from ``--include_path``, which holds one folder: extending the constructor is
+    the one place all of them share."""
+    from lm_eval.tasks import TaskManager
+
+    original = TaskManager.__init__
+    signature = inspect.signature(original)
+    ours = task_folders()
+
+    def init(self, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        given = bound.arguments.get("include_path")
+        given = [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
+        bound.arguments["include_path"] = ours + [str(p) for p in given if str(p) not in ours]
+        original(*bound.args, **bound.kwargs)
+
+    TaskManager.__init__ = init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TaskManager.__init__ = original  # type: ignore[method-assign]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    """``python -m tor_exp.lm_eval <lm-eval's own arguments>``: lm-eval's CLI with ``--model tor_exp`` known."""
+    """``python -m tor_exp.lm_eval <lm-eval's own arguments>`` (console script ``tor-exp-lm-eval``): lm-eval's
+    command line with ``--model tor_exp`` registered and the bundled tasks found by name from any directory."""
+    import logging
     import sys
 
     from lm_eval.__main__ import cli_evaluate
 
+    from tor_exp.evaluation.runner import ExpectedNotices
+
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
-
-
-if __name__ == "__main__":
-    main()
+    notices = ExpectedNotices()
+    for name in notices.LOGGERS:  # lm-eval's hint about --metadata, printed for each bundled task
+        logging.getLogger(name).addFilter(notices)
+    with bundled_tasks():
+        cli_evaluate()
