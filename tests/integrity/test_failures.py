@@ -173,3 +173,17 @@ def test_cli_subprocess_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tor_exp", "-m", "reduction.q=-1,0.5",
                            f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True, env=env, timeout=300)
     assert_one_line_error(proc.returncode, proc.stderr, "reduction.q")
+
+
+def test_a_sweep_with_an_extra_axis_gives_one_result_per_job(tmp_path, monkeypatch, capsys):
+    """experiment=smoke has 2 cells; seed=0,1 doubles it: 4 jobs, 4 folders, 4 results, distinct W&B names."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(monkeypatch, capsys, "-m", "experiment=smoke", "seed=0,1", "eval.limit=1",
+                            f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert code == 0, err
+    found = sorted(str(p.parent.relative_to(tmp_path / "sweep")) for p in (tmp_path / "sweep").rglob("results.json"))
+    assert found == [f"tiny_mamba2/{cell}/eval.limit=1,seed={seed}" for cell in ("none/f0.0", "utrc/f0.2")
+                     for seed in (0, 1)]
+    records = [json.loads((tmp_path / "sweep" / f / "results.json").read_text()) for f in found]
+    assert [r["config"]["seed"] for r in records] == [0, 1, 0, 1]
+    assert len({r["run_name"] for r in records}) == 4
