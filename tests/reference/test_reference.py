@@ -60,7 +60,7 @@ def test_task_yaml_schema() -> None:
     rel = cfg["dataset_kwargs"]["data_files"]["test"]
     assert not Path(rel).is_absolute() and (TASK_DIR / rel).is_file()
     ev = yaml.safe_load((REPO / "conf/eval/reference.yaml").read_text())
-    assert ev["tasks"] == ["reference_heldout"] and ev["include_paths"] == ["pkg://tor_exp/reference/task"]
+    assert ev["tasks"] == ["reference_heldout", "reference_heldout_mc"] and ev["include_paths"] == ["pkg://tor_exp/reference/task"]
 
 
 def test_task_items_schema() -> None:
