@@ -141,3 +141,34 @@ def test_mc_shipped_model_full_task() -> None:
     m = _model_accuracy(None)
     recorded = json.loads((ASSETS_DIR / "metrics.json").read_text())["reference_heldout_mc"]
     assert m["acc"] >= 0.6 and m["acc"] == pytest.approx(recorded["acc"], abs=1.5 / len(ITEMS))
+
+
+# ---------------------------------------------------------------------------------------------------- builder
+@pytest.mark.parametrize("distractors", ["type", "occurrence"])
+def test_build_mc_on_a_synthetic_corpus(tmp_path, distractors) -> None:
+    """Both distractor modes: equal-length words of other documents, none from a training-overlapping context,
+    the same items for the same seed; 'type' never uses a word of the item's own document."""
+    from tor_exp.reference.make_task import build_mc
+
+    rng = random.Random(0)
+    shared = ["river", "stone", "cloud", "apple"]  # in every document: never a 'type' distractor
+    vocab = {f"d{k}": shared + ["".join(rng.choice("abcdefghij") for _ in range(rng.choice((5, 6))))
+                                for _ in range(20)] for k in range(4)}
+    docs = [{"id": k, "text": " ".join(rng.choice(vocab[k]) for _ in range(400)) + "."} for k in vocab]
+    train = [{"id": "t", "text": docs[3]["text"]}]  # d3 is copied into training: no item may come from it
+    (tmp_path / "heldout.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(d) + "\n" for d in train))
+    items = build_mc(tmp_path, 60, seed=1, distractors=distractors, out=tmp_path / "a.jsonl")
+    again = build_mc(tmp_path, 60, seed=1, distractors=distractors, out=tmp_path / "b.jsonl")
+    assert items == again and (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    assert len(items) >= 30 and all(it["doc_id"] != "d3" for it in items)
+    words = {d["id"]: set(d["text"].replace(".", "").split()) for d in docs}
+    for it in items:
+        choices = [c[1:] for c in it["choices"]]
+        assert len({len(c) for c in choices}) == 1 and choices[it["label"]] in words[it["doc_id"]]
+        assert it["context"].endswith(tuple(words[it["doc_id"]]))
+        for k, (w, d) in enumerate(zip(choices, it["choice_doc_ids"])):
+            if k != it["label"]:
+                assert d != it["doc_id"] and w in words[d]
+                if distractors == "type":
+                    assert w not in words[it["doc_id"]]
