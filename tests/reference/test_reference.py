@@ -60,7 +60,7 @@ def test_task_yaml_schema() -> None:
     rel = cfg["dataset_kwargs"]["data_files"]["test"]
     assert not Path(rel).is_absolute() and (TASK_DIR / rel).is_file()
     ev = yaml.safe_load((REPO / "conf/eval/reference.yaml").read_text())
-    assert ev["tasks"] == ["reference_heldout"] and ev["include_paths"] == ["pkg://tor_exp/reference/task"]
+    assert ev["tasks"] == ["reference_heldout", "reference_heldout_mc"] and ev["include_paths"] == ["pkg://tor_exp/reference/task"]
 
 
 def test_task_items_schema() -> None:
@@ -227,3 +227,39 @@ def test_task_byte_perplexity_equals_a_manual_computation() -> None:
     metrics = out["metrics"]["reference_heldout"]
     assert metrics["byte_perplexity"] == pytest.approx(math.exp(nll / n_bytes), rel=1e-4)
     assert metrics["bits_per_byte"] == pytest.approx(nll / n_bytes / math.log(2), rel=1e-4)
+
+
+def test_merge_logs_numbers_a_warm_started_phase_after_the_earlier_one() -> None:
+    from tor_exp.reference.evaluate import merge_logs
+
+    first = [{"step": 10, "loss": 3.0, "elapsed_s": 5.0}, {"step": 550, "loss": 1.3, "elapsed_s": 99.0}]
+    second = [{"step": 1, "loss": 1.4, "elapsed_s": 2.0}, {"step": 10, "loss": 1.2, "elapsed_s": 9.0}]
+    merged = merge_logs(first, second, offset=553)
+    assert [r["step"] for r in merged] == [10, 550, 554, 563]
+    assert [r["phase"] for r in merged] == [1, 1, 2, 2] and merged[3]["phase_step"] == 10
+    assert [r["loss"] for r in merged] == [3.0, 1.3, 1.4, 1.2] and merged[2]["elapsed_s"] == 2.0
+    # a third phase continues from the merged log; without an offset the last logged step is used
+    third = merge_logs(merged, [{"step": 5, "loss": 1.0, "elapsed_s": 1.0}])
+    assert third[-1]["step"] == 568 and third[-1]["phase"] == 3 and third[:4] == merged
+    assert merge_logs([], second) == second
+
+
+def test_init_from_loads_every_weight(tmp_path) -> None:
+    """--init-from copies all weights (tied lm_head included) and refuses a mismatched architecture."""
+    from transformers import Mamba2ForCausalLM
+
+    from tor_exp.reference.train import export, load_init
+
+    torch.manual_seed(0)
+    args = build_parser().parse_args(["--data", "x", "--out", "y", "--d-model", "32", "--n-layer", "2",
+                                      "--head-dim", "16", "--state-size", "16", "--chunk-size", "16"])
+    src = Mamba2ForCausalLM(model_config(args))
+    export(src, tmp_path / "src")
+    dst = Mamba2ForCausalLM(model_config(args))
+    load_init(dst, tmp_path / "src")
+    for (name, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+        torch.testing.assert_close(b, a.half().float(), msg=name)  # export is fp16
+    assert dst.lm_head.weight.data_ptr() == dst.backbone.embeddings.weight.data_ptr()
+    args.n_layer = 3
+    with pytest.raises(ValueError, match="missing"):
+        load_init(Mamba2ForCausalLM(model_config(args)), tmp_path / "src")

@@ -4,7 +4,12 @@
 safetensors + config) into ``tor_exp/reference/assets/``, saves the tokenizer there, reloads the shipped weights
 in fp32 (so the numbers are those of the shipped files), and writes ``assets/metrics.json``,
 ``assets/bigram_counts.npy`` (training-split byte-bigram counts, for the tests), ``assets/train_log.jsonl`` and
-``assets/loss_curve.png``.
+``assets/loss_curve.png``. ``metrics.json`` also records the full ``reference_heldout_mc`` accuracy through the
+evaluation runner (``--mc-limit`` to cut it short).
+
+A run warm-started with ``train --init-from`` continues an earlier one: ``--history <folder>`` (a copy of the
+earlier assets' ``train_log.jsonl`` and ``metrics.json``) makes the shipped log, curve and ``train_args`` cover both
+phases, with phase-2 steps numbered after the last phase-1 step.
 
 All metrics are over the same targets: the held-out split as one byte stream cut into non-overlapping windows
 of ``--seq`` tokens, predicting positions 1..seq-1 of each window from inside the window; document-separator
@@ -117,15 +122,31 @@ def write_calibration(data_dir: Path, max_bytes: int = 32_000) -> None:
     (ASSETS_DIR / "calibration.jsonl").write_text("\n".join(out) + "\n")
 
 
-def plot_curve(log_path: Path, out_png: Path, baselines: dict[str, float]) -> None:
+def read_log(path: Path) -> list[dict]:
+    """Log records, one per step (a resumed run may repeat steps: the last record wins), in step order."""
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted({r["step"]: r for r in recs}.values(), key=lambda r: r["step"])
+
+
+def merge_logs(history: list[dict], run: list[dict], offset: int | None = None) -> list[dict]:
+    """The earlier records (``phase`` 1 unless already phased) and then the warm-started run's as the next phase,
+    its steps numbered after ``offset`` (the earlier phase's step count; default its last logged step).
+    ``phase_step`` keeps the run's own number; ``elapsed_s`` stays the time since that invocation started."""
+    if not history:
+        return run
+    offset = history[-1]["step"] if offset is None else offset
+    hist = [{**r, "phase": r.get("phase", 1)} for r in history]
+    return hist + [{**r, "step": r["step"] + offset, "phase_step": r["step"], "phase": hist[-1]["phase"] + 1}
+                   for r in run]
+
+
+def plot_curve(recs: list[dict], out_png: Path, baselines: dict[str, float]) -> None:
     """Train loss (EMA) and validation loss vs step, with held-out n-gram baselines as reference lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    recs = sorted({r["step"]: r for r in recs}.values(), key=lambda r: r["step"])
     steps = [r["step"] for r in recs]
     ema, smoothed = None, []
     for r in recs:
@@ -139,11 +160,16 @@ def plot_curve(log_path: Path, out_png: Path, baselines: dict[str, float]) -> No
     for name, nats in baselines.items():
         ax.axhline(nats / LN2, ls="--", lw=1, color="gray")
         ax.text(steps[-1], nats / LN2, f" {name}", va="bottom", ha="right", fontsize=8, color="gray")
-    ax.set_xlabel("step (4 x 512 bytes); LR schedule restarted on a wall-clock cosine at step 100")
+    ax.set_xlabel("step (4 x 512 bytes)")
     ax.set_ylabel("bits per byte")
     ax.set_ylim(bottom=max(0.0, min(s / LN2 for s in smoothed) - 0.5), top=min(8.5, max(baselines.values()) / LN2 + 1))
+    starts = [r["step"] - r["phase_step"] for prev, r in zip(recs, recs[1:]) if r.get("phase") != prev.get("phase")]
+    for x in starts:
+        ax.axvline(x, ls=":", lw=1, color="black")
+        ax.text(x, 0.97, " warm restart\n (new optimizer + schedule)", transform=ax.get_xaxis_transform(), va="top",
+                fontsize=8)
     ax.set_title("Reference Mamba-2 (24 layers, byte-level) on Python 3.11 docs prose")
-    ax.legend()
+    ax.legend(loc="center right")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
@@ -154,6 +180,18 @@ def load_shipped(assets: Path = ASSETS_DIR) -> Mamba2ForCausalLM:
     return Mamba2ForCausalLM.from_pretrained(assets, dtype=torch.float32).eval()
 
 
+def mc_accuracy(limit: int | None) -> dict:
+    """``reference_heldout_mc`` on the shipped weights through the evaluation runner (lm-eval), no reduction."""
+    from tor_exp.evaluation.config import EvalConfig
+    from tor_exp.evaluation.runner import evaluate as run_eval
+
+    cfg = EvalConfig(tasks=["reference_heldout_mc"], include_paths=["pkg://tor_exp/reference/task"], limit=limit,
+                     batch_size=8, compare_baseline=False)
+    m = run_eval(load_shipped(), build_byte_tokenizer(), cfg, reduction_label="none")["metrics"]["reference_heldout_mc"]
+    n = sum(1 for _ in (TASK_DIR / "reference_heldout_mc.jsonl").open()) if limit is None else limit
+    return {"acc": m["acc"], "acc_norm": m["acc_norm"], "acc_stderr": m["acc_stderr"], "n_items": n}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="evaluate + assemble the reference model assets")
     ap.add_argument("--data", type=Path, required=True)
@@ -161,6 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--n-ref-items", type=int, default=6)
+    ap.add_argument("--history", type=Path, default=None,
+                    help="earlier phase's assets (train_log.jsonl, metrics.json) when --run was warm-started")
+    ap.add_argument("--history-steps", type=int, default=None,
+                    help="steps of the earlier phase (default: its metrics.json train_steps, else its last logged step)")
+    ap.add_argument("--mc-limit", type=int, default=None, help="reference_heldout_mc items to score (default all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     ASSETS_DIR.mkdir(parents=True, exist_ok=True)
@@ -168,8 +211,14 @@ def main(argv: list[str] | None = None) -> None:
         if (args.run / "export" / f).exists():
             shutil.copy(args.run / "export" / f, ASSETS_DIR / f)
     build_byte_tokenizer().save_pretrained(ASSETS_DIR)
-    shutil.copy(args.run / "train_log.jsonl", ASSETS_DIR / "train_log.jsonl")
+    log = read_log(args.run / "train_log.jsonl")
     train_args = {p.name: json.loads(p.read_text()) for p in sorted(args.run.glob("train_args*.json"))}
+    if args.history is not None:
+        old = json.loads((args.history / "metrics.json").read_text())
+        log = merge_logs(read_log(args.history / "train_log.jsonl"), log, args.history_steps or old.get("train_steps"))
+        phases = old.get("train_phases", {"phase1": old["train_args"]})
+        train_args = {**phases, f"phase{len(phases) + 1}": train_args}
+    (ASSETS_DIR / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
 
     write_calibration(args.data)
     train_stream = encode_docs(read_split(args.data, "train"))
@@ -189,10 +238,12 @@ def main(argv: list[str] | None = None) -> None:
         "n_params": sum(p.numel() for p in model.parameters()),
         "reference_items": {"ids": [it["id"] for it in items[: args.n_ref_items]],
                             "nll_per_byte": sequence_nll_per_byte(model, ref_texts)},
-        "train_args": train_args,
+        ("train_phases" if args.history is not None else "train_args"): train_args,
+        "train_steps": log[-1]["step"],
+        "reference_heldout_mc": mc_accuracy(args.mc_limit),
     }
     (ASSETS_DIR / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_curve(args.run / "train_log.jsonl", ASSETS_DIR / "loss_curve.png",
+    plot_curve(log, ASSETS_DIR / "loss_curve.png",
                {k: results[k]["nats_per_byte"] for k in ("unigram_add1", "bigram_kn")})
     print(json.dumps(results, indent=2))
 

@@ -9,7 +9,13 @@ For the test-time check without shipping the 6 MB training text, ``train_shingle
 hashes of the training 12-word shingles whose hash is 0 mod 8 (content-defined sampling: a shingle is sampled in
 the task iff it is sampled in training, so any shared sampled shingle reveals overlap).
 
-Usage: ``python -m tor_exp.reference.make_task --data /tmp/refdata``.
+``reference_heldout_mc`` (4-choice, ``build_mc``): a held-out document cut before a word; the context is the
+preceding 128..192 bytes, the choices are the true next word and three words of *other* held-out documents with
+the same byte length and first-letter case (so length gives nothing away). Contexts pass the same shingle check.
+A next-*sentence* version (true sentence vs length-matched sentences of other documents) scored chance with this
+model, which cannot copy from its context; docs/reference_model.md has the numbers.
+
+Usage: ``python -m tor_exp.reference.make_task --data /tmp/refdata [--task all|heldout|mc]``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import zlib
 from pathlib import Path
 
@@ -31,6 +38,12 @@ CTX_MIN, CTX_MAX = 256, 384
 CONT_MIN, CONT_MAX = 16, 32
 
 
+MC_CTX_MIN, MC_CTX_MAX = 128, 192
+MC_WORD = re.compile(r"(?<= )[A-Za-z]{3,14}(?![\w@$])")  # a word after a space, not part of an identifier
+MC_N_CHOICES = 4
+MC_MIN_GAP = 48  # bytes between the cut points of two items of one document
+
+
 def shingle_hashes(text: str, k: int = SHINGLE_WORDS) -> np.ndarray:
     """crc32 of every k-word window (words = whitespace-split tokens joined by one space), as uint32."""
     words = text.split()
@@ -38,6 +51,12 @@ def shingle_hashes(text: str, k: int = SHINGLE_WORDS) -> np.ndarray:
         return np.zeros(0, dtype=np.uint32)
     return np.array([zlib.crc32(" ".join(words[i:i + k]).encode()) for i in range(len(words) - k + 1)],
                     dtype=np.uint32)
+
+
+def in_sorted(h: np.ndarray, sorted_hashes: np.ndarray) -> np.ndarray:
+    """Membership of each hash in a sorted array (binary search: np.isin would re-sort 1 M hashes per call)."""
+    i = np.searchsorted(sorted_hashes, h).clip(max=max(0, sorted_hashes.size - 1))
+    return sorted_hashes[i] == h if sorted_hashes.size else np.zeros(h.shape, dtype=bool)
 
 
 def sampled(h: np.ndarray) -> np.ndarray:
@@ -104,14 +123,113 @@ def build(data_dir: Path, n_items: int = 96, seed: int = 0) -> list[dict]:
     return items
 
 
+def mc_context(text: str, start: int) -> str | None:
+    """The <= MC_CTX_MAX bytes before ``start``, beginning at a word start; None when shorter than MC_CTX_MIN."""
+    lo = max(0, start - MC_CTX_MAX)
+    ctx = text[lo:start]
+    if lo > 0 and not text[lo - 1].isspace():  # cut inside a word: begin at the next word
+        cut = re.search(r"\s+", ctx)
+        ctx = ctx[cut.end():] if cut else ""
+    ctx = ctx.lstrip()
+    return ctx if len(ctx.encode("utf-8")) >= MC_CTX_MIN and not ctx[-1].isspace() else None
+
+
+def word_shape(word: str) -> tuple[int, bool]:
+    """What a distractor must share with the true word: byte length and an upper-case first letter."""
+    return len(word), word[0].isupper()
+
+
+def build_mc(data_dir: Path, n_items: int = 1200, seed: int = 0, train_hashes: np.ndarray | None = None,
+             distractors: str = "type", out: Path | None = None) -> list[dict]:
+    """Sample ``reference_heldout_mc`` items (seeded) and write them to ``out`` (default: the shipped task JSONL).
+
+    An item cuts a held-out document before a word: the context is the preceding 128..192 bytes, the choices are
+    " " + the true word and " " + three distinct words (types) that occur in *other* held-out documents and never in
+    this one, drawn uniformly among the words with the same byte length and the same capitalisation of the first
+    letter. All four choices have the same length, so length gives nothing away (acc equals acc_norm). Word
+    frequency gives much away: distractors are uniform over types (mostly rare words), true words follow running
+    text, and the model without context picks the true word 64 % of the time (docs/reference_model.md).
+    ``distractors="occurrence"`` draws them by occurrence instead (any word of another document, so they follow the
+    same frequency distribution as the true words): the model without context is then at chance, and with its
+    context it scores about 0.48, below the 0.6 the issue asks for.
+    """
+    if distractors not in ("type", "occurrence"):
+        raise ValueError(f"distractors={distractors!r}: must be 'type' or 'occurrence'")
+    if train_hashes is None:
+        train_hashes = np.unique(np.concatenate([shingle_hashes(d["text"]) for d in read_split(data_dir, "train")]))
+    docs = read_split(data_dir, "heldout")
+    doc_words = {d["id"]: {m.group().lower() for m in MC_WORD.finditer(d["text"])} for d in docs}
+    types: dict[tuple[int, bool], dict[str, tuple[str, str]]] = {}  # shape -> lower-case word -> (word, 1st doc)
+    for d in docs:
+        for m in MC_WORD.finditer(d["text"]):
+            types.setdefault(word_shape(m.group()), {}).setdefault(m.group().lower(), (m.group(), d["id"]))
+    pools = {shape: sorted(ws.items()) for shape, ws in types.items()}
+    occurrences: dict[tuple[int, bool], list[tuple[str, str]]] = {}  # shape -> every (word, doc id)
+    for d in docs:
+        for m in MC_WORD.finditer(d["text"]):
+            occurrences.setdefault(word_shape(m.group()), []).append((m.group(), d["id"]))
+    rng = random.Random(seed)
+    cuts = [(d["id"], d["text"], m.start(), m.group()) for d in docs for m in MC_WORD.finditer(d["text"])]
+    rng.shuffle(cuts)
+    taken: dict[str, list[int]] = {}
+    items: list[dict] = []
+    for doc_id, text, pos, word in cuts:
+        if len(items) >= n_items:
+            break
+        if any(abs(pos - q) < MC_MIN_GAP for q in taken.get(doc_id, [])):
+            continue
+        ctx = mc_context(text, pos - 1)  # the space before the word belongs to the choice
+        if ctx is None:
+            continue
+        h = shingle_hashes(ctx + " " + word)
+        if in_sorted(h, train_hashes).any() or sampled(h).size == 0:
+            continue  # sampled(h) non-empty: the shipped fingerprint can re-check this item
+        if distractors == "type":
+            pool = [v for k, v in pools[word_shape(word)] if k not in doc_words[doc_id]]
+            picked = rng.sample(pool, MC_N_CHOICES - 1) if len(pool) >= MC_N_CHOICES - 1 else []
+        else:
+            pool, picked, seen = occurrences[word_shape(word)], [], {word.lower()}
+            for _ in range(200):  # rejection sampling by occurrence; gives up on rare shapes
+                w, did = pool[rng.randrange(len(pool))]
+                if did != doc_id and w.lower() not in seen:
+                    seen.add(w.lower())
+                    picked.append((w, did))
+                    if len(picked) == MC_N_CHOICES - 1:
+                        break
+        if len(picked) < MC_N_CHOICES - 1:
+            continue
+        taken.setdefault(doc_id, []).append(pos)
+        options = [(word, doc_id)] + picked
+        order = list(range(MC_N_CHOICES))
+        rng.shuffle(order)
+        items.append({"id": len(items), "doc_id": doc_id, "context": ctx,
+                      "choices": [" " + options[k][0] for k in order],
+                      "choice_doc_ids": [options[k][1] for k in order], "label": order.index(0)})
+    out = TASK_DIR / "reference_heldout_mc.jsonl" if out is None else out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        for it in items:
+            f.write(json.dumps(it) + "\n")
+    return items
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="build the reference_heldout task")
+    ap = argparse.ArgumentParser(description="build the reference_heldout and reference_heldout_mc tasks")
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--n-items", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--task", choices=("all", "heldout", "mc"), default="all")
+    ap.add_argument("--mc-items", type=int, default=1200)
+    ap.add_argument("--mc-distractors", choices=("type", "occurrence"), default="type",
+                    help="draw distractor words uniformly over distinct words, or by occurrence (see build_mc)")
     args = ap.parse_args(argv)
-    items = build(args.data, args.n_items, args.seed)
-    print(f"{len(items)} items from {len({it['doc_id'] for it in items})} held-out documents")
+    if args.task in ("all", "heldout"):
+        items = build(args.data, args.n_items, args.seed)
+        print(f"reference_heldout: {len(items)} items from {len({it['doc_id'] for it in items})} held-out documents")
+    if args.task in ("all", "mc"):
+        items = build_mc(args.data, args.mc_items, args.seed, distractors=args.mc_distractors)
+        print(f"reference_heldout_mc: {len(items)} items from {len({it['doc_id'] for it in items})} held-out "
+              f"documents")
 
 
 if __name__ == "__main__":

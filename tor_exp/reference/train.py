@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--deadline", type=str, default=None, help="UTC HH:MM: stop (and export) when reached")
     ap.add_argument("--resume", action="store_true", help="continue from <out>/ckpt.pt")
     ap.add_argument("--export-only", action="store_true", help="export <out>/ckpt.pt and exit")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="warm start: a folder with model.safetensors (e.g. the shipped assets) whose architecture "
+                         "matches the options; weights only, a fresh optimizer and schedule (step numbering restarts)")
     return ap
 
 
@@ -148,6 +151,18 @@ def export(model: Mamba2ForCausalLM, out_dir: Path) -> None:
     build_byte_tokenizer().save_pretrained(out_dir)
 
 
+def load_init(model: Mamba2ForCausalLM, folder: Path) -> None:
+    """Copy (upcast) weights from ``folder/model.safetensors``; every key must match (tied lm_head excepted)."""
+    from safetensors.torch import load_file
+
+    state = {k: v.float() for k, v in load_file(folder / "model.safetensors").items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise ValueError(f"--init-from {folder}: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+
+
 def _deadline_ts(hhmm: str | None) -> float | None:
     if not hhmm:
         return None
@@ -174,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step0 = state["step"]
+    elif args.init_from is not None:
+        load_init(model, args.init_from)
     if args.export_only:
         export(model, args.out / "export")
         return
