@@ -12,17 +12,18 @@ from tor_exp.reporting.collect import COLUMN_METRICS, task_column
 
 def task_columns(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(task, metric, header) per table column: the paper's metric per task (acc_norm for HellaSwag and ARC-C,
-    LAMBADA perplexity and acc), else the first of acc_norm/acc/perplexity a task reports."""
+    LAMBADA perplexity — per byte where the task reports it — and acc); any other task shows its perplexity (per
+    byte first) if it has one, else its accuracy (acc, then acc_norm)."""
     columns = []
     for task in sorted(metrics):
         reported = {k.split(",", 1)[0] for k in metrics[task]}
         stem = task_column(task)
         if stem == "lambada":
-            wanted = ["perplexity", "acc"]
+            wanted = ["byte_perplexity" if "byte_perplexity" in reported else "perplexity", "acc"]
         elif stem is not None:
             wanted = [next((m for m in COLUMN_METRICS[stem] if m in reported), COLUMN_METRICS[stem][0])]
-        else:  # e.g. the reference model's held-out task: its perplexity first, then its accuracy
-            wanted = [m for m in ("byte_perplexity", "perplexity", "acc_norm", "acc") if m in reported][:2]
+        else:  # the reference model's tasks: held-out perplexity per byte; the 4-choice task's accuracy
+            wanted = [next((m for m in ("byte_perplexity", "perplexity", "acc", "acc_norm") if m in reported), "acc")]
         short = task.replace("_fixture", "").replace("_openai", "")
         columns += [(task, m, f"{short} {m.replace('byte_perplexity', 'ppl/byte').replace('perplexity', 'ppl')}")
                     for m in wanted if m in reported]
@@ -54,8 +55,8 @@ def _diff(metric: str, d: dict[str, Any] | None) -> str:
     if not d:
         return ""
     mark = " *" if d["low"] > 0 or d["high"] < 0 else ""
-    return (f"{_fmt(metric, d['delta'], True)} [{_fmt(metric, d['low'], True)}, "
-            f"{_fmt(metric, d['high'], True)}]{mark}")
+    sig = (lambda x: f"{x:+.3g}".replace("e+", "e")) if "perplexity" in metric else (lambda x: f"{x:+.3f}")
+    return f"{sig(d['delta'])} [{sig(d['low'])}, {sig(d['high'])}]{mark}"
 
 
 _METRIC_NAMES = {"byte_perplexity": "ppl/byte", "perplexity": "ppl", "bits_per_byte": "bits/byte"}
