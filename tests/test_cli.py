@@ -58,14 +58,25 @@ def test_rerun_with_same_config_is_skipped(smoke_run) -> None:
     assert (out / "results.json").read_text() == before
 
 
-def test_generate_prints_a_continuation(tmp_path: Path) -> None:
-    proc = _run("task=generate", "model=tiny_mamba2", "max_new_tokens=5", "prompt=Hello", f"hydra.run.dir={tmp_path}",
-                cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_generate_prints_a_continuation(tmp_path: Path, monkeypatch, capsys) -> None:
+    """In-process entry point (what `python -m tor_exp` runs): the prompt and its continuation, no colour codes when
+    the output is not a terminal."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    import tor_exp.__main__ as entry
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["tor_exp", "task=generate", "model=tiny_mamba2", "max_new_tokens=5",
+                                      "prompt=Hello", f"hydra.run.dir={tmp_path}"])
+    try:
+        entry.main()
+    finally:
+        GlobalHydra.instance().clear()
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["prompt"] == "Hello"
-    assert isinstance(results["continuation"], str)
-    assert "Hello" in proc.stdout
+    assert isinstance(results["continuation"], str) and len(results["continuation"]) > 0
+    out = capsys.readouterr().out
+    assert "Hello" + results["continuation"] in out and "\033[" not in out
 
 
 def _check_default_results(out: Path, limit: int | None) -> None:

@@ -54,6 +54,7 @@ def _args(reduction: str, output: Path) -> list[str]:
             "--output_path", str(output)]
 
 
+@pytest.mark.slow  # ~10 s; CI's slow step runs it with the subprocess variants
 def test_main_from_another_directory_matches_the_in_process_backend(tmp_path, monkeypatch):
     """`tor_exp.lm_eval.main` (what the module and the console script run) in this process, with a reduction:
     the default suite's form; the subprocess form is the slow test below (and the packaging test)."""
