@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors import safe_open
 
 from tor_exp.reference import ASSETS_DIR, TASK_DIR
@@ -19,7 +18,6 @@ from tor_exp.reference.make_task import CONT_MAX, CONT_MIN, CTX_MAX, CTX_MIN, sa
 from tor_exp.reference.tokenizer import EOS_ID, build_byte_tokenizer
 from tor_exp.reference.train import lm_loss, lr_at, make_optimizer, model_config, build_parser, train_step
 
-REPO = Path(__file__).resolve().parents[2]
 ITEMS = [json.loads(line) for line in (TASK_DIR / "reference_heldout.jsonl").read_text().splitlines()]
 # A paragraph of the *training* split (tutorial/appetite.rst, PSF licence): positive control for the fingerprint.
 TRAIN_SNIPPET = ("If you do much work on computers, eventually you find that there's some task you'd like to "
@@ -35,15 +33,11 @@ def metrics() -> dict:
 @pytest.fixture(scope="module")
 def shipped():
     """The shipped model through the public loader and the model=reference config (fp16 files -> fp32)."""
-    from omegaconf import OmegaConf
-
-    from tor_exp.models.config import ModelConfig
+    from tor_exp.config import compose
     from tor_exp.models.loading import load_model
 
-    raw = OmegaConf.to_container(OmegaConf.load(REPO / "conf/model/reference.yaml"))
-    raw.pop("defaults")
     torch.set_num_threads(1)
-    model, tok = load_model(ModelConfig(**raw))
+    model, tok = load_model(compose(["model=reference"]).model)
     return model, tok
 
 
@@ -59,8 +53,10 @@ def test_task_yaml_schema() -> None:
         "byte_perplexity": "weighted_perplexity", "bits_per_byte": "bits_per_byte", "acc": "mean"}
     rel = cfg["dataset_kwargs"]["data_files"]["test"]
     assert not Path(rel).is_absolute() and (TASK_DIR / rel).is_file()
-    ev = yaml.safe_load((REPO / "conf/eval/reference.yaml").read_text())
-    assert ev["tasks"] == ["reference_heldout", "reference_heldout_mc"] and ev["include_paths"] == ["pkg://tor_exp/reference/task"]
+    from tor_exp.config import compose
+
+    ev = compose(["eval=reference"]).eval
+    assert ev.tasks == ["reference_heldout", "reference_heldout_mc"] and ev.include_paths == ["pkg://tor_exp/reference/task"]
 
 
 def test_task_items_schema() -> None:

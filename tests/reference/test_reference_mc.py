@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from tor_exp.reference import ASSETS_DIR, TASK_DIR
 from tor_exp.reference.data import split_of
 from tor_exp.reference.make_task import MC_CTX_MAX, MC_CTX_MIN, sampled, shingle_hashes
 
-REPO = Path(__file__).resolve().parents[2]
 ITEMS = [json.loads(line) for line in (TASK_DIR / "reference_heldout_mc.jsonl").read_text().splitlines()]
 LABELS = np.array([it["label"] for it in ITEMS])
 Z = 3.29  # two-sided 99.9 % normal quantile: a fixed-data test that fails only for a real effect
@@ -45,8 +43,10 @@ def test_mc_yaml_schema() -> None:
     assert {m["metric"]: m["aggregation"] for m in cfg["metric_list"]} == {"acc": "mean", "acc_norm": "mean"}
     rel = cfg["dataset_kwargs"]["data_files"]["test"]
     assert not Path(rel).is_absolute() and (TASK_DIR / rel).is_file()
-    ev = yaml.safe_load((REPO / "conf/eval/reference.yaml").read_text())
-    assert "reference_heldout_mc" in ev["tasks"] and ev["include_paths"] == ["pkg://tor_exp/reference/task"]
+    from tor_exp.config import compose
+
+    ev = compose(["eval=reference"]).eval
+    assert "reference_heldout_mc" in ev.tasks and ev.include_paths == ["pkg://tor_exp/reference/task"]
 
 
 def test_mc_items_schema() -> None:

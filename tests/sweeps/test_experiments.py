@@ -5,14 +5,9 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from tor_exp.config import config_dir
-from tor_exp.config import register_configs, validate
+from tor_exp.config import compose_dict, config_dir, sweep_jobs, validate
 from tor_exp.reporting.paper import canonical_model
 
 CONF = Path(config_dir())
@@ -44,32 +39,13 @@ COUNTS = {"table1_mamba2": 20, "table2_mamba": 20, "parity": 20, "table3_metric"
 def expand(experiment: str, only: list[int] | None = None) -> list[tuple[list[str], object]]:
     """(job overrides, composed job config with its hydra node) for the jobs of the experiment's sweep.
 
-    The sweep is expanded exactly as ``python -m tor_exp -m experiment=<name>`` does (BasicSweeper over
-    ``hydra.sweeper.params``); ``only`` composes just those job indices (each compose takes ~0.5 s here) and
+    The sweep is expanded exactly as ``python -m tor_exp -m experiment=<name>`` expands it (tor_exp.config.sweep_jobs,
+    Hydra's basic sweeper rule); ``only`` composes just those job indices (each compose takes ~0.5 s here) and
     returns ``(overrides, None)`` for the others.
     """
-    register_configs()
-    GlobalHydra.instance().clear()
-    jobs = []
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            # the primary config only supplies hydra.sweeper.params / sweep.dir here; model=tiny_mamba2 keeps it
-            # independent of the default model config (jobs below compose with the experiment's own models)
-            primary = compose(config_name="config", overrides=[f"experiment={experiment}", "model=tiny_mamba2"],
-                              return_hydra_config=True)
-            params = OmegaConf.to_container(primary.hydra.sweeper.params)
-            parser = OverridesParser.create()
-            overrides = parser.parse_overrides([f"{k}={v}" for k, v in params.items()])
-            batches = BasicSweeper.split_arguments(overrides, None)
-            assert len(batches) == 1
-            for i, job in enumerate(batches[0]):
-                ov = list(job) + [f"experiment={experiment}"]
-                wanted = only is None or i in only or i - len(batches[0]) in only
-                jobs.append((ov, compose(config_name="config", overrides=ov, return_hydra_config=True)
-                             if wanted else None))
-    finally:
-        GlobalHydra.instance().clear()
-    return jobs
+    jobs = sweep_jobs([f"experiment={experiment}"])
+    return [(job, compose_dict(job, return_hydra_config=True)
+             if only is None or i in only or i - len(jobs) in only else None) for i, job in enumerate(jobs)]
 
 
 def test_every_experiment_file_is_covered():
