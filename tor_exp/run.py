@@ -25,22 +25,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Job:
-    """What every task gets: the validated config and the loaded model, on its device."""
+    """What every task gets: the validated config, the loaded model on its device and the configured reduction
+    (``method`` None for ``none``; ``schedule``: locations and keep ratio on this model)."""
 
     config: ValidatedConfig
     model: nn.Module
     tokenizer: Any
     device: torch.device
     out_dir: Path
+    method: Any
+    schedule: Any
     timings: dict[str, float] = field(default_factory=dict)
-
-    def reduction(self) -> tuple[Any, Any]:
-        """(method or None, schedule) of the configured reduction on this model."""
-        from tor_exp.models import ModelShape
-        from tor_exp.models.calibration import build_reduction
-
-        return build_reduction(self.config.reduction, self.config.model,
-                               shape=ModelShape.from_hf_config(self.model.config))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -165,8 +160,7 @@ def evaluate_task(job: Job) -> dict[str, Any]:
     from tor_exp.reporting.console import mean_accuracy, print_comparison
     from tor_exp.reporting.intervals import task_differences
 
-    v = job.config
-    method, schedule = job.reduction()
+    v, method, schedule = job.config, job.method, job.schedule
     compare = v.eval.compare_baseline and method is not None
     paired = compare and v.eval.interval_iters > 0
     rows: list[tuple[str, dict[str, Any]]] = []
@@ -237,8 +231,7 @@ def generate_task(job: Job) -> dict[str, Any]:
     from tor_exp.models.calibration import reducing
     from tor_exp.models.generation import generate_text
 
-    v = job.config
-    method, schedule = job.reduction()
+    v, method, schedule = job.config, job.method, job.schedule
     t0 = time.perf_counter()
     with reducing(job.model, method, schedule, tokenizer=job.tokenizer,
                   calibration_source=v.model.calibration_text, record=job.timings):
@@ -274,7 +267,8 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
         log.info("results for this config already in %s: skipped (resume=true)", out_dir / "results.json")
         return previous
 
-    from tor_exp.models import ModelShape, build_schedule, load_model
+    from tor_exp.models import ModelShape, load_model
+    from tor_exp.models.calibration import build_reduction
 
     label = run_label(v)
     log.info("job %s: task=%s model=%s reduction=%s -> %s", label, v.root.task, v.model.name, v.reduction.method,
@@ -285,8 +279,9 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
         v.model.dtype = v.root.dtype
     t0 = time.perf_counter()
     model, tokenizer = load_model(v.model, device=device)
-    job = Job(v, model, tokenizer, device, out_dir, {"load_s": time.perf_counter() - t0})
-    schedule = build_schedule(v.reduction, v.model, shape=ModelShape.from_hf_config(model.config))
+    load_s = time.perf_counter() - t0
+    method, schedule = build_reduction(v.reduction, v.model, shape=ModelShape.from_hf_config(model.config))
+    job = Job(v, model, tokenizer, device, out_dir, method, schedule, {"load_s": load_s})
     log.info("model %s on %s (%s), loaded in %.1f s; keep ratio %.4f at locations %s", v.model.name, device,
              v.model.dtype, job.timings["load_s"], schedule.keep_ratio, list(schedule.locations))
 
