@@ -5,7 +5,7 @@ Command line (``tor-exp-lm-eval`` is the same)::
     python -m tor_exp.lm_eval --model tor_exp --model_args model=reference,reduction=utrc --tasks lambada_fixture
 
 is lm-eval's command line with ``tor_exp`` registered and the bundled task folders (:data:`TASK_FOLDERS`: the six
-fixtures, their tag ``tor_exp_fixtures`` and ``reference_heldout``) added to every task search, so those names work
+fixtures, their tag ``tor_exp_fixtures``, ``reference_heldout`` and ``reference_heldout_mc``) added to every task search, so those names work
 from any directory; ``--include_path`` adds more.
 
 Python::
