@@ -92,7 +92,8 @@ def _check_default_results(out: Path, limit: int | None) -> None:
     # each difference to none comes with its paired interval, around it
     for task, metric in (("reference_heldout", "byte_perplexity"), ("reference_heldout_mc", "acc")):
         d = results["differences"][task][metric]
-        assert d["low"] <= d["delta"] <= d["high"] and d["n"] == (limit or {"reference_heldout": 96}.get(task, 100))
+        size = {"reference_heldout": 96, "reference_heldout_mc": 1200}[task]
+        assert d["low"] <= d["delta"] <= d["high"] and d["n"] == (min(size, limit) if limit else size)
         assert d["delta"] == pytest.approx(results["metrics"][task][metric] - results["baseline"]["metrics"][task][metric])
 
 
@@ -109,7 +110,9 @@ def test_default_job_end_to_end_in_full(tmp_path: Path) -> None:
     model scores at least 0.6 on the 4-choice task (chance 0.25)."""
     proc = _run(f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _check_default_results(tmp_path, 100)
+    from tor_exp.config import compose_dict
+
+    _check_default_results(tmp_path, compose_dict([])["eval"]["limit"])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["baseline"]["metrics"]["reference_heldout_mc"]["acc"] >= 0.6
     assert "reference_heldout_mc" in proc.stdout and "95% CI" in proc.stdout

@@ -240,6 +240,18 @@ def test_merge_logs_numbers_a_warm_started_phase_after_the_earlier_one() -> None
     assert merge_logs([], second) == second
 
 
+def test_read_log_resumed_run_last_record_wins_and_stops_at_the_shipped_step(tmp_path) -> None:
+    from tor_exp.reference.evaluate import read_log
+
+    log = tmp_path / "train_log.jsonl"
+    # a run killed at step 30 after its step-20 checkpoint, resumed from it, then stopped by hand after step 40
+    recs = [(10, 2.0), (20, 1.9), (30, 1.8), (21, 1.7), (30, 1.6), (40, 1.5), (50, 1.4)]
+    log.write_text("".join(json.dumps({"step": s, "loss": v}) + "\n" for s, v in recs))
+    assert [(r["step"], r["loss"]) for r in read_log(log)] == [(10, 2.0), (20, 1.9), (21, 1.7), (30, 1.6), (40, 1.5),
+                                                                (50, 1.4)]
+    assert [r["step"] for r in read_log(log, until_step=40)] == [10, 20, 21, 30, 40]
+
+
 def test_init_from_loads_every_weight(tmp_path) -> None:
     """--init-from copies all weights (tied lm_head included) and refuses a mismatched architecture."""
     from transformers import Mamba2ForCausalLM

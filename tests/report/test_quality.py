@@ -63,5 +63,8 @@ def test_report_writes_the_quality_document(tiny_sweep, tmp_path):
     assert main([str(tiny_sweep), "--quality", str(tmp_path / "q"), "--iters", "100"]) == 0
     text = (tmp_path / "q.md").read_text()
     assert "## reference_heldout: byte_perplexity" in text and "| evit | 20 % |" in text
+    # provenance: the model, the documents every job scored (eval.limit=6), the machine
+    assert "model `tiny_mamba2`" in text and "reference_heldout 6" in text and "reference_heldout_mc 6" in text
+    assert "3 jobs" in text and "float32 on cpu" in text
     assert (tmp_path / "q.png").stat().st_size > 1000
     assert json.loads((tmp_path / "q.json").read_text())["iters"] == 100

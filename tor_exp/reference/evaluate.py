@@ -9,7 +9,8 @@ evaluation runner (``--mc-limit`` to cut it short).
 
 A run warm-started with ``train --init-from`` continues an earlier one: ``--history <folder>`` (a copy of the
 earlier assets' ``train_log.jsonl`` and ``metrics.json``) makes the shipped log, curve and ``train_args`` cover both
-phases, with phase-2 steps numbered after the last phase-1 step.
+phases, with phase-2 steps numbered after the last phase-1 step. ``--until-step`` leaves out what a run stopped by
+hand logged after the checkpoint that was exported.
 
 All metrics are over the same targets: the held-out split as one byte stream cut into non-overlapping windows
 of ``--seq`` tokens, predicting positions 1..seq-1 of each window from inside the window; document-separator
@@ -122,9 +123,11 @@ def write_calibration(data_dir: Path, max_bytes: int = 32_000) -> None:
     (ASSETS_DIR / "calibration.jsonl").write_text("\n".join(out) + "\n")
 
 
-def read_log(path: Path) -> list[dict]:
-    """Log records, one per step (a resumed run may repeat steps: the last record wins), in step order."""
+def read_log(path: Path, until_step: int | None = None) -> list[dict]:
+    """Log records, one per step (a resumed run may repeat steps: the last record wins), in step order; with
+    ``until_step``, none after it (a run stopped by hand logs past the checkpoint that was shipped)."""
     recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    recs = [r for r in recs if until_step is None or r["step"] <= until_step]
     return sorted({r["step"]: r for r in recs}.values(), key=lambda r: r["step"])
 
 
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="earlier phase's assets (train_log.jsonl, metrics.json) when --run was warm-started")
     ap.add_argument("--history-steps", type=int, default=None,
                     help="steps of the earlier phase (default: its metrics.json train_steps, else its last logged step)")
+    ap.add_argument("--until-step", type=int, default=None,
+                    help="the exported checkpoint's step: later log records (a run stopped by hand) are left out")
     ap.add_argument("--mc-limit", type=int, default=None, help="reference_heldout_mc items to score (default all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -211,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         if (args.run / "export" / f).exists():
             shutil.copy(args.run / "export" / f, ASSETS_DIR / f)
     build_byte_tokenizer().save_pretrained(ASSETS_DIR)
-    log = read_log(args.run / "train_log.jsonl")
+    log = read_log(args.run / "train_log.jsonl", args.until_step)
     train_args = {p.name: json.loads(p.read_text()) for p in sorted(args.run.glob("train_args*.json"))}
     if args.history is not None:
         old = json.loads((args.history / "metrics.json").read_text())

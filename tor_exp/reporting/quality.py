@@ -130,10 +130,35 @@ def plot_quality(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def provenance(records: Sequence[dict[str, Any]], rows: list[dict[str, Any]], iters: int) -> list[str]:
+    """Where the numbers come from: model, documents per task, machine, versions, commit, wall time."""
+    def distinct(key: str) -> str:
+        return ", ".join(sorted({str(r.get(key)) for r in records}))
+
+    def short(commit: Any) -> str:
+        return str(commit)[:12] + ("-dirty" if str(commit).endswith("-dirty") else "")
+
+    n_docs: dict[str, int] = {}
+    for row in rows:
+        for key, diff in row["vs_none"].items():
+            n_docs[key.split("/", 1)[0]] = max(n_docs.get(key.split("/", 1)[0], 0), diff["n"])
+    versions = records[0].get("versions") or {}
+    shown = ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in ("torch", "transformers", "lm_eval"))
+    wall = sum(sum((r.get("timings") or {}).values()) for r in records)
+    return [f"- model `{distinct('model')}`, {distinct('dtype')} on {distinct('device')} ({distinct('device_name')}, "
+            f"{distinct('torch_threads')} torch thread(s)); {shown}; tor_exp commit(s) "
+            + ", ".join(sorted({short(r.get("git_commit")) for r in records})),
+            "- documents per task (every job scored the same ones): "
+            + ", ".join(f"{t} {n}" for t, n in sorted(n_docs.items())),
+            f"- {len(records)} jobs, {wall / 60:.0f} min of model time in all; {iters} bootstrap resamples per interval"]
+
+
 def write_quality(records: Sequence[dict[str, Any]], prefix: Path, *, title: str, notes: Sequence[str] = (),
                   iters: int = 1000) -> dict[str, Path]:
-    """``<prefix>.md``, ``<prefix>.json`` and ``<prefix>.png`` for the sweep's records."""
+    """``<prefix>.md``, ``<prefix>.json`` and ``<prefix>.png`` for the sweep's records (with :func:`provenance`
+    notes after the given ones)."""
     rows = quality_rows(records, iters=iters)
+    notes = [*notes, *provenance(records, rows, iters)]
     prefix.parent.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": prefix.with_suffix(".md"), "json": prefix.with_suffix(".json")}
     paths["markdown"].write_text(render_quality_markdown(rows, title=title, notes=notes) + "\n")
