@@ -98,31 +98,37 @@ def render_quality_markdown(rows: list[dict[str, Any]], *, title: str, notes: Se
 
 
 def plot_quality(rows: list[dict[str, Any]], path: Path) -> Path:
-    """One panel per (task, metric): Δ vs none (with its interval as error bars) against realised FLOPs."""
+    """Δ vs none (its interval as error bars) against realised FLOPs, one column per (task, metric). Paper-mode
+    methods and parity modes get separate rows, so a collapsing parity mode does not flatten the paper-mode scale;
+    methods at the same target are nudged apart on x so their intervals stay readable."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = list(rows[0]["values"])
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.0), squeeze=False)
     methods = sorted({r["method"] for r in rows} - {"none"})
-    for ax, key in zip(axes[0], keys):
-        for method in methods:
-            pts = sorted((r["realised"], r["vs_none"][key]) for r in rows
-                         if r["method"] == method and key in r["vs_none"])
-            if not pts:
-                continue
-            x = [100 * p[0] for p in pts]
-            y = [p[1]["delta"] for p in pts]
-            err = [[p[1]["delta"] - p[1]["low"] for p in pts], [p[1]["high"] - p[1]["delta"] for p in pts]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, ls="--" if method.endswith("_official") else "-",
-                        label=method)
-        ax.axhline(0.0, color="black", lw=0.8)
-        ax.set_xlabel("realised backbone FLOPs reduction (%)")
-        ax.set_ylabel(f"Δ {key.split('/', 1)[1]} vs none (95 % CI)")
-        ax.set_title(key.split("/", 1)[0])
-        ax.legend(fontsize=7)
+    groups = [(label, [m for m in methods if m.endswith("_official") == parity])
+              for label, parity in (("paper mode", False), ("parity mode (released code)", True))]
+    groups = [(label, ms) for label, ms in groups if ms]
+    fig, axes = plt.subplots(len(groups), len(keys), figsize=(5.2 * len(keys), 3.8 * len(groups)), squeeze=False)
+    for axes_row, (label, group) in zip(axes, groups):
+        for ax, key in zip(axes_row, keys):
+            for i, method in enumerate(group):
+                pts = sorted((r["realised"], r["vs_none"][key]) for r in rows
+                             if r["method"] == method and key in r["vs_none"])
+                if not pts:
+                    continue
+                nudge = 0.25 * (i - (len(group) - 1) / 2)
+                x = [100 * p[0] + nudge for p in pts]
+                y = [p[1]["delta"] for p in pts]
+                err = [[p[1]["delta"] - p[1]["low"] for p in pts], [p[1]["high"] - p[1]["delta"] for p in pts]]
+                ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=method)
+            ax.axhline(0.0, color="black", lw=0.8)
+            ax.set_xlabel("realised backbone FLOPs reduction (%)")
+            ax.set_ylabel(f"Δ {key.split('/', 1)[1]} vs none (95 % CI)")
+            ax.set_title(f"{key.split('/', 1)[0]} · {label}", fontsize=10)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
