@@ -68,3 +68,13 @@ def test_report_writes_the_quality_document(tiny_sweep, tmp_path):
     assert "3 jobs" in text and "float32 on cpu" in text
     assert (tmp_path / "q.png").stat().st_size > 1000
     assert json.loads((tmp_path / "q.json").read_text())["iters"] == 100
+
+
+def test_offset_counts_come_from_the_record_and_only_for_offset_alignment():
+    from tor_exp.reporting.quality import offset_counts
+
+    record = {"alignment": {"mode": "offset", "t": {"offset_short": 2, "offset_empty": 1, "offset_misaligned": 5}},
+              "num_requests": {"t": 40}}
+    assert offset_counts(record) == {"t": {"misaligned": 5, "short": 2, "requests": 40}}
+    assert offset_counts({"alignment": {"mode": "exact"}, "num_requests": {"t": 40}}) == {}
+    assert offset_counts({}) == {}

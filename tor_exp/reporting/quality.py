@@ -34,6 +34,17 @@ def _metrics(records: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(t, m) for t, m in pairs if any(r["metrics"].get(t, {}).get(m) for r in records)]
 
 
+def offset_counts(record: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """task → how many requests the released offset rule scored off their true position (a scored token was
+    reduced away: ``misaligned``) or could not score in full (``short``), of ``requests``; empty for exact alignment."""
+    alignment = record.get("alignment") or {}
+    if alignment.get("mode") != "offset":
+        return {}
+    return {task: {"misaligned": int(c.get("offset_misaligned", 0)), "short": int(c.get("offset_short", 0)),
+                   "requests": int((record.get("num_requests") or {}).get(task, 0))}
+            for task, c in alignment.items() if isinstance(c, dict)}
+
+
 def quality_rows(records: Sequence[dict[str, Any]], *, iters: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
     """One row per job: method, target, realised FLOPs, each (task, metric) value and its differences to ``none``
     and to UTRC at the same target (``{"delta", "low", "high", "n", ...}``)."""
@@ -49,7 +60,7 @@ def quality_rows(records: Sequence[dict[str, Any]], *, iters: int = 1000, seed: 
     for r in records:
         row: dict[str, Any] = {"method": r["method"], "target": r.get("target_flops"), "keep_ratio": r.get("keep_ratio"),
                                "realised": r.get("realised_flops_reduction"), "values": {}, "vs_none": {},
-                               f"vs_{REFERENCE_METHOD}": {}}
+                               f"vs_{REFERENCE_METHOD}": {}, "offset_rule": offset_counts(r)}
         for task, metric in metrics:
             key = f"{task}/{metric}"
             row["values"][key] = r["metrics"].get(task, {}).get(metric)
@@ -83,16 +94,21 @@ def render_quality_markdown(rows: list[dict[str, Any]], *, title: str, notes: Se
              "excludes 0, i.e. a difference this many documents resolve.", ""]
     for key in keys:
         task, metric = key.split("/", 1)
+        offset = any(row["offset_rule"].get(task) for row in rows)
         lines += [f"## {task}: {metric}", "",
-                  f"| method | target | realised FLOPs ↓ | {metric} | Δ vs none [95 % CI] | Δ vs UTRC [95 % CI] |",
-                  "|---|---|---|---|---|---|"]
+                  f"| method | target | realised FLOPs ↓ | {metric} | Δ vs none [95 % CI] | Δ vs UTRC [95 % CI] |"
+                  + (" offset rule: misaligned / short / requests |" if offset else ""),
+                  "|---|---|---|---|---|---|" + ("---|" if offset else "")]
         for row in rows:
             value = row["values"].get(key)
             target = "–" if row["target"] is None or row["method"] == "none" else f"{100 * row['target']:.0f} %"
             realised = "–" if row["realised"] is None else f"{100 * row['realised']:.1f} %"
             shown = "–" if value is None else f"{value:.4f}"
+            counts = row["offset_rule"].get(task)
+            tail = (f" {counts['misaligned']} / {counts['short']} / {counts['requests']} |" if counts else " – |") \
+                if offset else ""
             lines.append(f"| {row['method']} | {target} | {realised} | {shown} | {_cell(row['vs_none'].get(key))} | "
-                         f"{_cell(row[f'vs_{REFERENCE_METHOD}'].get(key))} |")
+                         f"{_cell(row[f'vs_{REFERENCE_METHOD}'].get(key))} |" + tail)
         lines.append("")
     return "\n".join(lines)
 
