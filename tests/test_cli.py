@@ -106,7 +106,7 @@ def test_default_job_end_to_end_on_a_few_items(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_default_job_end_to_end_in_full(tmp_path: Path) -> None:
-    """Exactly the README's command with no arguments (about 1.5 min on one CPU thread): the unreduced reference
+    """Exactly the README's command with no arguments (86 s on one CPU thread): the unreduced reference
     model scores at least 0.6 on the 4-choice task (chance 0.25)."""
     proc = _run(f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
