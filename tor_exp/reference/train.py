@@ -1,4 +1,5 @@
-"""Train the small reference Mamba-2 byte-level LM on CPU.
+"""Train a small reference byte-level LM on CPU: the Mamba-2 (``--arch mamba2``) or the Nemotron-H-style hybrid
+(``--arch nemotron_h``: Mamba-2 mixers, attention and MLP blocks in the order of ``--pattern``).
 
 Usage: ``python -m tor_exp.reference.train --data /tmp/refdata --out /tmp/reftrain`` (every hyper-parameter is an
 argparse option with its default; the full set is written to ``<out>/train_args.json``). The run logs one JSON line
@@ -18,16 +19,23 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Mamba2Config, Mamba2ForCausalLM
+from transformers import Mamba2Config, Mamba2ForCausalLM, NemotronHConfig, NemotronHForCausalLM, PreTrainedConfig
 
 from tor_exp.reference.data import read_split
 from tor_exp.reference.tokenizer import EOS_ID, PAD_ID, VOCAB_SIZE, build_byte_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="Train the reference Mamba-2 byte LM on CPU")
+    ap = argparse.ArgumentParser(description="Train a reference byte LM (Mamba-2 or Nemotron-H hybrid) on CPU")
     ap.add_argument("--data", type=Path, required=True, help="folder written by tor_exp.reference.data")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="mamba2")
+    ap.add_argument("--pattern", default="M-M*M-M-M*M-M-M-M*M-M-M-",
+                    help="nemotron_h: one block per character, M = Mamba-2 mixer, * = attention, - = MLP "
+                         "(Nemotron-H's hybrid_override_pattern); sets the depth")
+    ap.add_argument("--attn-heads", type=int, default=5, help="nemotron_h: attention heads (key/value heads alike)")
+    ap.add_argument("--attn-head-dim", type=int, default=32, help="nemotron_h")
+    ap.add_argument("--mlp-size", type=int, default=640, help="nemotron_h: MLP intermediate size (ReLU²)")
     ap.add_argument("--d-model", type=int, default=160)
     ap.add_argument("--n-layer", type=int, default=24)
     ap.add_argument("--expand", type=int, default=2)
@@ -63,11 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def model_config(args: argparse.Namespace) -> Mamba2Config:
-    """HF Mamba-2 config; num_heads follows from expand * d_model / head_dim."""
+def model_config(args: argparse.Namespace) -> PreTrainedConfig:
+    """HF config of ``--arch``; the Mamba-2 mixers' num_heads follows from expand * d_model / head_dim."""
     d_inner = args.expand * args.d_model
     if d_inner % args.head_dim:
         raise ValueError(f"expand*d_model={d_inner} not divisible by head_dim={args.head_dim}")
+    if args.arch == "nemotron_h":
+        # Nemotron-H's class never ties the LM head to the embedding, so the config must not claim it does
+        return NemotronHConfig(
+            vocab_size=VOCAB_SIZE, hidden_size=args.d_model, hybrid_override_pattern=args.pattern,
+            num_hidden_layers=len(args.pattern), num_attention_heads=args.attn_heads,
+            num_key_value_heads=args.attn_heads, head_dim=args.attn_head_dim, intermediate_size=args.mlp_size,
+            mamba_num_heads=d_inner // args.head_dim, mamba_head_dim=args.head_dim, ssm_state_size=args.state_size,
+            n_groups=args.n_groups, conv_kernel=args.conv_kernel, chunk_size=args.chunk_size,
+            tie_word_embeddings=False, eos_token_id=EOS_ID, bos_token_id=EOS_ID, pad_token_id=PAD_ID,
+            residual_in_fp32=True, use_cache=True,
+        )
     return Mamba2Config(
         vocab_size=VOCAB_SIZE, hidden_size=args.d_model, num_hidden_layers=args.n_layer, expand=args.expand,
         head_dim=args.head_dim, num_heads=d_inner // args.head_dim, state_size=args.state_size,
@@ -75,6 +94,13 @@ def model_config(args: argparse.Namespace) -> Mamba2Config:
         tie_word_embeddings=True, eos_token_id=EOS_ID, bos_token_id=EOS_ID, pad_token_id=PAD_ID,
         residual_in_fp32=True, use_cache=True,
     )
+
+
+ARCHS = {"mamba2": Mamba2ForCausalLM, "nemotron_h": NemotronHForCausalLM}
+
+
+def build_model(args: argparse.Namespace) -> torch.nn.Module:
+    return ARCHS[args.arch](model_config(args))
 
 
 def encode_docs(docs: list[dict]) -> torch.Tensor:
@@ -103,13 +129,13 @@ def lr_at(step: int, args: argparse.Namespace, time_frac: float | None = None) -
     return args.lr * (args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def lm_loss(model: Mamba2ForCausalLM, window: torch.Tensor) -> torch.Tensor:
+def lm_loss(model: torch.nn.Module, window: torch.Tensor) -> torch.Tensor:
     """Mean next-byte cross-entropy (nats) over a [B, T+1] window."""
     logits = model(input_ids=window[:, :-1]).logits
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), window[:, 1:].reshape(-1))
 
 
-def train_step(model: Mamba2ForCausalLM, opt: torch.optim.Optimizer, window: torch.Tensor, lr: float,
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, window: torch.Tensor, lr: float,
                clip: float) -> float:
     """One AdamW step with grad-norm clipping; returns the pre-step loss."""
     for g in opt.param_groups:
@@ -132,7 +158,7 @@ def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.op
 
 
 @torch.no_grad()
-def eval_loss(model: Mamba2ForCausalLM, stream: torch.Tensor, n_batches: int, batch: int, seq: int) -> float:
+def eval_loss(model: torch.nn.Module, stream: torch.Tensor, n_batches: int, batch: int, seq: int) -> float:
     """Mean loss on fixed (seeded) windows of a held-aside stream."""
     model.eval()
     gen = torch.Generator().manual_seed(1234)
@@ -140,10 +166,10 @@ def eval_loss(model: Mamba2ForCausalLM, stream: torch.Tensor, n_batches: int, ba
     return sum(losses) / len(losses)
 
 
-def export(model: Mamba2ForCausalLM, out_dir: Path) -> None:
+def export(model: torch.nn.Module, out_dir: Path) -> None:
     """Save fp16 safetensors (halves the size; fp32 at load reproduces the reported numbers) + tokenizer."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    half = Mamba2ForCausalLM(model.config)
+    half = type(model)(model.config)
     half.load_state_dict(model.state_dict())
     half = half.to(torch.float16)
     half.config.dtype = "float16"
@@ -151,13 +177,14 @@ def export(model: Mamba2ForCausalLM, out_dir: Path) -> None:
     build_byte_tokenizer().save_pretrained(out_dir)
 
 
-def load_init(model: Mamba2ForCausalLM, folder: Path) -> None:
-    """Copy (upcast) weights from ``folder/model.safetensors``; every key must match (tied lm_head excepted)."""
+def load_init(model: torch.nn.Module, folder: Path) -> None:
+    """Copy (upcast) weights from ``folder/model.safetensors``; every key must match (a tied lm_head excepted)."""
     from safetensors.torch import load_file
 
     state = {k: v.float() for k, v in load_file(folder / "model.safetensors").items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]
+    if model.config.tie_word_embeddings:
+        missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise ValueError(f"--init-from {folder}: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
@@ -180,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    model = Mamba2ForCausalLM(model_config(args))
+    model = build_model(args)
     opt = make_optimizer(model, args)
     ckpt = args.out / "ckpt.pt"
     step0 = 0
