@@ -119,7 +119,7 @@ def main() -> int:
     import torch
 
     from tor_exp.bench import run_benchmark
-    from tor_exp.bench.random_model import random_model
+    from tor_exp.models.random_model import random_model
     from tor_exp.logging.results import run_metadata, write_results
 
     out = Path(args.out)

@@ -215,9 +215,14 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
     validated.eval.alignment = resolve_alignment(validated.eval.alignment, validated.reduction.method)
     # locations must lie inside the model's depth; ρ must be solvable (total scope needs the loaded model's
     # shape unless the config gives it, so that case is solved after loading).
-    from tor_exp.models.flops import build_schedule, resolve_locations, shape_from_model_config
+    from tor_exp.models.schedule import build_reduction, needs_shape
 
-    resolve_locations(validated.reduction, validated.model)
-    if getattr(validated.reduction, "flops_scope", "backbone") != "total" or shape_from_model_config(validated.model):
-        build_schedule(validated.reduction, validated.model)
+    shape = None
+    if needs_shape(validated.reduction, validated.model):
+        from tor_exp.models.loading import shape_from_model_config
+
+        shape = shape_from_model_config(validated.model)
+        if shape is None:  # a hub checkpoint not in the local cache: solved once it is loaded
+            return validated
+    build_reduction(validated.reduction, validated.model, shape=shape)
     return validated

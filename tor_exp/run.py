@@ -156,7 +156,7 @@ def evaluate_task(job: Job) -> dict[str, Any]:
     """lm-eval tasks with the reduction (and, with ``eval.compare_baseline``, without it first, then each
     difference to ``none`` with its paired bootstrap interval)."""
     from tor_exp.evaluation.runner import evaluate
-    from tor_exp.models.calibration import reducing
+    from tor_exp.models.schedule import reducing
     from tor_exp.reporting.console import mean_accuracy, print_comparison
     from tor_exp.reporting.intervals import task_differences
 
@@ -228,7 +228,7 @@ def bench_task(job: Job) -> dict[str, Any]:
 
 def generate_task(job: Job) -> dict[str, Any]:
     """A greedy continuation of ``prompt`` with a reduced prefill (decode unreduced)."""
-    from tor_exp.models.calibration import reducing
+    from tor_exp.models.schedule import reducing
     from tor_exp.models.generation import generate_text
 
     v, method, schedule = job.config, job.method, job.schedule
@@ -267,8 +267,8 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
         log.info("results for this config already in %s: skipped (resume=true)", out_dir / "results.json")
         return previous
 
-    from tor_exp.models import ModelShape, load_model
-    from tor_exp.models.calibration import build_reduction
+    from tor_exp.models import load_model, model_shape
+    from tor_exp.models.schedule import build_reduction
 
     label = run_label(v)
     log.info("job %s: task=%s model=%s reduction=%s -> %s", label, v.root.task, v.model.name, v.reduction.method,
@@ -280,7 +280,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     model, tokenizer = load_model(v.model, device=device)
     load_s = time.perf_counter() - t0
-    method, schedule = build_reduction(v.reduction, v.model, shape=ModelShape.from_hf_config(model.config))
+    method, schedule = build_reduction(v.reduction, v.model, shape=model_shape(model))
     job = Job(v, model, tokenizer, device, out_dir, method, schedule, {"load_s": load_s})
     log.info("model %s on %s (%s), loaded in %.1f s; keep ratio %.4f at locations %s", v.model.name, device,
              v.model.dtype, job.timings["load_s"], schedule.keep_ratio, list(schedule.locations))
@@ -298,6 +298,10 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
         "dtype": v.model.dtype,
         "headline": None,
     }
+    from tor_exp.models import partial_weights
+
+    if partial_weights(model) is not None:
+        results["partial_weights"] = partial_weights(model)
     results.update(TASKS[v.root.task](job))
     results["timings"] = job.timings
     results.update(run_metadata())

@@ -11,7 +11,7 @@ import torch
 
 from tor_exp.bench import run_benchmark
 from tor_exp.bench.config import BenchConfig
-from tor_exp.bench.decode import StaticDecoder, states_from_cache
+from tor_exp.models.static_decode import StaticDecoder, states_from_cache
 from tor_exp.bench.overhead import ReduceTimer
 from tor_exp.bench.runner import Variant, build_variants, forward_fn
 from tor_exp.errors import ConfigError

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tor_exp.bench.decode import FusedOps, StaticDecoder, states_from_cache
+from tor_exp.models.static_decode import FusedOps, StaticDecoder, states_from_cache
 from tor_exp.models import ModelConfig, TinyModelConfig, load_model
 
 

@@ -21,12 +21,12 @@ def _in_process(reduction: str) -> dict[str, dict[str, float]]:
     from tor_exp.config import compose
     from tor_exp.evaluation.config import EvalConfig
     from tor_exp.evaluation.runner import evaluate
-    from tor_exp.models import ModelShape, load_model
-    from tor_exp.models.calibration import build_reduction, reducing
+    from tor_exp.models import load_model, model_shape
+    from tor_exp.models.schedule import build_reduction, reducing
 
     v = compose(["model=tiny_mamba2", f"reduction={reduction}"])
     model, tok = load_model(v.model)
-    method, schedule = build_reduction(v.reduction, v.model, shape=ModelShape.from_hf_config(model.config))
+    method, schedule = build_reduction(v.reduction, v.model, shape=model_shape(model))
     cfg = EvalConfig(tasks=TASKS, include_paths=["pkg://tor_exp/evaluation/tasks", "pkg://tor_exp/reference/task"],
                      limit=LIMIT, batch_size=BATCH, bootstrap_iters=0)
     with reducing(model, method, schedule, tokenizer=tok):

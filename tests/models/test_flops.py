@@ -10,17 +10,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.config import ModelConfig
+from tor_exp.models.families import model_shape
 from tor_exp.models.flops import (
     ModelShape,
-    Schedule,
-    build_schedule,
     flops_reduction,
     head_flop_terms,
     layer_flops,
     model_flops,
     realised_flops_reduction,
-    solve_keep_ratio,
 )
+from tor_exp.models.loading import shape_from_model_config
+from tor_exp.models.schedule import Schedule, build_schedule, solve_keep_ratio
 from tor_exp.models.patching import reduced_forward
 
 from _tiny_methods import KeepFirst
@@ -34,7 +34,7 @@ PAPER_48 = list(range(10, 36, 5))
 @torch.no_grad()
 def test_analytic_matches_flop_counter(model, length):
     """FlopCounterMode counts matmul/conv-like ops only: compare the matmul terms (HF reference SSD form)."""
-    shape = ModelShape.from_hf_config(model.config)
+    shape = model_shape(model)
     with FlopCounterMode(display=False) as counter:
         model(random_ids(1, length), use_cache=False)
     analytic = model_flops(shape, [length] * shape.n_layer, n_logits=length, matmul_only=True, reference=True)
@@ -48,8 +48,7 @@ def test_analytic_matches_flop_counter(model, length):
 
 
 def test_ideal_mamba2_cost_is_linear_and_reference_pads_chunks():
-    shape = ModelShape.from_hf_config(__import__("tor_exp.models.loading", fromlist=["x"]).tiny_hf_config(
-        tiny_cfg("mamba2")))
+    shape = shape_from_model_config(tiny_cfg("mamba2"))
     assert layer_flops(shape, 40) == pytest.approx(2 * layer_flops(shape, 20))
     # the reference form computes whole chunks: 17 tokens cost as much SSD work as 32 in the intra terms
     assert layer_flops(shape, 17, reference=True) > layer_flops(shape, 17)
@@ -97,7 +96,7 @@ def test_realised_reduction_from_real_counts(model, family):
     out = reduced_forward(model, random_ids(2, 32), method=KeepFirst(), schedule=Schedule(LOCATIONS, 0.5))
     counts = [32, 32, 32, 16, 16, 8, 8, 4]
     assert out.tokens_per_layer.tolist() == [counts, counts]
-    shape = ModelShape.from_hf_config(model.config)
+    shape = model_shape(model)
     assert out.flops["proxy"] == pytest.approx(1 - sum(counts) / (8 * 32))
     expected_bb = 1 - sum(layer_flops(shape, c) for c in counts) / (8 * layer_flops(shape, 32))
     assert out.flops["backbone"] == pytest.approx(expected_bb)
@@ -148,7 +147,7 @@ def test_build_schedule_variants():
     # total scope on a tiny model: the shape comes from its config
     tiny = tiny_cfg("mamba")
     s = build_schedule(_Red(flops_scope="total"), tiny)
-    shape = ModelShape.from_model_config(tiny)
+    shape = shape_from_model_config(tiny)
     assert flops_reduction(8, LOCATIONS, s.keep_ratio, "total", shape, None) == pytest.approx(0.2, abs=1e-8)
 
 

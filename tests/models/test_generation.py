@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicCache
 
-from tor_exp.models.flops import Schedule
+from tor_exp.models.schedule import Schedule
 from tor_exp.models.generation import decode_step, generate_text, prefill
 from tor_exp.models.patching import get_patch, patch, reduced_forward
 

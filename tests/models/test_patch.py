@@ -9,7 +9,7 @@ from transformers.models.mamba import modeling_mamba
 
 import tor_exp.reduction as R
 from tor_exp.errors import ConfigError
-from tor_exp.models.flops import Schedule
+from tor_exp.models.schedule import Schedule
 from tor_exp.models.patching import get_patch, is_patched, patch, reduced_forward, unpatch
 
 from _tiny_methods import KeepFirst, MergeRight, kept_count

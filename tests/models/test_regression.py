@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import tor_exp.reduction as R
-from tor_exp.models.flops import Schedule
+from tor_exp.models.schedule import Schedule
 
 from conftest import LOCATIONS
 from test_patch import calibrated, padded_batch

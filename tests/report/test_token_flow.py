@@ -107,7 +107,7 @@ def tiny_model():
 
 def test_utrc_flow_on_the_tiny_model(tiny_model):
     from tor_exp.models import reduced_forward
-    from tor_exp.models.flops import Schedule
+    from tor_exp.models.schedule import Schedule
     from tor_exp.models.patching import is_patched
     from tor_exp.reduction import build_method
     from tor_exp.reduction.utrc import UTRCConfig
@@ -143,7 +143,7 @@ def test_utrc_flow_on_the_tiny_model(tiny_model):
 
 
 def test_parity_methods_are_refused_before_running(tiny_model):
-    from tor_exp.models.flops import Schedule
+    from tor_exp.models.schedule import Schedule
     from tor_exp.reduction import build_method
     from tor_exp.reduction.parity import PuMerParityConfig
 

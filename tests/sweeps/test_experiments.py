@@ -106,7 +106,7 @@ def _check_job(experiment: str, cfg) -> tuple:
         assert v.eval.compare_baseline is False  # the 0 % row is its own job
     parity = experiment == "parity" or v.reduction.method.endswith("_official")  # parity.yaml sets offset for all
     assert v.eval.alignment == ("offset" if parity else "exact")
-    from tor_exp.models.flops import build_schedule
+    from tor_exp.models.schedule import build_schedule
 
     locations = list(build_schedule(v.reduction, v.model).locations)
     model = canonical_model(v.model.name)  # config names use dashes: mamba2-2.7b

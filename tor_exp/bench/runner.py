@@ -16,10 +16,11 @@ from torch import Tensor
 
 from tor_exp.bench import ratios
 from tor_exp.bench.config import BenchConfig
-from tor_exp.bench.decode import StaticDecoder, states_from_cache
+from tor_exp.models.static_decode import StaticDecoder, states_from_cache
 from tor_exp.bench.memory import NvmlPeakSampler, nvml_handle
 from tor_exp.bench.overhead import ReduceTimer
 from tor_exp.bench.timing import Stopwatch, TimingStats, synchronize
+from tor_exp.models.families import adapter_of
 
 
 @dataclass
@@ -49,13 +50,13 @@ def build_variants(model: Any, model_cfg: Any, reduction_cfg: Any, bench_cfg: Be
     The preset's targets replace the reduction config's own ``target_flops`` / ``keep_ratio``; a method
     of ``none`` gives the baseline alone.
     """
-    from tor_exp.models.flops import ModelShape, build_schedule
+    from tor_exp.models import build_schedule, model_shape
     from tor_exp.reduction import build_method
 
     variants = [Variant("none", "none", 0.0)]
     if reduction_cfg.method == "none":
         return variants
-    shape = ModelShape.from_hf_config(model.config)
+    shape = model_shape(model)
     for target in bench_cfg.flops_targets:
         if target == 0.0:
             continue
@@ -68,7 +69,7 @@ def build_variants(model: Any, model_cfg: Any, reduction_cfg: Any, bench_cfg: Be
 
 def applied(model: Any, variant: Variant, tokenizer: Any, model_cfg: Any) -> Any:
     """The model patched with the variant's method (calibrated on the model's calibration text) for a block."""
-    from tor_exp.models.calibration import reducing
+    from tor_exp.models.schedule import reducing
 
     return reducing(model, variant.method, variant.schedule, tokenizer=tokenizer,
                     calibration_source=model_cfg.calibration_text)
@@ -91,38 +92,37 @@ class ForwardOut:
 
 def forward_fn(model: Any, ids: Tensor, variant: Variant, logits: str = "last", *, with_cache: bool = False,
                logits_float: bool = False, observers: Sequence[Any] = ()):
-    """A closure running the backbone loop (reducing per the variant) + LM head, without FLOPs bookkeeping.
+    """A closure running :func:`tor_exp.models.backbone.forward` (reducing per the variant), without FLOPs
+    bookkeeping.
 
     ``reduced_forward`` also computes realised FLOPs on the host; that is done once after timing instead, so the
     timed region is the model's work only. ``with_cache``: a generation prefill — a fresh cache is filled and each
     row's last prompt token is protected (it predicts the first new token), as
     :func:`tor_exp.models.generation.prefill` does.
     """
-    from transformers.cache_utils import DynamicCache
-
-    from tor_exp.models.backbone import drive_backbone
-    from tor_exp.models.tokens import gather_last, protect_last
+    from tor_exp.models import adapter_of
+    from tor_exp.models.backbone import forward
+    from tor_exp.models.tokens import protect_last
 
     valid = torch.ones_like(ids, dtype=torch.bool)
     protected = protect_last(valid) if with_cache else None
+    adapter = adapter_of(model)
 
     def run() -> ForwardOut:
-        cache = DynamicCache(config=model.config) if with_cache else None
-        out = drive_backbone(model, ids, valid, protected, variant.method, variant.schedule, cache,
-                             observers=observers)
-        hidden = gather_last(out.hidden, out.state.valid) if logits == "last" else out.hidden
-        head = model.lm_head(hidden.to(model.lm_head.weight.dtype))
-        return ForwardOut(head.float() if logits_float else head, out.tokens_per_layer, cache)
+        cache = adapter.new_cache(model) if with_cache else None
+        out = forward(model, ids, valid, protected, logits, method=variant.method, schedule=variant.schedule,
+                      cache=cache, observers=observers, float_logits=logits_float)
+        return ForwardOut(out.logits, out.tokens_per_layer, cache)
 
     return run
 
 
 def realised(model: Any, out: ForwardOut, length: int, logits: str) -> dict[str, float]:
     """Realised FLOPs reductions (proxy / backbone / total) from the real token counts of one forward."""
-    from tor_exp.models.flops import ModelShape, realised_flops_reduction
+    from tor_exp.models import model_shape, realised_flops_reduction
 
     n_input = torch.full((out.counts.shape[0],), length)
-    return realised_flops_reduction(out.counts.cpu(), n_input, ModelShape.from_hf_config(model.config), logits)
+    return realised_flops_reduction(out.counts.cpu(), n_input, model_shape(model), logits)
 
 
 def _flops_fields(flops: dict[str, float]) -> dict[str, Optional[float]]:
@@ -159,7 +159,7 @@ def bench_prefill(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any
     rows = []
     for batch in cfg.batch_sizes:
         for length in cfg.seq_lens:
-            ids = random_prompts(batch, length, model.config.vocab_size, cfg.seed, device)
+            ids = random_prompts(batch, length, adapter_of(model).vocab_size(model), cfg.seed, device)
             variants = build_variants(model, model_cfg, reduction_cfg, cfg, length, cfg.logits)
             runs = [forward_fn(model, ids, v, cfg.logits, logits_float=cfg.logits_float) for v in variants]
             stats = [TimingStats() for _ in variants]
@@ -214,7 +214,7 @@ class _Decoders:
         self.by_batch: dict[int, StaticDecoder] = {}
 
     def path(self) -> str:
-        if self.cfg.decode == "hf":
+        if self.cfg.decode == "hf" or not adapter_of(self.model).static_decode:
             return "hf"
         return "cuda_graph" if (self.device.type == "cuda" and self.cfg.cuda_graph) else "static"
 
@@ -234,7 +234,7 @@ class _Decoders:
                 tok = decode_step(self.model, tok, cache).argmax(dim=-1)
                 toks.append(tok)
             return torch.stack(toks, dim=1)
-        states = states_from_cache(out.cache, len(self.model.backbone.layers))
+        states = states_from_cache(out.cache, adapter_of(self.model).num_layers(self.model))
         batch = first.shape[0]
         dec = self.by_batch.get(batch)
         if dec is None:
@@ -269,7 +269,7 @@ def bench_generate(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: An
     rows = []
     for batch in cfg.batch_sizes:
         for length in cfg.seq_lens:
-            ids = random_prompts(batch, length, model.config.vocab_size, cfg.seed, device)
+            ids = random_prompts(batch, length, adapter_of(model).vocab_size(model), cfg.seed, device)
             variants = build_variants(model, model_cfg, reduction_cfg, cfg, length, "last")
             pre, dec, tot = ([TimingStats() for _ in variants] for _ in range(3))
             last: list[Any] = [None] * len(variants)
@@ -329,7 +329,7 @@ def bench_memory(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any,
     rows = []
     for batch in cfg.batch_sizes:
         for length in cfg.seq_lens:
-            ids = random_prompts(batch, length, model.config.vocab_size, cfg.seed, device)
+            ids = random_prompts(batch, length, adapter_of(model).vocab_size(model), cfg.seed, device)
             for mode in cfg.memory_logits:
                 for v in build_variants(model, model_cfg, reduction_cfg, cfg, length, mode):
                     row: dict[str, Any] = {"kind": "memory", "batch": batch, "seq_len": length, "logits": mode,
@@ -389,7 +389,7 @@ def bench_overhead(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: An
     rows = []
     for batch in cfg.batch_sizes:
         for length in cfg.seq_lens:
-            ids = random_prompts(batch, length, model.config.vocab_size, cfg.seed, device)
+            ids = random_prompts(batch, length, adapter_of(model).vocab_size(model), cfg.seed, device)
             for v in build_variants(model, model_cfg, reduction_cfg, cfg, length, cfg.logits):
                 timer = ReduceTimer(device)
                 run = forward_fn(model, ids, v, cfg.logits, logits_float=cfg.logits_float, observers=[timer])

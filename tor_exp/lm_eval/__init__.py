@@ -76,15 +76,15 @@ class TorExpByName(TorExpLM):
         import torch
 
         from tor_exp.config import compose
-        from tor_exp.models import ModelShape, load_model
-        from tor_exp.models.calibration import build_reduction, reducing
+        from tor_exp.models import load_model, model_shape
+        from tor_exp.models.schedule import build_reduction, reducing
 
         v = compose(model_overrides(model, reduction, kwargs))
         # lm-eval's command line asks for cuda:0 unless told otherwise: like its HFLM, use the CPU when there is none
         dev = device if device and (not str(device).startswith("cuda") or torch.cuda.is_available()) else \
             ("cuda" if torch.cuda.is_available() else "cpu")
         net, tok = load_model(v.model, device=dev)
-        method, schedule = build_reduction(v.reduction, v.model, shape=ModelShape.from_hf_config(net.config))
+        method, schedule = build_reduction(v.reduction, v.model, shape=model_shape(net))
         self._patched = ExitStack()
         self._patched.enter_context(reducing(net, method, schedule, tokenizer=tok,
                                              calibration_source=v.model.calibration_text))

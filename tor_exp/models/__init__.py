@@ -1,5 +1,6 @@
-"""Models: loading (HF, mamba_ssm-format conversion, tiny, shipped reference), patching, schedule + FLOPs,
-generation with a reduced prefill.
+"""Models: one adapter per family (:mod:`tor_exp.models.families`), the one backbone loop, loading (HF,
+mamba_ssm-format conversion, tiny, shipped reference), patching, the schedule, the FLOP model, generation with a
+reduced prefill.
 
 Names load lazily (PEP 562): the CLI imports ``tor_exp.models.config`` to validate overrides before anything
 needs transformers.
@@ -8,14 +9,18 @@ from tor_exp._lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(["ModelConfig", "TinyModelConfig"], "config"),
-    **dict.fromkeys(["ModelShape", "Schedule", "build_schedule", "flops_reduction", "layer_flop_terms", "layer_flops",
-                     "model_flops", "realised_flops_reduction", "solve_keep_ratio"], "flops"),
+    **dict.fromkeys(["ModelShape", "flops_reduction", "layer_flop_terms", "layer_flops", "model_flops",
+                     "realised_flops_reduction"], "flops"),
+    **dict.fromkeys(["Schedule", "build_reduction", "build_schedule", "reducing", "resolve_locations",
+                     "solve_keep_ratio"], "schedule"),
+    **dict.fromkeys(["adapter_for", "adapter_of", "model_shape"], "families"),
     **dict.fromkeys(["decode_step", "generate_text", "prefill"], "generation"),
-    **dict.fromkeys(["load_model", "load_tokenizer", "resolve_path"], "loading"),
+    **dict.fromkeys(["load_model", "load_tokenizer", "partial_weights", "resolve_path", "shape_from_model_config"],
+                    "loading"),
     **dict.fromkeys(["ReducedOutput", "is_patched", "observing", "patch", "reduced_forward", "unpatch"], "patching"),
-    "drive_backbone": "backbone",
+    **dict.fromkeys(["drive_backbone", "forward"], "backbone"),
     **dict.fromkeys(["gather_last", "protect_last"], "tokens"),
-    **dict.fromkeys(["build_reduction", "calibrate", "calibration_text", "reducing"], "calibration"),
+    **dict.fromkeys(["calibrate", "calibration_text"], "calibration"),
     "byte_tokenizer": "tokenizer",
 }
 __all__ = sorted(_EXPORTS)

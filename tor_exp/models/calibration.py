@@ -1,22 +1,20 @@
-"""Put a reduction into a model for a block of work: build → patch → calibrate → (work) → unpatch.
+"""Post-training calibration of methods with thresholds (LTMP, METHOD.md §3): the text they see and the pass.
 
-Every caller (the eval and generate tasks, the benchmarks, the lm-eval backend built by name, the quality
-benchmark) goes through :func:`reducing`, so a method that needs calibration (LTMP) always sees the same text:
-the model config's ``calibration_text`` (in-domain, never evaluation items), else the bundled generic one.
+:func:`tor_exp.models.schedule.reducing` calls :func:`calibrate` right after patching, so a method that needs
+calibration always sees the same text: the model config's ``calibration_text`` (in-domain, never evaluation items),
+else the bundled generic one.
 """
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from tor_exp.errors import ConfigError
-from tor_exp.models.flops import Schedule
-from tor_exp.models.patching import patch, reduced_forward, unpatch
+from tor_exp.models.patching import reduced_forward
 from tor_exp.paths import resolve_pkg_path
 
 GENERIC_CALIBRATION = Path(__file__).resolve().parent.parent / "assets" / "calibration.txt"
@@ -51,39 +49,3 @@ def calibrate(method: Any, model: nn.Module, tokenizer: Any, text: str, *, seq_l
         for i in range(0, len(chunks), batch_size):
             reduced_forward(model, torch.stack(chunks[i:i + batch_size]).to(device), logits="last")
     return len(chunks)
-
-
-@contextmanager
-def reducing(model: nn.Module, method: Any, schedule: Optional[Schedule], *, tokenizer: Any = None,
-             calibration_source: Optional[str] = None, record: Optional[dict[str, Any]] = None) -> Iterator[nn.Module]:
-    """``model`` patched with ``method`` at ``schedule`` (and calibrated) for the block; unpatched afterwards.
-
-    ``method`` None (the ``none`` reduction) yields the plain model. ``record`` receives
-    ``calibration_sequences`` when a calibration ran.
-    """
-    if method is None:
-        yield model
-        return
-    if schedule is None:
-        raise ValueError("reducing(): a method needs a schedule")
-    patch(model, method, schedule)
-    try:
-        if needs_calibration(method):
-            if tokenizer is None:
-                raise ValueError(f"reducing(): {type(method).__name__} needs calibration text and a tokenizer")
-            used = calibrate(method, model, tokenizer, calibration_text(calibration_source))
-            if record is not None:
-                record["calibration_sequences"] = used
-        yield model
-    finally:
-        unpatch(model)
-
-
-def build_reduction(reduction_cfg: Any, model_cfg: Any, *, shape: Any = None, seq_len: Optional[int] = None,
-                    logits: str = "all") -> tuple[Any, Schedule]:
-    """(method, schedule) for a validated reduction config on a model; the method is None for ``none``."""
-    from tor_exp.models.flops import build_schedule
-    from tor_exp.reduction import build_method
-
-    schedule = build_schedule(reduction_cfg, model_cfg, seq_len=seq_len, shape=shape, logits=logits)
-    return (None if reduction_cfg.method == "none" else build_method(reduction_cfg)), schedule

@@ -1,18 +1,26 @@
-"""Hydra schema of the ``model`` config group (registered by the lead as group "model", name "model_schema").
+"""Hydra schema of the ``model`` config group (registered as group "model", name "model_schema").
 
 One dataclass describes every way a model can be obtained: a HF-format hub id or directory (``hf``), a
 checkpoint in the original ``mamba_ssm`` layout that is converted on load (``mamba_ssm``), a random tiny model
 for tests (``tiny``) or a local HF-format directory, possibly shipped inside the package (``local``).
+``family`` names the model family (its adapter in :mod:`tor_exp.models.families`); ``auto`` reads it from the
+checkpoint's config.json.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from tor_exp.errors import ConfigError
 
-FAMILIES = ("mamba", "mamba2")
+#: the registered families (tor_exp.models.families; a test keeps the two lists equal), plus ``auto``
+FAMILIES = ("mamba", "mamba2", "falcon_mamba", "nemotron_h", "bamba", "granite_hybrid", "zamba2", "jamba",
+            "falcon_h1")
 SOURCES = ("hf", "mamba_ssm", "tiny", "local")
+#: families with attention layers (their FLOPs depend on the layer and the length; decode needs key bookkeeping)
+HYBRID_FAMILIES = ("nemotron_h", "bamba", "granite_hybrid", "zamba2", "jamba", "falcon_h1")
+#: families whose SSM is Mamba-1 (no heads); the others' Mamba-2 mixers split d_model·expand into heads
+MAMBA1_FAMILIES = ("mamba", "falcon_mamba", "jamba")
 DTYPES = ("float32", "bfloat16", "float16")
 BACKENDS = ("hf", "mamba_ssm")
 
@@ -31,6 +39,8 @@ class TinyModelConfig:
     chunk_size: int = 32
     head_dim: int = 16
     n_groups: int = 1
+    #: the family's own HF config keys (a hybrid's layer pattern, attention heads, MLP size, ...)
+    config: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, family: str) -> None:
         for key in ("d_model", "n_layer", "vocab_size", "state_size", "expand", "conv_kernel", "chunk_size",
@@ -38,7 +48,7 @@ class TinyModelConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"model.tiny.{key}={value!r}: must be a positive integer")
-        if family == "mamba2":
+        if family not in MAMBA1_FAMILIES:
             inner = self.d_model * self.expand
             if inner % self.head_dim:
                 raise ConfigError(f"model.tiny.head_dim={self.head_dim}: must divide d_model*expand={inner}")
@@ -53,7 +63,10 @@ class ModelConfig:
     ``path``: hub id or directory (unused for ``tiny``); ``local`` paths may start with ``pkg://<package>/``
     to point inside an installed package. ``tokenizer``: hub id or directory; null = same as ``path``;
     ``byte`` = the built-in byte-level tokenizer (always used by tiny models).
-    ``locations``: "reduce after block l" indices used when ``reduction.locations`` is null.
+    ``locations``: "reduce after block l" indices used when ``reduction.locations`` is null (null: the paper's
+    pattern scaled to the depth). ``n_layer`` null: the checkpoint's depth (``model=local``).
+    ``allow_partial``: load a checkpoint whose weights do not cover the model (missing weights stay random; the
+    job's record lists them) instead of refusing it.
     """
 
     name: str = "tiny_mamba2"
@@ -61,8 +74,8 @@ class ModelConfig:
     source: str = "tiny"
     path: Optional[str] = None
     tokenizer: Optional[str] = None
-    n_layer: int = 16
-    locations: list[int] = field(default_factory=lambda: [4, 7, 10, 13])
+    n_layer: Optional[int] = 16
+    locations: Optional[list[int]] = field(default_factory=lambda: [4, 7, 10, 13])
     dtype: str = "float32"
     backend: str = "hf"
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
@@ -70,12 +83,13 @@ class ModelConfig:
     #: text that post-training-calibrated methods (LTMP) see before evaluation: a .txt file or a .jsonl with a
     #: "text" field (pkg:// allowed); null = the generic English paragraphs in tor_exp/assets/calibration.txt
     calibration_text: Optional[str] = None
+    allow_partial: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.tiny, dict):
             self.tiny = TinyModelConfig(**self.tiny)
-        if self.family not in FAMILIES:
-            raise ConfigError(f"model.family={self.family!r}: must be one of {', '.join(FAMILIES)}")
+        if self.family not in (*FAMILIES, "auto"):
+            raise ConfigError(f"model.family={self.family!r}: must be one of {', '.join(FAMILIES)} or auto")
         if self.source not in SOURCES:
             raise ConfigError(f"model.source={self.source!r}: must be one of {', '.join(SOURCES)}")
         if self.dtype not in DTYPES:
@@ -84,17 +98,26 @@ class ModelConfig:
             raise ConfigError(f"model.backend={self.backend!r}: must be one of {', '.join(BACKENDS)}")
         if self.source != "tiny" and not self.path:
             raise ConfigError(f"model.path={self.path!r}: required when model.source={self.source}")
-        if not isinstance(self.n_layer, int) or self.n_layer <= 0:
-            raise ConfigError(f"model.n_layer={self.n_layer!r}: must be a positive integer")
+        if self.source == "tiny" and self.path:
+            raise ConfigError(f"model.path={self.path!r}: model.source=tiny builds a random model and reads no "
+                              "checkpoint; for a saved checkpoint use model=local model.path=DIR")
+        if self.family == "auto" and self.source not in ("local", "hf"):
+            raise ConfigError(f"model.family=auto: reads the family from config.json, so model.source must be "
+                              f"local or hf, got {self.source}")
+        if self.n_layer is not None and (not isinstance(self.n_layer, int) or self.n_layer <= 0):
+            raise ConfigError(f"model.n_layer={self.n_layer!r}: must be a positive integer (or null: the checkpoint's)")
         if self.source == "tiny":
             self.tiny.validate(self.family)
-            if self.tiny.n_layer != self.n_layer:
+            if self.n_layer is None or self.tiny.n_layer != self.n_layer:
                 raise ConfigError(
                     f"model.n_layer={self.n_layer}: must equal model.tiny.n_layer={self.tiny.n_layer} for tiny models"
                 )
-        locs = list(self.locations or [])
-        if any((not isinstance(l, int)) or l < 0 or l >= self.n_layer - 1 for l in locs):
-            raise ConfigError(f"model.locations={locs}: each must be an integer in [0, {self.n_layer - 2}]")
+        if self.locations is None:
+            return
+        locs = list(self.locations)
+        top = self.n_layer - 2 if self.n_layer is not None else None
+        if any((not isinstance(l, int)) or l < 0 or (top is not None and l > top) for l in locs):
+            raise ConfigError(f"model.locations={locs}: each must be an integer in [0, {top if top is not None else 'depth-2'}]")
         if sorted(set(locs)) != locs:
             raise ConfigError(f"model.locations={locs}: must be strictly increasing")
         self.locations = locs

@@ -1,19 +1,20 @@
-"""Analytic FLOPs of Mamba / Mamba-2, the reduction schedule, and ρ solved from a FLOPs target.
+"""The analytic FLOP model of SSM and hybrid SSM–attention LMs (METHOD.md §4).
 
-Conventions (METHOD.md §0, §4): "reduce after block l" — blocks l+1 … see the shorter sequence; the same keep
-ratio ρ at every location, so after k locations ρ^k·N tokens remain (continuous, no ceil, when solving).
-``f`` is defined on backbone FLOPs at the input length unless ``scope="total"``; since every layer of a model
-costs the same per token, backbone f = 1 − mean_l(tokens entering layer l)/N.
+Conventions: FLOPs count a multiply-add as 2. A layer is a list of *parts* — ``ssm`` (a Mamba or Mamba-2
+mixer), ``attention``, ``mlp``, ``moe``, ``linear`` (Zamba2's projection of its shared block) — each with its
+pre-norm. A pure SSM model has one ``ssm`` part per layer and every layer costs the same per token, so the backbone
+FLOPs reduction is ``1 − mean_l(tokens entering layer l)/N``; in a hybrid the layers differ and attention is
+quadratic in its tokens, so the reduction is FLOP-weighted at a sequence length.
 
-FLOPs count a multiply-add as 2. Terms are split into matmul-like ones (what ``FlopCounterMode`` sees:
-linear layers, the depthwise conv, the scan's C·h products and the SSD einsums) and element-wise ones
-(discretisation, gates, norms), which are reported but cannot be checked against the counter.
+Terms are split into matmul-like ones (what ``FlopCounterMode`` sees: linear layers, the depthwise conv, the
+scan's C·h products, the SSD einsums and attention's two products) and element-wise ones (discretisation, gates,
+norms, softmax), which are reported but cannot be checked against the counter.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -24,12 +25,23 @@ from tor_exp.errors import ConfigError
 MATMUL_TERMS = frozenset({
     "in_proj", "conv1d", "x_proj", "dt_proj", "scan_out", "out_proj",
     "ssd_scores", "ssd_intra", "ssd_chunk_states", "ssd_inter_chunk", "ssd_state_out",
+    "attn_qkv", "attn_scores", "attn_values", "attn_out", "mlp_in", "mlp_out", "moe_router", "moe_experts",
+    "moe_shared", "linear",
 })
+#: the parts a layer can have
+PARTS = ("ssm", "attention", "mlp", "moe", "linear")
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The dimensions the FLOPs depend on (read from a HF config or a :class:`ModelConfig`'s tiny shape)."""
+    """The dimensions the FLOPs depend on (a model adapter reads them from the HF config).
+
+    ``family`` is the SSM mixer kind (``mamba`` | ``mamba2``). ``layers`` lists each layer's parts; empty means
+    every layer is one SSM mixer (Mamba, Mamba-2). Attention: ``attn_heads`` query heads and ``attn_kv_heads``
+    key/value heads of ``attn_head_dim``, reading ``attn_width`` features (0 = d_model; Zamba2's shared block
+    reads 2·d_model). MLP: ``mlp_size`` hidden units, ``mlp_gated`` for a gated (SwiGLU-style) up projection;
+    MoE: ``moe_top_k`` of ``moe_experts`` experts of ``moe_size`` plus a shared expert of ``moe_shared_size``.
+    """
 
     family: str
     d_model: int
@@ -42,42 +54,52 @@ class ModelShape:
     head_dim: int = 64        # Mamba-2
     n_groups: int = 1         # Mamba-2
     chunk_size: int = 256     # Mamba-2
+    ssm_heads: int = 0        # Mamba-2 heads when not expand·d_model/head_dim (0 = derived)
+    layers: tuple[tuple[str, ...], ...] = ()
+    attn_heads: int = 0
+    attn_kv_heads: int = 0
+    attn_head_dim: int = 0
+    attn_width: int = 0
+    mlp_size: int = 0
+    mlp_gated: bool = False
+    mlp_width: int = 0        # input width of the MLP (0 = d_model; Zamba2's shared block: 2·d_model)
+    moe_experts: int = 0
+    moe_top_k: int = 0
+    moe_size: int = 0
+    moe_shared_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.layers and len(self.layers) != self.n_layer:
+            raise ValueError(f"ModelShape: {len(self.layers)} layer part lists for {self.n_layer} layers")
+        unknown = {p for parts in self.layers for p in parts} - set(PARTS)
+        if unknown:
+            raise ValueError(f"ModelShape: unknown layer parts {sorted(unknown)}")
 
     @property
     def d_inner(self) -> int:
-        return self.expand * self.d_model
+        return self.ssm_heads * self.head_dim if self.ssm_heads else self.expand * self.d_model
 
     @property
     def n_heads(self) -> int:
-        return self.d_inner // self.head_dim
+        return self.ssm_heads or self.d_inner // self.head_dim
 
-    @classmethod
-    def from_hf_config(cls, config: Any) -> "ModelShape":
-        family = "mamba2" if getattr(config, "model_type", "") == "mamba2" else "mamba"
-        return cls(
-            family=family, d_model=config.hidden_size, n_layer=config.num_hidden_layers,
-            vocab_size=config.vocab_size, state_size=config.state_size, expand=int(config.expand),
-            conv_kernel=config.conv_kernel, dt_rank=int(getattr(config, "time_step_rank", 0) or 0),
-            head_dim=int(getattr(config, "head_dim", 64)), n_groups=int(getattr(config, "n_groups", 1)),
-            chunk_size=int(getattr(config, "chunk_size", 256)),
-        )
+    @property
+    def uniform(self) -> bool:
+        """Every layer is the same single SSM mixer (cost per token equal and constant across layers)."""
+        return not self.layers or all(parts == ("ssm",) for parts in self.layers)
 
-    @classmethod
-    def from_model_config(cls, cfg: Any) -> "ModelShape":
-        """Shape of a ``source: tiny`` model config (other sources need the loaded HF config)."""
-        from tor_exp.models.loading import tiny_hf_config
+    def parts(self, layer: int) -> tuple[str, ...]:
+        return self.layers[layer] if self.layers else ("ssm",)
 
-        return cls.from_hf_config(tiny_hf_config(cfg))
+    def ssm_layers(self) -> list[int]:
+        """Layers that hold an SSM mixer (whose output y can rank tokens)."""
+        return [l for l in range(self.n_layer) if "ssm" in self.parts(l)]
 
 
-def layer_flop_terms(shape: ModelShape, seq_len: int, reference: bool = False) -> dict[str, float]:
-    """FLOPs of one block (pre-norm + mixer) on one sequence of ``seq_len`` tokens, by term.
-
-    Mamba-2 SSD terms: by default the ideal chunked algorithm, linear in ``seq_len`` (intra-chunk products
-    over chunks of ``chunk_size``, a linear pass over chunk states), so every layer costs the same per token.
-    ``reference=True`` counts what HF's torch reference computes instead (whole zero-padded chunks and an
-    inter-chunk recurrence quadratic in the number of chunks) — what ``FlopCounterMode`` measures on CPU.
-    """
+def _ssm_terms(shape: ModelShape, seq_len: int, reference: bool) -> dict[str, float]:
+    """One SSM mixer with its pre-norm. Mamba-2 SSD terms: by default the ideal chunked algorithm, linear in
+    ``seq_len``; ``reference=True`` counts what HF's torch reference computes instead (whole zero-padded chunks and
+    an inter-chunk recurrence quadratic in the number of chunks) — what ``FlopCounterMode`` measures on CPU."""
     n, d, e, s = float(seq_len), shape.d_model, shape.d_inner, shape.state_size
     k = shape.conv_kernel
     t: dict[str, float] = {"block_norm": 4.0 * n * d}
@@ -114,9 +136,69 @@ def layer_flop_terms(shape: ModelShape, seq_len: int, reference: bool = False) -
     return t
 
 
-def layer_flops(shape: ModelShape, seq_len: int, matmul_only: bool = False, reference: bool = False) -> float:
-    terms = layer_flop_terms(shape, seq_len, reference)
+def _attention_terms(shape: ModelShape, seq_len: int) -> dict[str, float]:
+    """Self-attention with its pre-norm; the score and value products are the dense n×n ones the kernels compute
+    (quadratic in the tokens the layer sees, which is why reducing before attention gains more than linearly)."""
+    n, d = float(seq_len), shape.d_model
+    w = shape.attn_width or d
+    h, kv, dh = shape.attn_heads, shape.attn_kv_heads or shape.attn_heads, shape.attn_head_dim
+    return {
+        "attn_norm": 4.0 * n * w,
+        "attn_qkv": 2.0 * n * w * (h + 2 * kv) * dh,
+        "attn_scores": 2.0 * n * n * h * dh,
+        "attn_softmax": 5.0 * n * n * h,
+        "attn_values": 2.0 * n * n * h * dh,
+        "attn_out": 2.0 * n * h * dh * d,
+    }
+
+
+def _mlp_terms(shape: ModelShape, seq_len: int, size: int, prefix: str = "mlp") -> dict[str, float]:
+    n, w = float(seq_len), shape.mlp_width or shape.d_model
+    up = 2 if shape.mlp_gated else 1
+    return {f"{prefix}_norm": 4.0 * n * w, f"{prefix}_in": 2.0 * n * w * up * size,
+            f"{prefix}_act": float(up + 1) * n * size, f"{prefix}_out": 2.0 * n * size * shape.d_model}
+
+
+def _moe_terms(shape: ModelShape, seq_len: int) -> dict[str, float]:
+    """Active FLOPs of a mixture-of-experts MLP: the router, ``moe_top_k`` experts per token, the shared expert."""
+    n, d = float(seq_len), shape.d_model
+    up = 2 if shape.mlp_gated else 1
+    expert = 2.0 * d * up * shape.moe_size + 2.0 * shape.moe_size * d + (up + 1) * shape.moe_size
+    shared = 2.0 * d * up * shape.moe_shared_size + 2.0 * shape.moe_shared_size * d + (up + 1) * shape.moe_shared_size
+    return {"moe_norm": 4.0 * n * d, "moe_router": 2.0 * n * d * shape.moe_experts,
+            "moe_experts": n * shape.moe_top_k * expert, "moe_shared": n * shared}
+
+
+def layer_flop_terms(shape: ModelShape, seq_len: int, reference: bool = False, layer: int = 0) -> dict[str, float]:
+    """FLOPs of layer ``layer`` (each part with its pre-norm) on one sequence of ``seq_len`` tokens, by term."""
+    terms: dict[str, float] = {}
+    for part in shape.parts(layer):
+        if part == "ssm":
+            new = _ssm_terms(shape, seq_len, reference)
+        elif part == "attention":
+            new = _attention_terms(shape, seq_len)
+        elif part == "mlp":
+            new = _mlp_terms(shape, seq_len, shape.mlp_size)
+        elif part == "moe":
+            new = _moe_terms(shape, seq_len)
+        else:  # linear: Zamba2's projection of its shared block's output
+            new = {"linear": 2.0 * float(seq_len) * shape.d_model * shape.d_model}
+        for key, value in new.items():
+            terms[key] = terms.get(key, 0.0) + value
+    return terms
+
+
+def layer_flops(shape: ModelShape, seq_len: int, matmul_only: bool = False, reference: bool = False,
+                layer: int = 0) -> float:
+    terms = layer_flop_terms(shape, seq_len, reference, layer)
     return float(sum(v for key, v in terms.items() if not matmul_only or key in MATMUL_TERMS))
+
+
+def layer_cost(shape: ModelShape, layer: int) -> tuple[float, float]:
+    """(a, b) with the ideal FLOPs of ``layer`` on n tokens = a·n + b·n² (b > 0 only for attention)."""
+    one, two = layer_flops(shape, 1, layer=layer), layer_flops(shape, 2, layer=layer)
+    b = (two - 2.0 * one) / 2.0
+    return one - b, b
 
 
 def head_flop_terms(shape: ModelShape, n_tokens: int, n_logits: int) -> dict[str, float]:
@@ -129,16 +211,20 @@ def model_flops(
     reference: bool = False,
 ) -> float:
     """FLOPs of one sequence whose layer l sees ``tokens_per_layer[l]`` tokens (embedding lookups cost 0)."""
-    backbone = sum(layer_flops(shape, int(n), matmul_only, reference) for n in tokens_per_layer)
+    backbone = sum(layer_flops(shape, int(n), matmul_only, reference, layer=l) for l, n in enumerate(tokens_per_layer))
     head = head_flop_terms(shape, int(tokens_per_layer[-1]), n_logits)
     return backbone + (head["lm_head"] if matmul_only else sum(head.values()))
 
 
-# ---------------------------------------------------------------------------------------------- schedule
+# ------------------------------------------------------------------------------------ a schedule's FLOPs
 def tokens_fraction_per_layer(n_layer: int, locations: Iterable[int], keep_ratio: float) -> list[float]:
     """Fraction of the input tokens entering each layer: ρ^(number of locations l < layer)."""
     locs = sorted(locations)
     return [keep_ratio ** sum(1 for l in locs if l < layer) for layer in range(n_layer)]
+
+
+#: sequence length at which a hybrid's (length-dependent) FLOPs reduction is solved when none is given
+DEFAULT_SEQ_LEN = 1024
 
 
 def flops_reduction(
@@ -150,58 +236,37 @@ def flops_reduction(
     seq_len: Optional[int] = None,
     logits: str = "all",
 ) -> float:
-    """Continuous FLOPs reduction of a schedule (what :func:`solve_keep_ratio` inverts)."""
+    """Continuous FLOPs reduction of a schedule (what the ρ solver inverts).
+
+    ``backbone``: for a uniform model the token average ``1 − mean_l ρ^k(l)`` (independent of the length); for a
+    hybrid the FLOP-weighted reduction at ``seq_len`` (default :data:`DEFAULT_SEQ_LEN`). ``total`` adds the final
+    norm and the LM head (``logits`` all or last) and needs ``shape``.
+    """
     frac = tokens_fraction_per_layer(n_layer, locations, keep_ratio)
-    if scope == "backbone":
-        return 1.0 - sum(frac) / n_layer
-    if scope != "total":
+    if scope not in ("backbone", "total"):
         raise ConfigError(f"reduction.flops_scope={scope!r}: must be one of backbone, total")
+    if scope == "backbone" and (shape is None or shape.uniform):
+        return 1.0 - sum(frac) / n_layer
     if shape is None:
         raise ConfigError(
-            "reduction.flops_scope=total: needs the model shape; pass "
-            "shape=ModelShape.from_hf_config(model.config) to build_schedule once the model is loaded"
+            "reduction.flops_scope=total: needs the model shape; pass shape=model_shape(model) to build_schedule "
+            "once the model is loaded"
         )
-    n = int(seq_len or 1024)
-    per_token_layer = layer_flops(shape, n) / n
-    head = head_flop_terms(shape, 1, 1)
-    norm_tok, lm_tok = head["norm_f"], head["lm_head"]
-    full = n_layer * per_token_layer * n + norm_tok * n + lm_tok * (n if logits == "all" else 1)
-    reduced = per_token_layer * n * sum(frac) + norm_tok * n * frac[-1]
-    reduced += lm_tok * (n * frac[-1] if logits == "all" else 1)
+    n = float(seq_len or DEFAULT_SEQ_LEN)
+    costs = [layer_cost(shape, l) for l in range(n_layer)]
+    full = sum(a * n + b * n * n for a, b in costs)
+    reduced = sum(a * n * f + b * (n * f) ** 2 for (a, b), f in zip(costs, frac))
+    if scope == "total":
+        head = head_flop_terms(shape, 1, 1)
+        norm_tok, lm_tok = head["norm_f"], head["lm_head"]
+        if shape.uniform:  # the historical closed form (bit-identical ρ for the pure SSM models)
+            per_token_layer = layer_flops(shape, int(n)) / n
+            full = n_layer * per_token_layer * n
+            reduced = per_token_layer * n * sum(frac)
+        full = full + norm_tok * n + lm_tok * (n if logits == "all" else 1)
+        reduced = reduced + norm_tok * n * frac[-1]
+        reduced += lm_tok * (n * frac[-1] if logits == "all" else 1)
     return 1.0 - reduced / full
-
-
-def solve_keep_ratio(
-    n_layer: int,
-    locations: Sequence[int],
-    target_flops: float,
-    scope: str = "backbone",
-    shape: Optional[ModelShape] = None,
-    seq_len: Optional[int] = None,
-    logits: str = "all",
-    tol: float = 1e-10,
-) -> float:
-    """ρ in (0, 1] whose schedule removes ``target_flops`` of the FLOPs (bisection; f is monotone in ρ)."""
-    if not 0.0 <= target_flops < 1.0:
-        raise ConfigError(f"reduction.target_flops={target_flops!r}: must be in [0, 1)")
-    if target_flops == 0.0 or not locations:
-        if target_flops > 0.0:
-            raise ConfigError(f"reduction.target_flops={target_flops}: no reduction locations to reach it")
-        return 1.0
-    f = lambda rho: flops_reduction(n_layer, locations, rho, scope, shape, seq_len, logits)  # noqa: E731
-    best = f(1e-12)
-    if target_flops > best:
-        raise ConfigError(
-            f"reduction.target_flops={target_flops}: above the {best:.4f} reachable with locations {list(locations)}"
-        )
-    lo, hi = 1e-12, 1.0  # f(lo) >= target >= f(hi) = 0
-    while hi - lo > tol:
-        mid = 0.5 * (lo + hi)
-        if f(mid) >= target_flops:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
 
 
 def realised_flops_reduction(
@@ -215,9 +280,9 @@ def realised_flops_reduction(
 
     ``tokens_per_layer``: [B, L] (or [L]) counts entering each layer; ``n_input``: [B] unreduced lengths.
     Returns ``proxy`` (1 − mean_l n_l / N, the released code's layer-average proxy) and, with ``shape``,
-    ``backbone`` (analytic layer FLOPs at the real lengths) and ``total`` (+ final norm and LM head; with
-    ``logits="last"`` one logit row per sequence either way, with ``"all"`` one per surviving token, or
-    ``n_logits`` per row when given).
+    ``backbone`` (analytic layer FLOPs at the real lengths; attention's quadratic terms per row) and ``total``
+    (+ final norm and LM head; with ``logits="last"`` one logit row per sequence either way, with ``"all"`` one
+    per surviving token, or ``n_logits`` per row when given).
     """
     counts = torch.as_tensor(tokens_per_layer, dtype=torch.float64)
     if counts.dim() == 1:
@@ -227,8 +292,6 @@ def realised_flops_reduction(
     out = {"proxy": float(1.0 - counts.sum() / (n_in.sum() * n_layer)) if n_in.sum() > 0 else 0.0}
     if shape is None:
         return out
-    # The ideal per-layer cost is linear in the token count (tested), so whole-batch sums suffice.
-    per_token = layer_flops(shape, 1)
     head = head_flop_terms(shape, 1, 1)
     real = n_in > 0
     final = counts[:, -1]
@@ -238,109 +301,19 @@ def realised_flops_reduction(
         m_full, m_red = n_in, final
     else:
         m_full = m_red = torch.ones_like(n_in)
-    full_bb = float((per_token * n_layer * n_in)[real].sum())
-    red_bb = float((per_token * counts.sum(dim=1))[real].sum())
+    if shape.uniform:
+        # every layer costs the same, linearly in its tokens (tested), so whole-batch sums suffice
+        per_token = layer_flops(shape, 1)
+        full_rows = per_token * n_layer * n_in
+        red_rows = per_token * counts.sum(dim=1)
+    else:
+        a, b = (torch.tensor(c, dtype=torch.float64) for c in zip(*(layer_cost(shape, l) for l in range(n_layer))))
+        full_rows = (a.sum() * n_in) + (b.sum() * n_in * n_in)
+        red_rows = (counts * a).sum(dim=1) + (counts * counts * b).sum(dim=1)
+    full_bb = float(full_rows[real].sum())
+    red_bb = float(red_rows[real].sum())
     full_tot = full_bb + float((head["norm_f"] * n_in + head["lm_head"] * m_full)[real].sum())
     red_tot = red_bb + float((head["norm_f"] * final + head["lm_head"] * m_red)[real].sum())
     out["backbone"] = 1.0 - red_bb / full_bb if full_bb else 0.0
     out["total"] = 1.0 - red_tot / full_tot if full_tot else 0.0
     return out
-
-
-@dataclass
-class Schedule:
-    """Where to reduce ("after block l") and how much (the same ρ at every location)."""
-
-    locations: list[int] = field(default_factory=list)
-    keep_ratio: float = 1.0
-    target_flops: Optional[float] = None
-
-
-def resolve_locations(reduction_cfg: Any, model_cfg: Any) -> list[int]:
-    """Explicit list, or start/stride/stop (stop defaults to the depth), or the model's paper default."""
-    n_layer = int(model_cfg.n_layer)
-    locs = getattr(reduction_cfg, "locations", None)
-    start = getattr(reduction_cfg, "location_start", None)
-    if locs is not None:
-        locs = [int(l) for l in locs]
-        key = "reduction.locations"
-    elif start is not None:
-        stride = getattr(reduction_cfg, "location_stride", None) or 1
-        stop = getattr(reduction_cfg, "location_stop", None)
-        stop = n_layer - 1 if stop is None else int(stop)
-        if stride <= 0:
-            raise ConfigError(f"reduction.location_stride={stride!r}: must be > 0")
-        locs = list(range(int(start), stop, int(stride)))
-        key = "reduction.location_start"
-    else:
-        locs = [int(l) for l in model_cfg.locations]
-        key = "model.locations"
-    bad = [l for l in locs if l < 0 or l > n_layer - 2]
-    if bad:
-        raise ConfigError(f"{key}={locs}: locations {bad} outside [0, {n_layer - 2}] for a {n_layer}-layer model")
-    if len(set(locs)) != len(locs):
-        raise ConfigError(f"{key}={locs}: duplicate locations")
-    return sorted(locs)
-
-
-def shape_from_model_config(model_cfg: Any) -> Optional[ModelShape]:
-    """The model shape without loading weights: tiny configs, local directories, or a hub config.json that is
-    already in the local HF cache (never downloads). None when unknown."""
-    import json
-    import os
-
-    from tor_exp.models.loading import hf_config_from_mamba_ssm, resolve_path
-
-    if getattr(model_cfg, "source", None) == "tiny":
-        return ModelShape.from_model_config(model_cfg)
-    path = resolve_path(model_cfg.path) if getattr(model_cfg, "path", None) else None
-    if not path:
-        return None
-    cfg_file = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_file):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(path, "config.json")
-        except Exception:  # noqa: BLE001 - an unusable id simply means "unknown"
-            cached = None
-        if not isinstance(cached, str):
-            return None
-        cfg_file = cached
-    with open(cfg_file) as fh:
-        raw = json.load(fh)
-    if "d_model" in raw:  # mamba_ssm layout
-        return ModelShape.from_hf_config(hf_config_from_mamba_ssm(raw, model_cfg.family))
-    from transformers import AutoConfig
-
-    return ModelShape.from_hf_config(AutoConfig.from_pretrained(os.path.dirname(cfg_file)))
-
-
-def build_schedule(
-    reduction_cfg: Any,
-    model_cfg: Any,
-    seq_len: Optional[int] = None,
-    shape: Optional[ModelShape] = None,
-    logits: str = "all",
-) -> Schedule:
-    """Locations + ρ for a run: ``keep_ratio`` if given, else solved from ``target_flops``, else 1 (no-op).
-
-    ``scope: total`` needs ``shape`` (from the loaded model, ``ModelShape.from_hf_config(model.config)``);
-    tiny model configs provide it themselves.
-    """
-    locations = resolve_locations(reduction_cfg, model_cfg)
-    if getattr(reduction_cfg, "method", None) == "none":
-        return Schedule(locations=locations, keep_ratio=1.0, target_flops=0.0)
-    rho = getattr(reduction_cfg, "keep_ratio", None)
-    target = getattr(reduction_cfg, "target_flops", None)
-    if rho is not None:
-        if not 0.0 < rho <= 1.0:
-            raise ConfigError(f"reduction.keep_ratio={rho!r}: must be in (0, 1]")
-        return Schedule(locations=locations, keep_ratio=float(rho), target_flops=target)
-    if target is None:
-        return Schedule(locations=locations, keep_ratio=1.0, target_flops=None)
-    scope = getattr(reduction_cfg, "flops_scope", "backbone")
-    if scope == "total" and shape is None:
-        shape = shape_from_model_config(model_cfg)
-    rho = solve_keep_ratio(int(model_cfg.n_layer), locations, float(target), scope, shape, seq_len, logits)
-    return Schedule(locations=locations, keep_ratio=rho, target_flops=float(target))

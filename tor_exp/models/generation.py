@@ -2,10 +2,12 @@
 
 A patched model's ``forward`` (see :mod:`tor_exp.models.patching`) already does the right thing under HF's
 ``generate``: the prefill arrives with an empty cache, so it is reduced — with each row's last prompt token
-protected, since it predicts the first new token — and every block's mixer writes its conv window and SSM
-state for exactly the (shorter) sequence that block saw; decode steps arrive with a filled cache and run the
-unmodified HF forward, one token at a time. Batched prompts should be left-padded (HF's convention for
-generation); the prefill left-aligns each layer's tokens before its mixer so padding never enters a state.
+protected, since it predicts the first new token — and every block writes its conv window and SSM state (and,
+in a hybrid, its keys and values) for exactly the (shorter) sequence that block saw; decode steps arrive with a
+filled cache and run unreduced, one token at a time: the unmodified HF forward for the SSM families, the
+backbone loop's decode for hybrids (each attention layer attends to its own cached tokens, at the original
+positions). Batched prompts should be left-padded (HF's convention for generation); the prefill left-aligns each
+layer's tokens before a block that fills a cache, so padding never enters a state.
 """
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from transformers.cache_utils import DynamicCache
-
-from tor_exp.models.tokens import protect_last
+from tor_exp.models.backbone import decode
+from tor_exp.models.families import adapter_of
 from tor_exp.models.patching import ReducedOutput, get_patch, reduced_forward
+from tor_exp.models.tokens import protect_last
 
 
 def prefill(
@@ -31,16 +33,19 @@ def prefill(
     """
     valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     protected = protect_last(valid, 1, protected)
-    cache = DynamicCache(config=model.config)
+    cache = adapter_of(model).new_cache(model)
     return reduced_forward(model, input_ids, attention_mask, protected, logits="last", cache=cache)
 
 
 def decode_step(model: nn.Module, token: Tensor, cache: Any) -> Tensor:
-    """One unreduced decode step [B] → logits [B, V], updating ``cache`` in place (original HF forward)."""
+    """One unreduced decode step [B] → logits [B, V], updating ``cache`` in place (the original HF forward for the
+    SSM families, the backbone loop's decode for hybrids)."""
+    adapter = adapter_of(model)
+    if adapter.hybrid:
+        return decode(model, token[:, None], cache)[:, -1]
     info = get_patch(model)
     cls = info.original_class if info is not None else type(model)
-    out = cls.forward(model, input_ids=token[:, None], cache=cache, use_cache=True)
-    return out.logits[:, -1]
+    return adapter.decode_step(model, cls, token[:, None], cache).logits[:, -1]
 
 
 @torch.no_grad()

@@ -1,40 +1,35 @@
-"""Load a Mamba / Mamba-2 causal LM and its tokenizer from any of the supported sources.
+"""Load a causal LM of a supported family and its tokenizer from any of the supported sources, and read a
+checkpoint's shape without its weights.
 
-Everything ends up as a HF ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` in eval mode, so patching, evaluation
-and generation see one model type. The ``state-spaces/mamba2-*`` checkpoints only exist in the original
-``mamba_ssm`` layout (``config.json`` with ``d_model``/``ssm_cfg`` + ``pytorch_model.bin``); they are converted
-here instead of requiring the mamba_ssm package.
+Everything ends up as the family's HF causal-LM class in eval mode (its adapter, :mod:`tor_exp.models.families`,
+knows the class), so patching, evaluation and generation see one kind of model. The ``state-spaces/mamba2-*``
+checkpoints only exist in the original ``mamba_ssm`` layout; they are converted here instead of requiring the
+mamba_ssm package. A checkpoint whose weights do not cover the model exactly (missing or unexpected keys, another
+layer count than its config.json says) is refused unless ``model.allow_partial``.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+import re
+import weakref
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+from transformers import AutoTokenizer
 
 from tor_exp.errors import ConfigError
-from tor_exp.paths import resolve_pkg_path
 from tor_exp.models.config import ModelConfig
+from tor_exp.models.families import adapter_for, family_of_model_type
+from tor_exp.models.families.mamba_ssm import hf_config_from_mamba_ssm
+from tor_exp.models.flops import ModelShape
 from tor_exp.models.tokenizer import byte_tokenizer
+from tor_exp.paths import resolve_pkg_path
 
-MODEL_CLASSES = {"mamba": (MambaConfig, MambaForCausalLM), "mamba2": (Mamba2Config, Mamba2ForCausalLM)}
-
-# Defaults of mamba_ssm's Mamba / Mamba2 modules and MambaLMHeadModel, used for keys a config.json omits.
-_SSM_DEFAULTS = {
-    "mamba": {"d_state": 16, "d_conv": 4, "expand": 2, "dt_rank": "auto", "conv_bias": True, "bias": False,
-              "dt_min": 0.001, "dt_max": 0.1, "dt_init_floor": 1e-4},
-    "mamba2": {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64, "ngroups": 1, "chunk_size": 256,
-               "conv_bias": True, "bias": False, "rmsnorm": True, "norm_before_gate": False, "D_has_hdim": False,
-               "dt_min": 0.001, "dt_max": 0.1, "dt_init_floor": 1e-4, "dt_limit": (0.0, float("inf")),
-               "d_ssm": None},
-}
-
+log = logging.getLogger(__name__)
 
 def resolve_path(path: str) -> str:
     """``pkg://<package>/<sub/path>`` → a directory inside the installed package; anything else unchanged."""
@@ -43,60 +38,64 @@ def resolve_path(path: str) -> str:
 
 # ----------------------------------------------------------------------------------------------------- configs
 def tiny_hf_config(cfg: ModelConfig):
-    """The HF config of a random tiny model (``source: tiny``)."""
+    """The HF config of a random tiny model (``source: tiny``): the byte vocabulary's special ids, the family's
+    own keys from ``model.tiny``."""
     t = cfg.tiny
-    common = dict(vocab_size=t.vocab_size, hidden_size=t.d_model, state_size=t.state_size,
-                  num_hidden_layers=t.n_layer, expand=t.expand, conv_kernel=t.conv_kernel,
-                  pad_token_id=257 if t.vocab_size > 257 else 0, bos_token_id=256 if t.vocab_size > 256 else 0,
-                  eos_token_id=256 if t.vocab_size > 256 else 0, use_cache=True)
-    if cfg.family == "mamba":
-        return MambaConfig(**common, use_associative_scan=False)
-    return Mamba2Config(**common, num_heads=t.d_model * t.expand // t.head_dim, head_dim=t.head_dim,
-                        n_groups=t.n_groups, chunk_size=t.chunk_size, tie_word_embeddings=True)
+    vocab = dict(vocab_size=t.vocab_size, pad_token_id=257 if t.vocab_size > 257 else 0,
+                 bos_token_id=256 if t.vocab_size > 256 else 0, eos_token_id=256 if t.vocab_size > 256 else 0)
+    return adapter_for(cfg.family).tiny_config(t, vocab)
 
 
-def hf_config_from_mamba_ssm(raw: dict[str, Any], family: str):
-    """Translate a mamba_ssm ``config.json`` (``MambaConfig`` of mamba_ssm) into the HF config.
+def _config_file(path: str) -> Optional[str]:
+    """config.json of a local directory, or of a hub id already in the local HF cache (never downloads)."""
+    cfg_file = os.path.join(path, "config.json")
+    if os.path.isfile(cfg_file):
+        return cfg_file
+    try:
+        from huggingface_hub import try_to_load_from_cache
 
-    The vocabulary is padded to ``pad_vocab_size_multiple`` exactly as ``MambaLMHeadModel`` does, because the
-    stored embedding has the padded size.
-    """
-    ssm_cfg = dict(raw.get("ssm_cfg") or {})
-    layer = ssm_cfg.pop("layer", "Mamba1")
-    found = "mamba2" if layer == "Mamba2" else "mamba"
-    if found != family:
-        raise ConfigError(f"model.family={family!r}: the checkpoint's ssm_cfg.layer is {layer!r}")
-    if raw.get("attn_layer_idx"):
-        raise ConfigError("model.path: hybrid checkpoints with attention layers are not supported")
-    if raw.get("d_intermediate", 0):
-        raise ConfigError("model.path: checkpoints with MLP blocks (d_intermediate > 0) are not supported")
-    if not raw.get("rms_norm", True):
-        raise ConfigError("model.path: LayerNorm checkpoints (rms_norm: false) are not supported by HF Mamba")
-    s = {**_SSM_DEFAULTS[family], **ssm_cfg}
-    d_model, n_layer = int(raw["d_model"]), int(raw["n_layer"])
-    vocab = int(raw.get("vocab_size", 50277))
-    multiple = int(raw.get("pad_vocab_size_multiple", 8))
-    if vocab % multiple:
-        vocab += multiple - vocab % multiple
-    common = dict(vocab_size=vocab, hidden_size=d_model, num_hidden_layers=n_layer, state_size=int(s["d_state"]),
-                  expand=int(s["expand"]), conv_kernel=int(s["d_conv"]), use_bias=bool(s["bias"]),
-                  use_conv_bias=bool(s["conv_bias"]), residual_in_fp32=bool(raw.get("residual_in_fp32", True)),
-                  layer_norm_epsilon=float(raw.get("norm_epsilon", 1e-5)),
-                  tie_word_embeddings=bool(raw.get("tie_embeddings", True)), time_step_min=float(s["dt_min"]),
-                  time_step_max=float(s["dt_max"]), time_step_floor=float(s["dt_init_floor"]),
-                  pad_token_id=0, bos_token_id=0, eos_token_id=0)
-    if family == "mamba":
-        rank = s["dt_rank"]
-        return MambaConfig(**common, time_step_rank=math.ceil(d_model / 16) if rank == "auto" else int(rank),
-                           use_associative_scan=False)
-    inner = int(s["expand"]) * d_model
-    if s["d_ssm"] not in (None, inner):
-        raise ConfigError("model.path: mamba_ssm d_ssm != expand*d_model (partial SSM) is not supported by HF Mamba-2")
-    if s["norm_before_gate"] or not s["rmsnorm"] or s["D_has_hdim"]:
-        raise ConfigError("model.path: Mamba-2 variant (norm_before_gate / no rmsnorm / D_has_hdim) not supported")
-    return Mamba2Config(**common, num_heads=inner // int(s["headdim"]), head_dim=int(s["headdim"]),
-                        n_groups=int(s["ngroups"]), chunk_size=int(s["chunk_size"]),
-                        time_step_limit=tuple(float(x) for x in s["dt_limit"]))
+        cached = try_to_load_from_cache(path, "config.json")
+    except Exception:  # noqa: BLE001 - an unusable id simply means "unknown"
+        cached = None
+    return cached if isinstance(cached, str) else None
+
+
+def checkpoint_config(cfg: ModelConfig) -> Optional[Any]:
+    """The HF config of ``cfg``'s model without its weights and without network access (None when unknown):
+    tiny configs, local directories, hub ids whose config.json is in the local cache; mamba_ssm layouts are
+    translated."""
+    if cfg.source == "tiny":
+        return tiny_hf_config(cfg)
+    path = resolve_path(cfg.path) if cfg.path else None
+    cfg_file = _config_file(path) if path else None
+    if cfg_file is None:
+        return None
+    with loading_errors("model.path", cfg.path):
+        with open(cfg_file) as fh:
+            raw = json.load(fh)
+        if "d_model" in raw:  # mamba_ssm layout
+            return hf_config_from_mamba_ssm(raw, cfg.family)
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(os.path.dirname(cfg_file))
+
+
+def resolve_family(cfg: ModelConfig, config: Any = None) -> str:
+    """``model.family``, or with ``family: auto`` the family of the checkpoint's ``model_type``."""
+    if cfg.family != "auto":
+        return cfg.family
+    config = config if config is not None else checkpoint_config(cfg)
+    if config is None:
+        raise ConfigError(f"model.family=auto: no config.json found at model.path={cfg.path!r} to tell the family")
+    return family_of_model_type(config.model_type)
+
+
+def shape_from_model_config(cfg: ModelConfig) -> Optional[ModelShape]:
+    """The model's FLOP shape without loading weights (see :func:`checkpoint_config`); None when unknown."""
+    config = checkpoint_config(cfg)
+    if config is None:
+        return None
+    return adapter_for(resolve_family(cfg, config)).config_shape(config)
 
 
 def hf_state_dict_from_mamba_ssm(state_dict: dict[str, torch.Tensor], tie: bool) -> dict[str, torch.Tensor]:
@@ -141,9 +140,8 @@ def load_mamba_ssm_checkpoint(path: str, family: str) -> nn.Module:
     raw, weights = _read_mamba_ssm(path)
     config = hf_config_from_mamba_ssm(raw, family)
     state = hf_state_dict_from_mamba_ssm(weights, config.tie_word_embeddings)
-    _, model_cls = MODEL_CLASSES[family]
     with torch.device("meta"):
-        model = model_cls(config)
+        model = adapter_for(family).model_class()(config)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ConfigError(f"model.path={path!r}: checkpoint mismatch, missing={missing[:4]} unexpected={unexpected[:4]}")
@@ -214,7 +212,7 @@ def check_available(path: str, first_file: str = "config.json") -> None:
     if isinstance(try_to_load_from_cache(path, first_file), str) or hub_reachable():
         return
     raise ConfigError(f"model.path={path!r}: not in the local Hugging Face cache and the hub is unreachable "
-                      "(offline); download it where there is network (`huggingface-cli download "
+                      "(offline); download it where there is network (`hf download "
                       f"{path}`) or set model.path to a local copy")
 
 
@@ -232,10 +230,10 @@ def loading_errors(key: str, path: Optional[str]) -> Iterator[None]:
 
 
 def load_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
-    """Return ``(model, tokenizer)``: a HF Mamba/Mamba-2 causal LM in eval mode on ``device`` in ``cfg.dtype``.
+    """Return ``(model, tokenizer)``: the family's HF causal LM in eval mode on ``device`` in ``cfg.dtype``.
 
     With ``backend: mamba_ssm`` the model is mamba_ssm's ``MambaLMHeadModel`` instead (GPU only, see
-    :mod:`tor_exp.models.mamba_ssm_backend`). A missing or damaged checkpoint is a one-line ConfigError.
+    :mod:`tor_exp.models.families.mamba_ssm`). A missing or damaged checkpoint is a one-line ConfigError.
     """
     quiet_kernel_fallbacks()
     path = resolve_path(cfg.path) if cfg.path else None
@@ -247,23 +245,67 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
         return model, load_tokenizer(cfg, path)
 
 
+#: model → what ``model.allow_partial`` let through (missing / unexpected weight names), for the job's record
+_PARTIAL: "weakref.WeakKeyDictionary[nn.Module, dict[str, list[str]]]" = weakref.WeakKeyDictionary()
+
+
+def partial_weights(model: nn.Module) -> Optional[dict[str, list[str]]]:
+    """The weights a ``model.allow_partial`` load did not find (``missing``, left at their random initialisation)
+    or could not place (``unexpected``); None after an exact load."""
+    return _PARTIAL.get(model)
+
+
+_LAYER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def _weight_layers(names: list[str]) -> int:
+    """Number of layers the weight names hold (1 + the largest ``layers.<i>.`` index; 0 if none)."""
+    found = [int(m.group(1)) for m in map(_LAYER_KEY.search, names) if m]
+    return max(found) + 1 if found else 0
+
+
+def check_weights(cfg: ModelConfig, model: nn.Module, missing: list[str], unexpected: list[str],
+                  n_config_layers: int) -> None:
+    """Refuse weights that do not cover the model exactly; with ``model.allow_partial`` record what is off."""
+    if not missing and not unexpected:
+        return
+    expected = [name for name, _ in model.named_parameters()]
+    held = sorted((set(expected) - set(missing)) | set(unexpected))
+    weight_layers = _weight_layers(held)
+    if weight_layers and weight_layers != n_config_layers:
+        what = f"the weights hold {weight_layers} layers, config.json says {n_config_layers}"
+    else:
+        what = (f"the weights do not cover the model: {len(missing)} missing ({', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''}), {len(unexpected)} unexpected ({', '.join(unexpected[:3])}"
+                f"{', ...' if len(unexpected) > 3 else ''})")
+    if not cfg.allow_partial:
+        raise ConfigError(f"model.path={cfg.path!r}: {what}; model.allow_partial=true loads it anyway (missing "
+                          "weights stay random and are listed in results.json)")
+    log.warning("model.path=%r: %s; loaded anyway (model.allow_partial=true)", cfg.path, what)
+    _PARTIAL[model] = {"missing": list(missing), "unexpected": list(unexpected), "problem": what}
+
+
 def _load_weights(cfg: ModelConfig, path: Optional[str], device: str | torch.device) -> nn.Module:
     if cfg.backend == "mamba_ssm":
-        from tor_exp.models.mamba_ssm_backend import load_mamba_ssm_backend
+        from tor_exp.models.families.mamba_ssm import load_mamba_ssm_backend
 
         return load_mamba_ssm_backend(cfg, device)
-    config_cls, model_cls = MODEL_CLASSES[cfg.family]
     if cfg.source == "tiny":
         torch.manual_seed(cfg.seed)
-        model = model_cls(tiny_hf_config(cfg))
+        model = adapter_for(cfg.family).model_class()(tiny_hf_config(cfg))
     elif cfg.source == "mamba_ssm":
         model = load_mamba_ssm_checkpoint(path, cfg.family)
     else:  # hf / local: HF format
         if cfg.source == "local" and not os.path.isdir(path):
             raise ConfigError(f"model.path={cfg.path!r}: not a directory")
-        model = model_cls.from_pretrained(path, dtype=cfg.torch_dtype)
-    if model.config.num_hidden_layers != cfg.n_layer:
-        raise ConfigError(
-            f"model.n_layer={cfg.n_layer}: the checkpoint has {model.config.num_hidden_layers} layers"
-        )
+        config = checkpoint_config(cfg)
+        adapter = adapter_for(resolve_family(cfg, config))
+        model, info = adapter.model_class().from_pretrained(path, dtype=cfg.torch_dtype, output_loading_info=True)
+        n_config_layers = adapter.num_layers(model)
+        check_weights(cfg, model, list(info.get("missing_keys") or []), list(info.get("unexpected_keys") or []),
+                      n_config_layers)
+    adapter = adapter_for(resolve_family(cfg, model.config)) if cfg.source != "tiny" else adapter_for(cfg.family)
+    depth = adapter.num_layers(model)
+    if cfg.n_layer is not None and depth != cfg.n_layer:
+        raise ConfigError(f"model.n_layer={cfg.n_layer}: the checkpoint has {depth} layers")
     return model.to(device=device, dtype=cfg.torch_dtype).eval()

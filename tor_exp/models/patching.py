@@ -1,10 +1,10 @@
-"""Token reduction inside a HF Mamba / Mamba-2 causal LM, in the spirit of ToMe's ``tome.patch.timm(model)``.
+"""Token reduction inside a HF causal LM of any supported family, in the spirit of ToMe's ``tome.patch.timm(model)``.
 
 ``patch(model, method, schedule)`` swaps the model's class for a subclass whose ``forward`` runs the one backbone
-loop (:func:`tor_exp.models.backbone.drive_backbone`), so hidden states, the residual stream, the padding mask and
-the original positions shrink together (a forward hook on a block cannot shrink the mask, NOTES.md). The model
-stays a HF model: ``generate`` works (see :mod:`tor_exp.models.generation`) and ``unpatch`` restores the
-original class exactly. :func:`reduced_forward` is the functional form, for every backend.
+loop (:func:`tor_exp.models.backbone.forward`), so hidden states, the residual stream, the padding mask and the
+original positions shrink together (a forward hook on a block cannot shrink the mask). The model stays a HF
+model: ``generate`` works (see :mod:`tor_exp.models.generation`) and ``unpatch`` restores the original class
+exactly. :func:`reduced_forward` is the functional form, for every family and backend.
 """
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import Mamba2ForCausalLM, MambaForCausalLM
-from transformers.cache_utils import DynamicCache
 from transformers.utils import ModelOutput
 
-from tor_exp.models.backbone import drive_backbone
+from tor_exp.errors import ConfigError
+from tor_exp.models.backbone import decode, forward
+from tor_exp.models.families import adapter_of, model_shape
+from tor_exp.models.flops import realised_flops_reduction
+from tor_exp.models.tokens import protect_last
 from tor_exp.reduction.base import ReductionObserver
-from tor_exp.models.tokens import gather_last, last_index, protect_last
-from tor_exp.models.flops import ModelShape, Schedule, realised_flops_reduction
-from tor_exp.models.mamba_ssm_backend import is_mamba_ssm_model
 
 _ATTR = "_tor_exp_patch"
 
@@ -31,9 +30,8 @@ _ATTR = "_tor_exp_patch"
 @dataclass
 class PatchInfo:
     method: Any
-    schedule: Schedule
+    schedule: Any  # tor_exp.models.schedule.Schedule
     original_class: type
-    last: Optional["ReducedOutput"] = None  # bookkeeping of the latest reduced forward (FLOPs, counts)
     observers: list[ReductionObserver] = field(default_factory=list)  # see :func:`observing`
 
 
@@ -70,19 +68,6 @@ class ReducedCausalLMOutput(ModelOutput):
     tokens_per_layer: Optional[Tensor] = None
 
 
-def _logits(model: nn.Module, hidden: Tensor) -> Tensor:
-    return model.lm_head(hidden.to(model.lm_head.weight.dtype)).float()
-
-
-def _cache_has_state(cache: Any) -> bool:
-    if cache is None:
-        return False
-    try:
-        return bool(cache.has_previous_state())
-    except (ValueError, IndexError, AttributeError):
-        return False
-
-
 def get_patch(model: nn.Module) -> Optional[PatchInfo]:
     return getattr(model, _ATTR, None)
 
@@ -95,14 +80,14 @@ def reduced_forward(
     logits: str = "all",
     *,
     method: Any = None,
-    schedule: Optional[Schedule] = None,
+    schedule: Any = None,
     cache: Any = None,
 ) -> ReducedOutput:
     """Forward with the patched reduction (or ``method``/``schedule`` given here; neither ⇒ plain model).
 
     ``protected`` [B, N] bool marks tokens that must survive unchanged (e.g. scored continuation tokens);
     padding (``attention_mask`` 0) is never reduced and never affects other rows. ``logits="last"`` gives each
-    row's last surviving token only: protect it (:func:`~tor_exp.models.backbone.protect_last`) when it must be
+    row's last surviving token only: protect it (:func:`~tor_exp.models.tokens.protect_last`) when it must be
     the last input token itself.
     """
     if logits not in ("all", "last"):
@@ -113,19 +98,12 @@ def reduced_forward(
         method, schedule = info.method, (schedule or info.schedule)
     valid = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
              else attention_mask.to(input_ids.device).bool())
-    out = drive_backbone(model, input_ids, valid, protected, method, schedule, cache, observers=observers)
-    hidden, positions, valid = out.hidden, out.state.positions, out.state.valid
-    if logits == "last":
-        idx = last_index(valid)
-        hidden, positions, valid = gather_last(hidden, valid), positions.gather(1, idx), valid.gather(1, idx)
-    n_input = attention_mask.bool().sum(1) if attention_mask is not None else \
-        torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device)
-    shape = None if is_mamba_ssm_model(model) else ModelShape.from_hf_config(model.config)
-    flops = realised_flops_reduction(out.tokens_per_layer.cpu(), n_input.cpu(), shape, logits)
-    result = ReducedOutput(_logits(model, hidden), positions, valid, out.tokens_per_layer, n_input, flops, hidden, cache)
-    if info is not None:
-        info.last = result
-    return result
+    out = forward(model, input_ids, valid, protected, logits, method=method, schedule=schedule, cache=cache,
+                  observers=observers)
+    n_input = valid.sum(1)
+    flops = realised_flops_reduction(out.tokens_per_layer.cpu(), n_input.cpu(), model_shape(model), logits)
+    return ReducedOutput(out.logits, out.positions, out.valid, out.tokens_per_layer, n_input, flops, out.hidden,
+                         cache)
 
 
 @contextmanager
@@ -161,19 +139,24 @@ class ReducedForwardMixin:
         **kwargs: Any,
     ):
         info: PatchInfo = getattr(self, _ATTR)
-        if _cache_has_state(cache):
-            # Decode steps (new tokens on top of a reduced prefill's cache) run unreduced.
-            return super().forward(
-                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, cache=cache,
-                labels=labels, output_hidden_states=output_hidden_states, return_dict=return_dict,
-                use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs,
+        adapter = adapter_of(self)
+        if adapter.cache_has_state(cache):
+            # Decode steps (new tokens on top of a reduced prefill's cache) run unreduced: HF's own step for the
+            # SSM families (a state has no positions), the loop's decode for hybrids (positions, key slots).
+            if adapter.hybrid:
+                ids = input_ids if input_ids is not None else None
+                return ReducedCausalLMOutput(logits=decode(self, ids, cache), cache=cache)
+            return adapter.decode_step(
+                self, info.original_class, input_ids, cache, attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds, labels=labels, output_hidden_states=output_hidden_states,
+                return_dict=return_dict, logits_to_keep=logits_to_keep, **kwargs,
             )
         if output_hidden_states or not isinstance(logits_to_keep, int):
             raise NotImplementedError(
                 "a patched model does not support output_hidden_states or tensor logits_to_keep; unpatch it first"
             )
         if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = adapter.new_cache(self)
         ref = input_ids if input_ids is not None else inputs_embeds
         valid = (torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device) if attention_mask is None
                  else attention_mask.bool())
@@ -182,37 +165,19 @@ class ReducedForwardMixin:
             # the tokens whose logits are asked for (generation prefill: the last prompt token predicts the next
             # one) must survive as themselves
             protected = protect_last(valid, keep_last, protected)
-        out = drive_backbone(self, input_ids, valid, protected, info.method, info.schedule, cache, inputs_embeds,
-                             observers=info.observers)
-        hidden, positions, valid = out.hidden, out.state.positions, out.state.valid
-        if logits_to_keep > 0:
-            idx = last_index(valid, logits_to_keep)
-            hidden = gather_last(hidden, valid, logits_to_keep)
-            positions, valid = positions.gather(1, idx), valid.gather(1, idx)
-        logits = _logits(self, hidden)
+        out = forward(self, input_ids, valid, protected, logits_to_keep if logits_to_keep > 0 else "all",
+                      method=info.method, schedule=info.schedule, cache=cache, inputs_embeds=inputs_embeds,
+                      observers=info.observers)
         loss = None
         if labels is not None:
             nxt = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
-            target = torch.gather(nxt, 1, positions.clamp(min=0)).masked_fill(~valid, -100)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
-        return ReducedCausalLMOutput(
-            loss=loss, logits=logits, cache=cache, positions=positions, valid=valid, tokens_per_layer=out.tokens_per_layer
-        )
+            target = torch.gather(nxt, 1, out.positions.clamp(min=0)).masked_fill(~out.valid, -100)
+            loss = F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        return ReducedCausalLMOutput(loss=loss, logits=out.logits, cache=cache, positions=out.positions,
+                                     valid=out.valid, tokens_per_layer=out.tokens_per_layer)
 
 
 _PATCHED_CLASSES: dict[type, type] = {}
-
-
-class ReducedMambaForCausalLM(ReducedForwardMixin, MambaForCausalLM):
-    pass
-
-
-class ReducedMamba2ForCausalLM(ReducedForwardMixin, Mamba2ForCausalLM):
-    pass
-
-
-_PATCHED_CLASSES[MambaForCausalLM] = ReducedMambaForCausalLM
-_PATCHED_CLASSES[Mamba2ForCausalLM] = ReducedMamba2ForCausalLM
 
 
 def _patched_class(cls: type) -> type:
@@ -221,22 +186,25 @@ def _patched_class(cls: type) -> type:
     return _PATCHED_CLASSES[cls]
 
 
-def patch(model: nn.Module, method: Any, schedule: Schedule) -> nn.Module:
+def patch(model: nn.Module, method: Any, schedule: Any) -> nn.Module:
     """Make ``model`` reduce tokens with ``method`` at ``schedule``; patching again replaces both."""
-    if is_mamba_ssm_model(model):  # no HF forward to swap: reduced_forward reads the patch info
-        setattr(model, _ATTR, PatchInfo(method=method, schedule=schedule, original_class=type(model)))
-        return model
-    if getattr(model, "backbone", None) is None or not hasattr(model.backbone, "layers"):
-        raise TypeError(f"patch() expects a HF Mamba/Mamba-2 causal LM, got {type(model).__name__}")
-    bad = [l for l in schedule.locations if not 0 <= l < len(model.backbone.layers) - 1]
+    try:
+        adapter = adapter_of(model)
+    except TypeError as err:
+        raise TypeError(f"patch() expects a causal LM of a supported family: {err}") from None
+    n_layer = adapter.num_layers(model)
+    bad = [l for l in schedule.locations if not 0 <= l < n_layer - 1]
     if bad:
-        from tor_exp.errors import ConfigError
+        raise ConfigError(f"reduction.locations={schedule.locations}: {bad} outside [0, {n_layer - 2}]")
+    if adapter.hybrid:
+        from tor_exp.models.schedule import importance_sources
 
-        raise ConfigError(f"reduction.locations={schedule.locations}: {bad} outside [0, {len(model.backbone.layers) - 2}]")
+        importance_sources(method, schedule, adapter.shape(model))
     info = get_patch(model)
     original = info.original_class if info is not None else model.__class__
     setattr(model, _ATTR, PatchInfo(method=method, schedule=schedule, original_class=original))
-    model.__class__ = _patched_class(original)
+    if adapter.family != "mamba_ssm":  # no HF forward to swap there: reduced_forward reads the patch info
+        model.__class__ = _patched_class(original)
     return model
 
 

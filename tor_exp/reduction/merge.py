@@ -111,8 +111,8 @@ def apply_plan(state: TokenState, plan: Optional[ReductionPlan]) -> TokenState:
     """Carry out ``plan`` on ``state``: merge per stream, then compact (``None`` returns ``state`` itself).
 
     Each destination becomes the weighted mean of itself and the sources merged into it on that stream; a
-    removed token not merged on a stream is simply dropped there. ``sizes`` (original tokens per token) add
-    up along the residual stream. Survivors keep their order and positions (:meth:`TokenState.keep`).
+    removed token not merged on a stream is simply dropped there. ``sizes`` (original tokens per token) and the
+    state's other ``streams`` follow the residual stream. Survivors keep their order and positions (:meth:`TokenState.keep`).
     """
     if plan is None:
         return state
@@ -122,5 +122,7 @@ def apply_plan(state: TokenState, plan: Optional[ReductionPlan]) -> TokenState:
         residual = _merge_stream(state.residual, weights, plan.src, plan.dst, plan.merge_residual)
         sizes = state.sizes.float()
         sizes = sizes.scatter_add(1, plan.dst, sizes.gather(1, plan.src) * plan.merge_residual.float())
-        state = state.replace(hidden=hidden, residual=residual, sizes=sizes.to(state.sizes.dtype))
+        streams = {name: _merge_stream(t, weights, plan.src, plan.dst, plan.merge_residual)
+                   for name, t in state.streams.items()}
+        state = state.replace(hidden=hidden, residual=residual, sizes=sizes.to(state.sizes.dtype), streams=streams)
     return state.keep(plan.keep)[0]

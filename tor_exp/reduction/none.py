@@ -1,6 +1,7 @@
 """``reduction=none``: the unreduced model (the 0 % row of every table)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -11,12 +12,23 @@ from tor_exp.reduction.merge import ReductionPlan
 from tor_exp.reduction.state import TokenState
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass
 class NoneConfig(ReductionConfig):
-    """No reduction: nothing to configure beyond the shared keys (target_flops defaults to 0)."""
+    """No reduction: nothing to configure beyond the shared keys. A FLOPs target or keep ratio given anyway (a sweep
+    that crosses ``reduction=none,utrc`` with targets) is ignored and never recorded: an unreduced run has target 0."""
 
     method: str = "none"
     target_flops: Optional[float] = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.target_flops or 0.0) > 0.0 or self.keep_ratio is not None:
+            log.info("reduction=none: reduction.target_flops=%s / keep_ratio=%s ignored (nothing is reduced)",
+                     self.target_flops, self.keep_ratio)
+        self.target_flops, self.keep_ratio = 0.0, None
 
 
 @register_method("none", NoneConfig)

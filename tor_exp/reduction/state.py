@@ -7,7 +7,7 @@ unreducible, so padding can never be ranked, matched or merged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -29,6 +29,8 @@ class TokenState:
     sizes:     [B, N] float, how many original tokens each token stands for (follows the residual stream).
     reducible: [B, N] bool, False for padding and protected tokens: they are never sources or destinations.
     valid:     [B, N] bool, False for padding (the attention mask of the shortened sequence).
+    streams:   name → [B, N, *], other streams that carry tokens between blocks and follow the same plan as the
+               residual stream (Zamba2's embedding stream, which its shared block reads at every use).
     """
 
     hidden: Tensor
@@ -37,6 +39,7 @@ class TokenState:
     sizes: Tensor
     reducible: Tensor
     valid: Tensor
+    streams: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
     def initial(
@@ -45,6 +48,7 @@ class TokenState:
         residual: Tensor,
         valid: Tensor | None = None,
         protected: Tensor | None = None,
+        streams: dict[str, Tensor] | None = None,
     ) -> "TokenState":
         """State of a fresh batch: positions 0..N-1, size 1, padding and protected tokens unreducible."""
         batch, length = hidden.shape[:2]
@@ -58,7 +62,7 @@ class TokenState:
         positions = torch.arange(length, device=device).expand(batch, length).clone()
         positions = positions.masked_fill(~valid, -1)
         sizes = valid.to(torch.float32)
-        return cls(hidden, residual, positions, sizes, reducible, valid)
+        return cls(hidden, residual, positions, sizes, reducible, valid, dict(streams or {}))
 
     @property
     def batch_size(self) -> int:
@@ -105,6 +109,7 @@ class TokenState:
             sizes=take_masked(self.sizes, 0.0),
             reducible=take_masked(self.reducible, False),
             valid=new_valid,
+            streams={name: take_masked(t, 0.0) for name, t in self.streams.items()},
         )
         carried = {k: take_masked(v, 0 if v.dtype != torch.bool else False) for k, v in (extra or {}).items()}
         return state, carried

@@ -151,7 +151,7 @@ def _locations_from_config(reduction: dict[str, Any], model: dict[str, Any]) -> 
     from types import SimpleNamespace
 
     try:
-        from tor_exp.models.flops import resolve_locations
+        from tor_exp.models.schedule import resolve_locations
 
         return list(resolve_locations(SimpleNamespace(**reduction), SimpleNamespace(**model)))
     except Exception:  # an incomplete config: fall back to the explicit keys

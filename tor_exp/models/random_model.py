@@ -6,8 +6,6 @@ published ``config.json`` files of the mamba_ssm-format checkpoints (vocabulary 
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import torch
@@ -34,35 +32,32 @@ KNOWN_MAMBA_SSM_CONFIGS: dict[str, dict[str, Any]] = {
 
 def shape_config(model_cfg: Any) -> Any:
     """The HF config of ``model_cfg``'s architecture, without weights and without network access."""
-    from tor_exp.models.loading import hf_config_from_mamba_ssm, resolve_path, tiny_hf_config
+    from tor_exp.models.families.mamba_ssm import hf_config_from_mamba_ssm
+    from tor_exp.models.loading import checkpoint_config
 
-    if model_cfg.source == "tiny":
-        return tiny_hf_config(model_cfg)
-    path = resolve_path(model_cfg.path) if model_cfg.path else None
     key = (model_cfg.path or "").removesuffix("-hf")  # the HF-format copies have the same shape
-    raw = KNOWN_MAMBA_SSM_CONFIGS.get(key)
-    if raw is None and path and os.path.isfile(os.path.join(path, "config.json")):
-        with open(os.path.join(path, "config.json")) as fh:
-            raw = json.load(fh)
-        if "d_model" not in raw:  # HF-format directory
-            from transformers import AutoConfig
-
-            return AutoConfig.from_pretrained(path)
-    if raw is None:
+    if model_cfg.source != "tiny" and key in KNOWN_MAMBA_SSM_CONFIGS:
+        return hf_config_from_mamba_ssm(KNOWN_MAMBA_SSM_CONFIGS[key], model_cfg.family)
+    config = checkpoint_config(model_cfg)
+    if config is None:
         raise ConfigError(f"model.path={model_cfg.path!r}: shape unknown offline (known: "
-                          f"{', '.join(sorted(KNOWN_MAMBA_SSM_CONFIGS))}, or a local directory with config.json)")
-    return hf_config_from_mamba_ssm(raw, model_cfg.family)
+                          f"{', '.join(sorted(KNOWN_MAMBA_SSM_CONFIGS))}, a local directory with config.json, or "
+                          "a hub id whose config.json is in the local cache)")
+    return config
 
 
 def random_model(model_cfg: Any, device: str | torch.device = "cuda", dtype: str | None = None,
                  seed: int = 0) -> Any:
-    """A HF Mamba / Mamba-2 causal LM of ``model_cfg``'s shape with random weights, in eval mode on ``device``."""
-    from tor_exp.models.loading import MODEL_CLASSES
+    """A causal LM of ``model_cfg``'s family and shape with random weights, in eval mode on ``device``."""
+    from tor_exp.models.families import adapter_for
+    from tor_exp.models.loading import resolve_family
 
     config = shape_config(model_cfg)
-    if config.num_hidden_layers != model_cfg.n_layer:
-        raise ConfigError(f"model.n_layer={model_cfg.n_layer}: the shape has {config.num_hidden_layers} layers")
-    _, cls = MODEL_CLASSES[model_cfg.family]
+    adapter = adapter_for(resolve_family(model_cfg, config))
+    depth = adapter.config_shape(config).n_layer
+    if model_cfg.n_layer is not None and depth != model_cfg.n_layer:
+        raise ConfigError(f"model.n_layer={model_cfg.n_layer}: the shape has {depth} layers")
+    cls = adapter.model_class()
     torch.manual_seed(seed)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         dtype or model_cfg.dtype]

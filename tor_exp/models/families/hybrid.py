@@ -1,0 +1,175 @@
+"""What every hybrid SSM–attention family on HF transformers shares: calling a HF decoder layer on a reduced,
+padded token sequence (METHOD.md §7).
+
+A hybrid's decoder layer returns one stream (``input + its sublayers' updates``), so :meth:`HybridFamily.step`
+returns ``residual=None`` and the loop splits the update from the input only where it reduces. The layer itself
+is HF's own module, called with what tor_exp computes for the current tokens instead of what HF's model forward
+would compute for the full sequence:
+
+* the SSM mixers get the 2-D padding mask (padding states are zeroed by HF's mixers);
+* attention gets a 4-D mask that lets each real token see the real tokens at or before it in the current
+  (original) order, never padding — a padding query sees only itself, so no row is empty — in the format of
+  ``config._attn_implementation`` (additive float for ``eager``, boolean otherwise);
+* rotary embeddings are computed at each token's original position among its row's real tokens (a merged token
+  keeps its destination's position), so RoPE attention after a reduction sees the original relative distances;
+* while a cache is filled, padded rows are left-aligned around the layer (SSM states and conv windows of real
+  tokens only; key/value slots in order), and which cached key slots are real is recorded per attention layer for
+  the decode steps (:class:`tor_exp.models.adapter.DecodeState`).
+
+A family subclass says where its modules are (:meth:`base`, :meth:`embed`, :meth:`final_norm`, :meth:`rotary`),
+what each layer holds (:meth:`layer_parts`, :meth:`mamba_mixer`) and how its layer is called (:meth:`call_layer`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from tor_exp.errors import ConfigError
+from tor_exp.models.adapter import LayerInput, ModelAdapter, StepOutput
+from tor_exp.models.families.capture import capture_ssm_out
+from tor_exp.models.tokens import gather_tokens, right_align_order
+
+#: attention implementations the 4-D masks are built for (flash attention takes no 4-D mask)
+MASKED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class LayerCall:
+    """What :meth:`HybridFamily.call_layer` passes to a HF decoder layer for the current tokens.
+
+    ssm_mask [B, N] (1 = real token) or None without padding; attention_mask [B, 1, Q, K] or None for a layer
+    without attention; position_ids [B, N] and position_embeddings (cos, sin) at the original positions (None
+    when the family has no RoPE); streams: the tokens' other streams (Zamba2's embeddings).
+    """
+
+    ssm_mask: Optional[Tensor]
+    attention_mask: Optional[Tensor]
+    position_ids: Optional[Tensor]
+    position_embeddings: Optional[tuple[Tensor, Tensor]]
+    cache: Any
+    streams: dict[str, Tensor] = field(default_factory=dict)
+
+
+def allowed_keys(valid: Tensor, key_valid: Optional[Tensor] = None) -> Tensor:
+    """[B, 1, Q, K] bool: query i may attend key j.
+
+    Prefill (``key_valid`` None, Q = K = N): j ≤ i and j is a real token, or j = i (a padding query sees itself).
+    Decode (``key_valid`` [B, K0] of the cached slots): every real cached slot, then the new tokens causally.
+    """
+    batch, q = valid.shape
+    new = torch.ones(q, q, dtype=torch.bool, device=valid.device).tril()
+    if key_valid is None:
+        allowed = new[None] & valid[:, None, :]
+        allowed = allowed | torch.eye(q, dtype=torch.bool, device=valid.device)[None]
+        return allowed[:, None]
+    cached = key_valid[:, None, :].expand(batch, q, key_valid.shape[1])
+    return torch.cat([cached, new[None].expand(batch, q, q) & valid[:, None, :]], dim=2)[:, None]
+
+
+def mask_format(allowed: Tensor, implementation: str, dtype: torch.dtype) -> Tensor:
+    """A boolean attend-mask in the format HF's attention ``implementation`` expects."""
+    if implementation == "eager":
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)
+    return allowed
+
+
+class HybridFamily(ModelAdapter):
+    """A HF hybrid causal LM: ``model.model`` holds the embedding, ``layers`` and the final norm."""
+
+    hybrid = True
+
+    # ---------------------------------------------------------------------------- where the modules are
+    def base(self, model: nn.Module) -> nn.Module:
+        return model.model
+
+    def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
+        return self.base(model).layers
+
+    def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
+        return self.base(model).embed_tokens(input_ids)
+
+    def final_norm(self, model: nn.Module, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
+        return self.base(model).norm(hidden if residual is None else residual + hidden)
+
+    def rotary(self, model: nn.Module) -> Optional[nn.Module]:
+        """The rotary-embedding module (``forward(x, position_ids) -> (cos, sin)``), None without RoPE."""
+        return getattr(self.base(model), "rotary_emb", None)
+
+    # ---------------------------------------------------------------------------- what a layer holds
+    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
+        """The FLOP-model parts of layer ``index`` (``ssm``, ``attention``, ``mlp``, ``moe``, ``linear``)."""
+        raise NotImplementedError
+
+    def mamba_mixer(self, block: nn.Module) -> Optional[nn.Module]:
+        """The layer's Mamba mixer (whose y ranks tokens), None for a layer without one."""
+        raise NotImplementedError
+
+    def call_layer(self, model: nn.Module, index: int, block: nn.Module, x: Tensor, call: LayerCall) -> Tensor:
+        """Run HF's decoder layer ``index`` on ``x`` [B, N, D]; returns its output stream [B, N, D]."""
+        raise NotImplementedError
+
+    def has_attention(self, model: nn.Module, index: int) -> bool:
+        return "attention" in self.layer_parts(model.config, index)
+
+    # ---------------------------------------------------------------------------- one step
+    def step(self, model: nn.Module, index: int, block: nn.Module, hidden: Tensor, residual: Optional[Tensor],
+             inp: LayerInput) -> StepOutput:
+        x = hidden if residual is None else residual + hidden
+        valid, positions, streams = inp.valid, inp.positions, inp.streams
+        order = inverse = None
+        if inp.cache is not None and not inp.decode and not inp.all_valid:
+            order = right_align_order(valid)
+            inverse = torch.argsort(order, dim=1)
+            x, valid = gather_tokens(x, order), torch.gather(valid, 1, order)
+            positions = torch.gather(positions, 1, order)
+            streams = {name: gather_tokens(t, order) for name, t in streams.items()}
+        attention_mask = None
+        if self.has_attention(model, index):
+            attention_mask = self._attention_mask(model, index, valid, inp)
+        rotary = self.rotary(model)
+        call = LayerCall(
+            ssm_mask=None if (inp.all_valid or inp.decode) else valid.to(x.dtype),
+            attention_mask=attention_mask, position_ids=positions,
+            position_embeddings=rotary(x, position_ids=positions) if rotary is not None else None,
+            cache=inp.cache, streams=streams,
+        )
+        store: dict[str, Tensor] = {}
+        mixer = self.mamba_mixer(block)
+        if inp.want_ssm and mixer is None:
+            raise ConfigError(f"reduction.importance_source=ssm_out: layer {index} has no Mamba mixer")
+        with capture_ssm_out(mixer, store, enabled=inp.want_ssm):
+            out = self.call_layer(model, index, block, x, call)
+        features = {"block_input": x, **store}
+        if order is not None:
+            out = gather_tokens(out, inverse)
+            features = {name: gather_tokens(t, inverse) for name, t in features.items()}
+        return StepOutput(out, None, features)
+
+    def _attention_mask(self, model: nn.Module, index: int, valid: Tensor, inp: LayerInput) -> Tensor:
+        implementation = getattr(model.config, "_attn_implementation", None) or "eager"
+        if implementation not in MASKED_ATTENTION:
+            raise ConfigError(f"model attn_implementation={implementation!r}: tor_exp reduces tokens under "
+                              f"{' or '.join(MASKED_ATTENTION)} attention (a per-row mask of the surviving tokens)")
+        book = inp.bookkeeping
+        if inp.decode:
+            allowed = allowed_keys(valid, book.key_valid[index])
+            book.key_valid[index] = torch.cat([book.key_valid[index], valid], dim=1)
+        else:
+            allowed = allowed_keys(valid)
+            if book is not None and inp.cache is not None:
+                book.key_valid[index] = valid
+        dtype = next(model.parameters()).dtype
+        return mask_format(allowed, implementation, dtype)
+
+    # ---------------------------------------------------------------------------- decoding
+    def cache_has_state(self, cache: Any) -> bool:
+        if cache is None:
+            return False
+        try:
+            return bool(cache.has_previous_state())
+        except (ValueError, IndexError, AttributeError):
+            return cache.get_seq_length() > 0 if hasattr(cache, "get_seq_length") else False

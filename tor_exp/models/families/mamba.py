@@ -1,0 +1,126 @@
+"""The pure SSM families on HF transformers: Mamba, Mamba-2 and Falcon-Mamba (``model.backbone.layers``).
+
+HF blocks return the single sum ``residual + mixer(norm(h))``; :meth:`MambaFamily.step` computes the same operations
+but returns the two streams apart (METHOD.md §0), as mamba_ssm's ``Block`` does, so a reduction can treat each its
+own way. It captures the SSM output y for methods that rank on it, and left-aligns padded rows before a mixer that
+fills a cache, so every layer's conv window and SSM state are those of its real tokens. Decoding runs HF's own
+forward: an SSM state has no positions, so a reduced prefill leaves nothing for the decode step to correct.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    FalconMambaConfig,
+    FalconMambaForCausalLM,
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+)
+
+from tor_exp.models.adapter import LayerInput, ModelAdapter, StepOutput
+from tor_exp.models.families.capture import capture_ssm_out
+from tor_exp.models.flops import ModelShape
+from tor_exp.models.tokens import gather_tokens, right_align_order
+
+
+class MambaFamily(ModelAdapter):
+    """Mamba-1 blocks on ``model.backbone`` (HF ``MambaForCausalLM``)."""
+
+    family = "mamba"
+    model_types = ("mamba",)
+    two_streams = True
+    static_decode = True
+    ssm = "mamba"
+
+    def model_class(self) -> type:
+        return MambaForCausalLM
+
+    def config_class(self) -> type:
+        return MambaConfig
+
+    def tiny_config(self, tiny: Any, vocab: dict[str, int]) -> Any:
+        return self.config_class()(
+            **vocab, hidden_size=tiny.d_model, state_size=tiny.state_size, num_hidden_layers=tiny.n_layer,
+            expand=tiny.expand, conv_kernel=tiny.conv_kernel, use_cache=True, use_associative_scan=False,
+        )
+
+    def config_shape(self, config: Any) -> ModelShape:
+        return ModelShape(
+            family=self.ssm, d_model=config.hidden_size, n_layer=config.num_hidden_layers,
+            vocab_size=config.vocab_size, state_size=config.state_size, expand=int(config.expand),
+            conv_kernel=config.conv_kernel, dt_rank=int(getattr(config, "time_step_rank", 0) or 0),
+            head_dim=int(getattr(config, "head_dim", 64)), n_groups=int(getattr(config, "n_groups", 1)),
+            chunk_size=int(getattr(config, "chunk_size", 256)),
+        )
+
+    def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
+        return model.backbone.embeddings(input_ids)
+
+    def blocks(self, model: nn.Module) -> Sequence[nn.Module]:
+        return model.backbone.layers
+
+    def step(self, model: nn.Module, index: int, block: nn.Module, hidden: Tensor, residual: Optional[Tensor],
+             inp: LayerInput) -> StepOutput:
+        """HF's ``residual (+fp32) + mixer(norm(h))`` with the add of the previous block deferred to here."""
+        h = hidden if residual is None else residual + hidden
+        residual = h.to(torch.float32) if block.residual_in_fp32 else h
+        normed = block.norm(h.to(dtype=block.norm.weight.dtype))
+        mask = None if inp.all_valid else inp.valid
+        order = inverse = None
+        if inp.cache is not None and mask is not None:
+            order = right_align_order(inp.valid)
+            inverse = torch.argsort(order, dim=1)
+            normed, mask = gather_tokens(normed, order), torch.gather(inp.valid, 1, order)
+        store: dict[str, Tensor] = {}
+        with capture_ssm_out(block.mixer, store, enabled=inp.want_ssm):
+            out = block.mixer(normed, cache=inp.cache, attention_mask=mask)
+        if order is not None:
+            out = gather_tokens(out, inverse)
+            store = {k: gather_tokens(v, inverse) for k, v in store.items()}
+        return StepOutput(out, residual, store)
+
+    def final_norm(self, model: nn.Module, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
+        return model.backbone.norm_f(hidden if residual is None else residual + hidden)
+
+
+class Mamba2Family(MambaFamily):
+    """Mamba-2 blocks on ``model.backbone`` (HF ``Mamba2ForCausalLM``)."""
+
+    family = "mamba2"
+    model_types = ("mamba2",)
+    ssm = "mamba2"
+
+    def model_class(self) -> type:
+        return Mamba2ForCausalLM
+
+    def config_class(self) -> type:
+        return Mamba2Config
+
+    def tiny_config(self, tiny: Any, vocab: dict[str, int]) -> Any:
+        return Mamba2Config(
+            **vocab, hidden_size=tiny.d_model, state_size=tiny.state_size, num_hidden_layers=tiny.n_layer,
+            expand=tiny.expand, conv_kernel=tiny.conv_kernel, use_cache=True,
+            num_heads=tiny.d_model * tiny.expand // tiny.head_dim, head_dim=tiny.head_dim, n_groups=tiny.n_groups,
+            chunk_size=tiny.chunk_size, tie_word_embeddings=True,
+        )
+
+
+class FalconMambaFamily(MambaFamily):
+    """Falcon-Mamba: Mamba-1 blocks whose mixer RMS-normalises B, C and dt (HF ``FalconMambaForCausalLM``)."""
+
+    family = "falcon_mamba"
+    model_types = ("falcon_mamba",)
+    static_decode = False  # its mixer normalises B, C and dt, which the static step does not
+
+    def model_class(self) -> type:
+        return FalconMambaForCausalLM
+
+    def config_class(self) -> type:
+        return FalconMambaConfig
+
+
+ADAPTERS = (MambaFamily(), Mamba2Family(), FalconMambaFamily())

@@ -1,0 +1,224 @@
+"""Where and how much to reduce: locations, the keep ratio ρ solved from a FLOPs target, and putting a
+reduction into a model for a block of work.
+
+Conventions (METHOD.md §0, §4): "reduce after block l" — blocks l+1 … see the shorter sequence; the same keep
+ratio ρ at every location, so after k locations ρ^k·N tokens remain (continuous, no ceil, when solving). ``f`` is
+defined on backbone FLOPs at the input length unless ``scope="total"`` (:func:`tor_exp.models.flops.flops_reduction`).
+
+Every caller (the eval and generate tasks, the benchmarks, the lm-eval backend built by name) goes through
+:func:`build_reduction` and :func:`reducing`, so a method that needs calibration (LTMP) always sees the same text.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, Sequence
+
+from torch import nn
+
+from tor_exp.errors import ConfigError
+from tor_exp.models.flops import ModelShape, flops_reduction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Schedule:
+    """Where to reduce ("after block l") and how much (the same ρ at every location)."""
+
+    locations: list[int] = field(default_factory=list)
+    keep_ratio: float = 1.0
+    target_flops: Optional[float] = None
+
+
+def resolve_locations(reduction_cfg: Any, model_cfg: Any, n_layer: Optional[int] = None) -> list[int]:
+    """Explicit list, or start/stride/stop (stop defaults to the depth), or the model's paper default.
+
+    ``n_layer``: the depth when the model config does not state it (a local checkpoint read from its config.json).
+    """
+    n_layer = int(n_layer or model_cfg.n_layer)
+    locs = getattr(reduction_cfg, "locations", None)
+    start = getattr(reduction_cfg, "location_start", None)
+    if locs is not None:
+        locs = [int(l) for l in locs]
+        key = "reduction.locations"
+    elif start is not None:
+        stride = getattr(reduction_cfg, "location_stride", None) or 1
+        stop = getattr(reduction_cfg, "location_stop", None)
+        stop = n_layer - 1 if stop is None else int(stop)
+        if stride <= 0:
+            raise ConfigError(f"reduction.location_stride={stride!r}: must be > 0")
+        locs = list(range(int(start), stop, int(stride)))
+        key = "reduction.location_start"
+    else:
+        locs = [int(l) for l in (model_cfg.locations if model_cfg.locations is not None else
+                                 default_locations(n_layer))]
+        key = "model.locations"
+    bad = [l for l in locs if l < 0 or l > n_layer - 2]
+    if bad:
+        raise ConfigError(f"{key}={locs}: locations {bad} outside [0, {n_layer - 2}] for a {n_layer}-layer model")
+    if len(set(locs)) != len(locs):
+        raise ConfigError(f"{key}={locs}: duplicate locations")
+    rho, target = getattr(reduction_cfg, "keep_ratio", None), getattr(reduction_cfg, "target_flops", None)
+    reduces = getattr(reduction_cfg, "method", "none") != "none" and (
+        (rho is not None and rho < 1.0) or (rho is None and (target or 0.0) > 0.0))
+    if not locs and reduces:
+        raise ConfigError(f"{key}={locs}: no reduction locations, so reduction={reduction_cfg.method} cannot reduce "
+                          "anything; give at least one location (or reduction=none)")
+    return sorted(locs)
+
+
+def default_locations(n_layer: int) -> list[int]:
+    """The paper's hierarchical pattern scaled to a depth (a checkpoint whose config gives none): start after
+    about 20 % of the layers, stop by about 70 %, one location every ~8 % of the depth (at least one layer)."""
+    start, stop = max(1, round(0.2 * n_layer)), max(1, round(0.7 * n_layer))
+    stride = max(1, round(0.08 * n_layer))
+    return [l for l in range(start, stop + 1, stride) if l <= n_layer - 2]
+
+
+def solve_keep_ratio(
+    n_layer: int,
+    locations: Sequence[int],
+    target_flops: float,
+    scope: str = "backbone",
+    shape: Optional[ModelShape] = None,
+    seq_len: Optional[int] = None,
+    logits: str = "all",
+    tol: float = 1e-10,
+) -> float:
+    """ρ in (0, 1] whose schedule removes ``target_flops`` of the FLOPs (bisection; f is monotone in ρ)."""
+    if not 0.0 <= target_flops < 1.0:
+        raise ConfigError(f"reduction.target_flops={target_flops!r}: must be in [0, 1)")
+    if target_flops == 0.0 or not locations:
+        if target_flops > 0.0:
+            raise ConfigError(f"reduction.locations=[]: no reduction locations to reach "
+                              f"reduction.target_flops={target_flops}")
+        return 1.0
+    f = lambda rho: flops_reduction(n_layer, locations, rho, scope, shape, seq_len, logits)  # noqa: E731
+    best = f(1e-12)
+    if target_flops > best:
+        raise ConfigError(
+            f"reduction.target_flops={target_flops}: above the {best:.4f} reachable with locations {list(locations)}"
+        )
+    lo, hi = 1e-12, 1.0  # f(lo) >= target >= f(hi) = 0
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if f(mid) >= target_flops:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def needs_shape(reduction_cfg: Any, model_cfg: Any) -> bool:
+    """Solving ρ needs the model's shape: total-scope FLOPs, or a hybrid whose layers cost differently."""
+    from tor_exp.models.config import HYBRID_FAMILIES
+
+    family = getattr(model_cfg, "family", None)
+    return getattr(reduction_cfg, "flops_scope", "backbone") == "total" or family in (*HYBRID_FAMILIES, "auto")
+
+
+def build_schedule(
+    reduction_cfg: Any,
+    model_cfg: Any,
+    seq_len: Optional[int] = None,
+    shape: Optional[ModelShape] = None,
+    logits: str = "all",
+) -> Schedule:
+    """Locations + ρ for a run: ``keep_ratio`` if given, else solved from ``target_flops``, else 1 (no-op).
+
+    Total-scope FLOPs and hybrids need ``shape`` (``tor_exp.models.model_shape(model)`` once loaded); tiny and local
+    model configs provide it themselves (:func:`tor_exp.models.loading.shape_from_model_config`).
+    """
+    if shape is None and needs_shape(reduction_cfg, model_cfg):
+        from tor_exp.models.loading import shape_from_model_config
+
+        shape = shape_from_model_config(model_cfg)
+    n_layer = shape.n_layer if shape is not None else model_cfg.n_layer
+    locations = resolve_locations(reduction_cfg, model_cfg, n_layer)
+    if getattr(reduction_cfg, "method", None) == "none":
+        return Schedule(locations=locations, keep_ratio=1.0, target_flops=0.0)
+    rho = getattr(reduction_cfg, "keep_ratio", None)
+    target = getattr(reduction_cfg, "target_flops", None)
+    if rho is not None:
+        if not 0.0 < rho <= 1.0:
+            raise ConfigError(f"reduction.keep_ratio={rho!r}: must be in (0, 1]")
+        return Schedule(locations=locations, keep_ratio=float(rho), target_flops=target)
+    if target is None:
+        return Schedule(locations=locations, keep_ratio=1.0, target_flops=None)
+    scope = getattr(reduction_cfg, "flops_scope", "backbone")
+    rho = solve_keep_ratio(int(n_layer), locations, float(target), scope, shape, seq_len, logits)
+    return Schedule(locations=locations, keep_ratio=rho, target_flops=float(target))
+
+
+def importance_sources(method: Any, schedule: Schedule, shape: Optional[ModelShape]) -> dict[int, int]:
+    """{location: the layer whose SSM output y ranks the tokens there} for a method that ranks on ``ssm_out``.
+
+    The layer itself when it holds a Mamba mixer, else the nearest one before it (an attention or MLP layer of a
+    hybrid, METHOD.md §7). A location whose y would have to cross another location (the tokens changed in between),
+    or that has no Mamba mixer before it, is a one-line ConfigError. Empty when the method does not need y.
+    """
+    if method is None or "ssm_out" not in (getattr(method, "needed_features", None) or set()):
+        return {}
+    ssm_layers = set(shape.ssm_layers()) if shape is not None else None
+    sources: dict[int, int] = {}
+    previous = -1
+    for location in sorted(schedule.locations):
+        if ssm_layers is None or location in ssm_layers:
+            source = location
+        else:
+            before = [l for l in ssm_layers if l <= location]
+            if not before:
+                raise ConfigError(f"reduction.locations={sorted(schedule.locations)}: layer {location} has no Mamba "
+                                  "mixer at or before it to rank tokens (reduction.importance_source=ssm_out); move "
+                                  "the location or use reduction.importance_source=mixer_out")
+            source = max(before)
+            if source <= previous:
+                raise ConfigError(f"reduction.locations={sorted(schedule.locations)}: layer {location} ranks tokens "
+                                  f"by the Mamba mixer of layer {source}, but the location at layer {previous} "
+                                  "changes the tokens in between; move the location or use "
+                                  "reduction.importance_source=mixer_out")
+        sources[location] = source
+        previous = location
+    return sources
+
+
+def build_reduction(reduction_cfg: Any, model_cfg: Any, *, shape: Optional[ModelShape] = None,
+                    seq_len: Optional[int] = None, logits: str = "all") -> tuple[Any, Schedule]:
+    """(method, schedule) for a validated reduction config on a model; the method is None for ``none``."""
+    from tor_exp.reduction import build_method
+
+    schedule = build_schedule(reduction_cfg, model_cfg, seq_len=seq_len, shape=shape, logits=logits)
+    method = None if reduction_cfg.method == "none" else build_method(reduction_cfg)
+    importance_sources(method, schedule, shape)
+    return method, schedule
+
+
+@contextmanager
+def reducing(model: nn.Module, method: Any, schedule: Optional[Schedule], *, tokenizer: Any = None,
+             calibration_source: Optional[str] = None, record: Optional[dict[str, Any]] = None) -> Iterator[nn.Module]:
+    """``model`` patched with ``method`` at ``schedule`` (and calibrated) for the block; unpatched afterwards.
+
+    ``method`` None (the ``none`` reduction) yields the plain model. ``record`` receives
+    ``calibration_sequences`` when a calibration ran.
+    """
+    from tor_exp.models.calibration import calibrate, calibration_text, needs_calibration
+    from tor_exp.models.patching import patch, unpatch
+
+    if method is None:
+        yield model
+        return
+    if schedule is None:
+        raise ValueError("reducing(): a method needs a schedule")
+    patch(model, method, schedule)
+    try:
+        if needs_calibration(method):
+            if tokenizer is None:
+                raise ValueError(f"reducing(): {type(method).__name__} needs calibration text and a tokenizer")
+            used = calibrate(method, model, tokenizer, calibration_text(calibration_source))
+            if record is not None:
+                record["calibration_sequences"] = used
+        yield model
+    finally:
+        unpatch(model)
