@@ -101,6 +101,9 @@ class ModelConfig:
         if self.source == "tiny" and self.path:
             raise ConfigError(f"model.path={self.path!r}: model.source=tiny builds a random model and reads no "
                               "checkpoint; for a saved checkpoint use model=local model.path=DIR")
+        if self.backend == "mamba_ssm" and self.family not in ("mamba", "mamba2"):
+            raise ConfigError(f"model.backend=mamba_ssm: mamba_ssm's kernels run Mamba and Mamba-2 models only, "
+                              f"not model.family={self.family}; use model.backend=hf")
         if self.family == "auto" and self.source not in ("local", "hf"):
             raise ConfigError(f"model.family=auto: reads the family from config.json, so model.source must be "
                               f"local or hf, got {self.source}")

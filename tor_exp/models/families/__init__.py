@@ -54,8 +54,15 @@ def model_shape(model: nn.Module) -> ModelShape:
     return adapter_of(model).shape(model)
 
 
-from tor_exp.models.families import mamba, mamba_ssm, nemotron_h  # noqa: E402  (each lists its adapters)
+def _register_all() -> None:
+    """Import every module of this package; each lists its adapters in ``ADAPTERS`` (a new family = a new module)."""
+    import importlib
+    import pkgutil
 
-for _module in (mamba, mamba_ssm, nemotron_h):
-    for _adapter in _module.ADAPTERS:
-        register_adapter(_adapter)
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for adapter in getattr(module, "ADAPTERS", ()):
+            register_adapter(adapter)
+
+
+_register_all()
