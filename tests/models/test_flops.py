@@ -158,3 +158,17 @@ def test_build_schedule_with_registered_reduction_config():
     s = build_schedule(config_cls(method="utrc", target_flops=0.1), tiny_cfg("mamba2"))
     assert s.locations == LOCATIONS
     assert flops_reduction(8, LOCATIONS, s.keep_ratio) == pytest.approx(0.1, abs=1e-9)
+
+
+def test_no_locations_names_the_locations_key(compose):
+    with pytest.raises(ConfigError, match=r"^reduction.locations=\[\]: no reduction locations, so reduction=utrc "
+                                          r"cannot reduce anything"):
+        compose("model=tiny_mamba2", "reduction.locations=[]")
+    compose("model=tiny_mamba2", "reduction=none", "reduction.locations=[]")  # nothing to reduce: fine
+
+
+def test_reduction_none_ignores_and_never_records_a_target(compose):
+    v = compose("model=tiny_mamba2", "reduction=none", "reduction.target_flops=0.3")
+    assert v.reduction.target_flops == 0.0 and v.reduction.keep_ratio is None
+    v = compose("model=tiny_mamba2", "reduction=none", "reduction.keep_ratio=0.5")
+    assert v.reduction.keep_ratio is None

@@ -113,3 +113,14 @@ def test_generate_without_cache_reduces_every_step_and_keeps_the_last_token(mode
         assert step.positions[0, 0].item() == seq.shape[1] - 1
         seq = torch.cat([seq, step.logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(out, seq)
+
+
+def test_long_generation_shows_a_token_progress_bar(tiny_models, capsys):
+    """task=generate with many new tokens is never silent: a tqdm bar of new tokens (shown after a few seconds; here
+    at once)."""
+    from tor_exp.models.generation import TokenProgress, generate_text
+
+    model, tok = tiny_models["mamba2"]
+    generate_text(model, tok, "abc", max_new_tokens=5, streamer=TokenProgress(5, delay_s=0))
+    err = capsys.readouterr().err
+    assert "generating" in err and "5/5" in err

@@ -97,3 +97,58 @@ def test_mamba_ssm_checkpoint_conversion(tmp_path, family, drop_lm_head):
     with pytest.raises(ConfigError, match="model.family"):
         load_model(ModelConfig(name="x", family=other, source="mamba_ssm", path=str(tmp_path / "ssm"),
                                tokenizer="byte", n_layer=3, locations=[1]))
+
+
+def _edit_config(folder, **changes) -> None:
+    path = folder / "config.json"
+    raw = json.loads(path.read_text())
+    raw.update(changes)
+    path.write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("config_layers", [12, 4])
+def test_weights_that_do_not_cover_the_model_are_refused(tmp_path, tiny_models, config_layers):
+    """config.json says another depth than the weights hold: more layers would be random, fewer would drop weights;
+    both are one-line errors unless model.allow_partial, which loads and records what is off."""
+    model = tiny_models["mamba2"][0]  # 8 layers
+    model.save_pretrained(tmp_path / "m")
+    _edit_config(tmp_path / "m", num_hidden_layers=config_layers)
+    cfg = dict(name="x", family="mamba2", source="local", path=str(tmp_path / "m"), tokenizer="byte",
+               n_layer=config_layers, locations=[2])
+    with pytest.raises(ConfigError, match=rf"^model.path='.*': the weights hold 8 layers, config.json says "
+                                          rf"{config_layers}; model.allow_partial=true"):
+        load_model(ModelConfig(**cfg))
+    loaded, _ = load_model(ModelConfig(**cfg, allow_partial=True))
+    report = tor_exp.models.partial_weights(loaded)
+    assert report is not None and "8 layers" in report["problem"]
+    if config_layers > 8:
+        assert any(".layers.11." in k for k in report["missing"]) and not report["unexpected"]
+    else:
+        assert any(".layers.7." in k for k in report["unexpected"]) and not report["missing"]
+    model.save_pretrained(tmp_path / "exact")
+    exact, _ = load_model(ModelConfig(**{**cfg, "path": str(tmp_path / "exact"), "n_layer": 8}))
+    assert tor_exp.models.partial_weights(exact) is None
+
+
+def test_a_missing_weight_is_refused(tmp_path, tiny_models):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_models["mamba2"][0]
+    model.save_pretrained(tmp_path / "m")
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    del weights["backbone.layers.3.mixer.D"]
+    save_file(weights, tmp_path / "m" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=r"1 missing \(backbone.layers.3.mixer.D\)"):
+        load_model(ModelConfig(name="x", family="mamba2", source="local", path=str(tmp_path / "m"),
+                               tokenizer="byte", n_layer=8, locations=[2]))
+
+
+def test_a_tiny_model_with_a_path_is_refused():
+    with pytest.raises(ConfigError, match=r"^model.path='/nonexistent': model.source=tiny builds a random model"):
+        ModelConfig(name="x", family="mamba2", source="tiny", path="/nonexistent", n_layer=16, locations=[4])
+
+
+def test_model_local_reads_the_family_and_depth_from_config_json(compose):
+    cfg = compose("model=local", "model.path=pkg://tor_exp/reference/assets", "reduction=utrc").model
+    model, _ = load_model(cfg)
+    assert type(model).__name__ == "Mamba2ForCausalLM" and len(model.backbone.layers) == 24

@@ -48,6 +48,26 @@ def decode_step(model: nn.Module, token: Tensor, cache: Any) -> Tensor:
     return adapter.decode_step(model, cls, token[:, None], cache).logits[:, -1]
 
 
+class TokenProgress:
+    """A ``generate`` streamer that shows a progress bar of new tokens once generation has run ``delay_s``
+    seconds (a long generation is never silent; a short one prints nothing)."""
+
+    def __init__(self, total: int, delay_s: float = 3.0):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc="generating", unit="tok", delay=delay_s, leave=False)
+        self.prompt_seen = False
+
+    def put(self, value: Tensor) -> None:
+        if not self.prompt_seen:  # the first call hands over the prompt
+            self.prompt_seen = True
+            return
+        self.bar.update(1)
+
+    def end(self) -> None:
+        self.bar.close()
+
+
 @torch.no_grad()
 def generate_text(
     model: nn.Module,
@@ -55,9 +75,12 @@ def generate_text(
     prompt: str | Sequence[str],
     max_new_tokens: int = 32,
     greedy: bool = True,
+    progress: bool = True,
     **generate_kwargs: Any,
 ) -> str | list[str]:
-    """Continue ``prompt`` (or a list of prompts, left-padded) with ``model.generate``; returns the new text."""
+    """Continue ``prompt`` (or a list of prompts, left-padded) with ``model.generate``; returns the new text.
+
+    ``progress``: a token progress bar on stderr once generation takes more than a few seconds."""
     single = isinstance(prompt, str)
     prompts = [prompt] if single else list(prompt)
     side = tokenizer.padding_side
@@ -69,6 +92,8 @@ def generate_text(
     device = next(model.parameters()).device
     input_ids, attention_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if progress and len(prompts) == 1:  # HF streamers take one row
+        generate_kwargs.setdefault("streamer", TokenProgress(max_new_tokens))
     out = model.generate(
         input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, do_sample=not greedy,
         pad_token_id=pad_id, **generate_kwargs,
