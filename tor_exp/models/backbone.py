@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from tor_exp.models.adapter import DecodeState, LayerInput, decode_state, first_real_column
 from tor_exp.models.families import adapter_of, model_shape
+from tor_exp.models.schedule import location_keep
 from tor_exp.models.tokens import gather_last, last_index
 from tor_exp.reduction.base import ReductionObserver, run_reduction
 from tor_exp.reduction.state import TokenState
@@ -65,6 +66,7 @@ def drive_backbone(
     state = TokenState.initial(h, h, valid=valid, protected=None if protected is None else protected.to(h.device),
                                streams=adapter.streams(model, h))
     locations = _locations(method, schedule)
+    order = sorted(locations)
     sources: dict[int, int] = {}
     if locations and "ssm_out" in (getattr(method, "needed_features", None) or set()):
         from tor_exp.models.schedule import importance_sources
@@ -103,8 +105,9 @@ def drive_backbone(
             features = {"mixer_out": hidden, "residual": residual}
             if layer in sources:
                 features["ssm_out"] = captured.pop(sources[layer])
-            state = run_reduction(method, state.replace(hidden=hidden, residual=residual), features,
-                                  schedule.keep_ratio, layer, observers)
+            state = state.replace(hidden=hidden, residual=residual)
+            keep = location_keep(schedule, order.index(layer), state, method.max_fraction)
+            state = run_reduction(method, state, features, keep, layer, observers)
             hidden, residual = state.hidden, state.residual
             all_valid = bool(state.valid.all())
     if decoding is not None:

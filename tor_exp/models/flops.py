@@ -99,7 +99,8 @@ class ModelShape:
 def _ssm_terms(shape: ModelShape, seq_len: int, reference: bool) -> dict[str, float]:
     """One SSM mixer with its pre-norm. Mamba-2 SSD terms: by default the ideal chunked algorithm, linear in
     ``seq_len``; ``reference=True`` counts what HF's torch reference computes instead (whole zero-padded chunks and
-    an inter-chunk recurrence quadratic in the number of chunks) — what ``FlopCounterMode`` measures on CPU."""
+    an inter-chunk recurrence quadratic in the number of chunks) — what ``FlopCounterMode`` measures on CPU.
+    The SSD terms (``ssd_*``) are the ones chunking pads: see :func:`layer_cost`."""
     n, d, e, s = float(seq_len), shape.d_model, shape.d_inner, shape.state_size
     k = shape.conv_kernel
     t: dict[str, float] = {"block_norm": 4.0 * n * d}
@@ -199,6 +200,31 @@ def layer_cost(shape: ModelShape, layer: int) -> tuple[float, float]:
     one, two = layer_flops(shape, 1, layer=layer), layer_flops(shape, 2, layer=layer)
     b = (two - 2.0 * one) / 2.0
     return one - b, b
+
+
+def chunk_size(shape: ModelShape) -> int:
+    """The chunk the SSD scan works in (Mamba-2 mixers), 0 when no layer scans in chunks (Mamba-1)."""
+    return shape.chunk_size if shape.family == "mamba2" and shape.ssm_layers() else 0
+
+
+def padded_length(n: float | Tensor, chunk: int) -> float | Tensor:
+    """``n`` rounded up to a whole number of chunks (``n`` itself without chunking)."""
+    if chunk <= 0:
+        return n
+    if isinstance(n, Tensor):
+        return torch.ceil(n / chunk) * chunk
+    return math.ceil(n / chunk) * chunk
+
+
+def layer_padded_cost(shape: ModelShape, layer: int) -> tuple[float, float, float]:
+    """(a, b, c): the FLOPs of ``layer`` on n tokens when its scan works in whole chunks (HF's torch path and
+    mamba_ssm's kernels pad every sequence to a chunk multiple) = a·n + b·n² + c·padded_length(n): c is the SSD
+    scan's per-token cost, a the rest of the linear cost."""
+    a, b = layer_cost(shape, layer)
+    c = 0.0
+    if "ssm" in shape.parts(layer) and shape.family == "mamba2":
+        c = sum(v for key, v in _ssm_terms(shape, 1, reference=False).items() if key.startswith("ssd_"))
+    return a - c, b, c
 
 
 def head_flop_terms(shape: ModelShape, n_tokens: int, n_logits: int) -> dict[str, float]:
@@ -316,4 +342,33 @@ def realised_flops_reduction(
     red_tot = red_bb + float((head["norm_f"] * final + head["lm_head"] * m_red)[real].sum())
     out["backbone"] = 1.0 - red_bb / full_bb if full_bb else 0.0
     out["total"] = 1.0 - red_tot / full_tot if full_tot else 0.0
+    chunk = chunk_size(shape)
+    if chunk:
+        out["backbone_padded"] = padded_flops_reduction(counts, n_in, shape)
     return out
+
+
+def padded_work(shape: ModelShape, widths: Sequence[float] | Tensor, batch: int = 1) -> float:
+    """Backbone FLOPs a chunked scan really performs on a batch whose layer l is ``widths[l]`` tokens wide: every
+    row is computed at the batch's width, and each SSM scan on whole chunks (:func:`layer_padded_cost`)."""
+    chunk = chunk_size(shape)
+    total = 0.0
+    for layer, width in enumerate(torch.as_tensor(widths, dtype=torch.float64).tolist()):
+        a, b, c = layer_padded_cost(shape, layer)
+        total += batch * (a * width + b * width * width + c * float(padded_length(width, chunk)))
+    return total
+
+
+def padded_flops_reduction(tokens_per_layer: Tensor | Sequence, n_input: Tensor | Sequence | int,
+                           shape: ModelShape) -> float:
+    """The backbone FLOPs reduction a chunk-padding backend realises: the batch's width at each layer (its longest
+    row) against the unreduced width, both padded to whole chunks in the scan. Lower than the token figure when
+    reduced lengths stop just past a chunk boundary."""
+    counts = torch.as_tensor(tokens_per_layer, dtype=torch.float64)
+    if counts.dim() == 1:
+        counts = counts[None]
+    n_in = torch.as_tensor(n_input, dtype=torch.float64).reshape(-1).expand(counts.shape[0])
+    batch, n_layer = counts.shape
+    full = padded_work(shape, [float(n_in.max())] * n_layer, batch)
+    reduced = padded_work(shape, counts.max(dim=0).values, batch)
+    return 1.0 - reduced / full if full else 0.0

@@ -11,6 +11,7 @@ Every caller (the eval and generate tasks, the benchmarks, the lm-eval backend b
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence
@@ -25,11 +26,44 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Schedule:
-    """Where to reduce ("after block l") and how much (the same ρ at every location)."""
+    """Where to reduce ("after block l") and how much: the same ρ at every location (the paper), or, for a
+    chunk-aligned schedule (``reduction.chunk_align``), one ratio per location (``keep_ratios``), each location's
+    kept length rounded at run time to a multiple of ``chunk`` where ``aligned`` says so (METHOD.md §4)."""
 
     locations: list[int] = field(default_factory=list)
     keep_ratio: float = 1.0
     target_flops: Optional[float] = None
+    keep_ratios: list[float] = field(default_factory=list)
+    aligned: list[bool] = field(default_factory=list)
+    chunk: int = 0
+
+    def ratio(self, index: int) -> float:
+        """The keep ratio of the ``index``-th location."""
+        return self.keep_ratios[index] if self.keep_ratios else self.keep_ratio
+
+
+def location_keep(schedule: Schedule, index: int, state: Any, max_fraction: Optional[float]) -> Any:
+    """What the method at the ``index``-th location receives as its keep ratio: the schedule's ratio, or for an
+    aligned location a [B] tensor of per-row ratios whose kept length is the multiple of ``schedule.chunk`` nearest
+    to ratio × the row's length, within what the method may remove (a row whose range holds no multiple keeps the
+    plain ratio). Per row, so a row's result never depends on its batch."""
+    rho = schedule.ratio(index)
+    if not schedule.chunk or not schedule.aligned or not schedule.aligned[index]:
+        return rho
+    import torch
+
+    q = float(schedule.chunk)
+    n_valid = state.valid.sum(dim=1).to(torch.float64)
+    n_red = (state.reducible & state.valid).sum(dim=1).to(torch.float64)
+    cap = n_red if max_fraction is None else torch.floor(n_red * max_fraction)
+    low, high = n_valid - cap, n_valid
+    target = torch.floor(rho * n_valid / q + 0.5) * q
+    kept = torch.where(target < low, torch.ceil(low / q) * q, target)
+    kept = torch.where(kept > high, torch.floor(high / q) * q, kept)
+    plain = n_valid - (n_red - torch.ceil(n_red * rho - 1e-9)).clamp(min=0).minimum(cap)
+    kept = torch.where((kept >= low) & (kept <= high) & (kept > 0), kept, plain)
+    removed = n_valid - kept
+    return torch.where(n_red > 0, (n_red - removed) / n_red.clamp(min=1), torch.ones_like(n_red))
 
 
 def resolve_locations(reduction_cfg: Any, model_cfg: Any, n_layer: Optional[int] = None) -> list[int]:
@@ -112,11 +146,112 @@ def solve_keep_ratio(
 
 
 def needs_shape(reduction_cfg: Any, model_cfg: Any) -> bool:
-    """Solving ρ needs the model's shape: total-scope FLOPs, or a hybrid whose layers cost differently."""
+    """Solving ρ needs the model's shape: total-scope FLOPs, a hybrid whose layers cost differently, or a
+    chunk-aligned schedule (the chunk size)."""
     from tor_exp.models.config import HYBRID_FAMILIES
 
     family = getattr(model_cfg, "family", None)
-    return getattr(reduction_cfg, "flops_scope", "backbone") == "total" or family in (*HYBRID_FAMILIES, "auto")
+    return (getattr(reduction_cfg, "flops_scope", "backbone") == "total" or family in (*HYBRID_FAMILIES, "auto")
+            or bool(getattr(reduction_cfg, "chunk_align", False)))
+
+
+#: a chunk-aligned schedule meets its FLOPs target within this (absolute, in reduction units)
+ALIGN_TOLERANCE = 0.005
+
+
+def _kept_lengths_reduction(shape: Optional[ModelShape], n_layer: int, locations: Sequence[int],
+                            kept: Sequence[float], seq_len: float, scope: str, logits: str) -> float:
+    """FLOPs reduction when the location ``locations[i]`` leaves ``kept[i]`` tokens of ``seq_len``."""
+    lengths = [seq_len, *kept]
+    tokens = [lengths[sum(1 for l in locations if l < layer)] for layer in range(n_layer)]
+    if shape is None or (shape.uniform and scope == "backbone"):
+        return 1.0 - sum(tokens) / (n_layer * seq_len)
+    from tor_exp.models.flops import head_flop_terms, layer_cost
+
+    costs = [layer_cost(shape, l) for l in range(n_layer)]
+    full = sum(a * seq_len + b * seq_len ** 2 for a, b in costs)
+    reduced = sum(a * n + b * n * n for (a, b), n in zip(costs, tokens))
+    if scope == "total":
+        head = head_flop_terms(shape, 1, 1)
+        full += head["norm_f"] * seq_len + head["lm_head"] * (seq_len if logits == "all" else 1)
+        reduced += head["norm_f"] * tokens[-1] + head["lm_head"] * (tokens[-1] if logits == "all" else 1)
+    return 1.0 - reduced / full
+
+
+def align_schedule(schedule: Schedule, n_layer: int, chunk: int, seq_len: int, *, shape: Optional[ModelShape],
+                   scope: str = "backbone", logits: str = "all", max_fraction: Optional[float] = 0.5) -> Schedule:
+    """The chunk-aligned form of a solved schedule at ``seq_len`` tokens.
+
+    Every location but the last keeps one of the two chunk multiples around the plain schedule's length (within what
+    one location may remove); the last keeps exactly the count that meets the FLOPs target. Of the combinations that
+    meet it within :data:`ALIGN_TOLERANCE`, the one with the most locations on a chunk multiple wins, then the one
+    closest to the plain schedule. Per-location ratios are the kept lengths' ratios; a location is ``aligned`` when
+    its kept length is a chunk multiple (run time then rounds each row's length to a multiple, which reproduces these
+    lengths exactly at ``seq_len``). Without any combination that meets the target, the plain schedule is kept.
+    """
+    import itertools
+
+    locations, rho = list(schedule.locations), schedule.keep_ratio
+    if not chunk or not locations or rho >= 1.0:
+        return schedule
+    n = float(seq_len)
+    goal = schedule.target_flops
+    if goal is None:
+        goal = _kept_lengths_reduction(shape, n_layer, locations, [rho ** (i + 1) * n for i in range(len(locations))],
+                                       n, scope, logits)
+    keep_min = 0.0 if max_fraction is None else 1.0 - max_fraction
+    ideal = [rho ** (i + 1) * n for i in range(len(locations))]
+
+    def reduction(kept: list[float]) -> float:
+        return _kept_lengths_reduction(shape, n_layer, locations, kept, n, scope, logits)
+
+    def last_exact(prefix: list[float]) -> Optional[float]:
+        """The count the last location keeps so that the target is met (None when it cannot be)."""
+        previous = prefix[-1] if prefix else n
+        low = float(math.ceil(previous * keep_min - 1e-9))
+        lo, hi = max(low, 1.0), previous
+        if reduction(prefix + [lo]) < goal - ALIGN_TOLERANCE or reduction(prefix + [hi]) > goal + ALIGN_TOLERANCE:
+            return None
+        while hi - lo > 1:  # fewer kept tokens, more reduction: the largest count that still reaches the goal
+            mid = float(math.floor((lo + hi) / 2))
+            lo, hi = (mid, hi) if reduction(prefix + [mid]) >= goal else (lo, mid)
+        best = min((lo, hi), key=lambda k: abs(reduction(prefix + [k]) - goal))
+        snapped = float(math.floor(best / chunk + 0.5) * chunk)
+        if low <= snapped <= previous and snapped > 0 and abs(reduction(prefix + [snapped]) - goal) <= ALIGN_TOLERANCE:
+            return snapped
+        return best
+
+    candidates = []
+    for i, k in enumerate(ideal[:-1]):
+        around = {float(math.floor(k / chunk) * chunk), float(math.ceil(k / chunk) * chunk)}
+        candidates.append(sorted(c for c in around if c > 0))
+    best_key, best = None, None
+    for prefix in itertools.product(*candidates):
+        kept, previous, feasible = list(prefix), n, True
+        for k in kept:
+            if not math.ceil(previous * keep_min - 1e-9) <= k <= previous:
+                feasible = False
+                break
+            previous = k
+        if not feasible:
+            continue
+        last = last_exact(kept)
+        if last is None:
+            continue
+        kept.append(last)
+        if abs(reduction(kept) - goal) > ALIGN_TOLERANCE:
+            continue
+        aligned = sum(1 for k in kept if k % chunk == 0)
+        key = (-aligned, sum(abs(k - i) for k, i in zip(kept, ideal)))
+        if best_key is None or key < best_key:
+            best_key, best = key, kept
+    if best is None:
+        log.info("reduction.chunk_align: no chunk-aligned lengths meet the FLOPs target at %d tokens; plain schedule",
+                 seq_len)
+        return schedule
+    ratios = [k / p for k, p in zip(best, [n, *best[:-1]])]
+    return Schedule(locations=locations, keep_ratio=rho, target_flops=schedule.target_flops, keep_ratios=ratios,
+                    aligned=[k % chunk == 0 for k in best], chunk=chunk)
 
 
 def build_schedule(
@@ -149,7 +284,27 @@ def build_schedule(
         return Schedule(locations=locations, keep_ratio=1.0, target_flops=None)
     scope = getattr(reduction_cfg, "flops_scope", "backbone")
     rho = solve_keep_ratio(int(n_layer), locations, float(target), scope, shape, seq_len, logits)
-    return Schedule(locations=locations, keep_ratio=rho, target_flops=float(target))
+    schedule = Schedule(locations=locations, keep_ratio=rho, target_flops=float(target))
+    if getattr(reduction_cfg, "chunk_align", False):
+        schedule = _aligned(schedule, reduction_cfg, int(n_layer), shape, seq_len, scope, logits)
+    return schedule
+
+
+def _aligned(schedule: Schedule, reduction_cfg: Any, n_layer: int, shape: Optional[ModelShape],
+             seq_len: Optional[int], scope: str, logits: str) -> Schedule:
+    from tor_exp.models.flops import DEFAULT_SEQ_LEN, chunk_size
+    from tor_exp.reduction import registered_methods
+
+    method_cls = registered_methods()[reduction_cfg.method][1]
+    if not method_cls.counts_from_ratio:
+        raise ConfigError(f"reduction.chunk_align=true: reduction={reduction_cfg.method} does not set its removal "
+                          "counts from the keep ratio, so they cannot be aligned to chunks")
+    chunk = chunk_size(shape) if shape is not None else 0
+    if not chunk:
+        log.info("reduction.chunk_align=true: the model's SSM does not scan in chunks; nothing to align")
+        return schedule
+    return align_schedule(schedule, n_layer, chunk, int(seq_len or DEFAULT_SEQ_LEN), shape=shape, scope=scope,
+                          logits=logits, max_fraction=method_cls.max_fraction)
 
 
 def importance_sources(method: Any, schedule: Schedule, shape: Optional[ModelShape]) -> dict[int, int]:

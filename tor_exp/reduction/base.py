@@ -55,6 +55,9 @@ class ReductionConfig:
     target_flops: Optional[float] = 0.2
     keep_ratio: Optional[float] = None
     flops_scope: str = "backbone"
+    #: land each location's reduced length on a whole number of SSM scan chunks where possible, with per-location
+    #: ratios solved so the FLOPs target still holds (METHOD.md §4); off = the paper's one ρ everywhere
+    chunk_align: bool = False
     locations: Optional[list[int]] = None
     location_start: Optional[int] = None
     location_stride: Optional[int] = None
@@ -80,6 +83,11 @@ class ReductionMethod:
     """
 
     name: ClassVar[str] = ""
+    #: the largest share of a row's reducible tokens one location may remove (⌊n/2⌋ for bipartite matching);
+    #: None = no cap
+    max_fraction: ClassVar[Optional[float]] = 0.5
+    #: removal counts follow from ρ alone (not thresholds), so a schedule may set them per row (chunk alignment)
+    counts_from_ratio: ClassVar[bool] = True
 
     def __init__(self, config: ReductionConfig):
         self.config = config
@@ -163,10 +171,12 @@ def build_method(config: ReductionConfig) -> ReductionMethod:
     return cls(config)
 
 
-def num_to_remove(num_reducible: Tensor, keep_ratio: float, max_fraction: float | None = 0.5) -> Tensor:
+def num_to_remove(num_reducible: Tensor, keep_ratio: float | Tensor,
+                  max_fraction: float | None = 0.5) -> Tensor:
     """Per-row removal count r = n − ceil(ρ·n), capped at ⌊n·max_fraction⌋ (⌊n/2⌋ for bipartite methods).
 
-    A tiny epsilon keeps ceil from rounding 0.9*10 = 9.000000001 up to 10.
+    ``keep_ratio``: one ρ, or a [B] float64 tensor of per-row ratios (a chunk-aligned schedule). A tiny epsilon
+    keeps ceil from rounding 0.9*10 = 9.000000001 up to 10.
     """
     n = num_reducible.to(torch.float64)
     keep = torch.ceil(n * keep_ratio - 1e-9)
@@ -176,7 +186,7 @@ def num_to_remove(num_reducible: Tensor, keep_ratio: float, max_fraction: float 
     return r.to(torch.long)
 
 
-def removal_counts(state: TokenState, keep_ratio: float,
+def removal_counts(state: TokenState, keep_ratio: float | Tensor,
                    max_fraction: float | None = 0.5) -> tuple[Tensor, Tensor, Tensor] | None:
     """(reducible [B,N], n [B], r [B]) at this location, or None when no row removes anything (skip the work)."""
     reducible = state.reducible & state.valid

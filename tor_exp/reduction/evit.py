@@ -54,6 +54,7 @@ class EViT(ReductionMethod):
     """Top-k by importance, optionally fusing the removed tokens into one placed last."""
 
     config: EViTConfig
+    max_fraction = None  # top-k keeps ⌈ρ·n⌉ whatever ρ is
 
     @property
     def needed_features(self) -> set[str]:
@@ -62,7 +63,7 @@ class EViT(ReductionMethod):
     def plan(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float,
              location: int) -> ReductionPlan | None:
         cfg = self.config
-        counts = removal_counts(state, keep_ratio, max_fraction=None)
+        counts = removal_counts(state, keep_ratio, self.max_fraction)
         if counts is None:
             return None
         reducible, n, r = counts

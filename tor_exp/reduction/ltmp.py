@@ -108,6 +108,8 @@ def _threshold_above(values: Tensor, count: int) -> float:
 class LTMP(ReductionMethod):
     """Threshold-based merging + pruning with per-location thresholds calibrated post training."""
 
+    counts_from_ratio = False  # thresholds decide each row's count
+
     config: LTMPConfig
 
     def __init__(self, config: LTMPConfig):

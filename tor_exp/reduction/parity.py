@@ -281,6 +281,8 @@ class _ParityBipartite(ReductionMethod):
     per row), never over tokens; a batch of equal-length rows is a single call.
     """
 
+    counts_from_ratio = False  # the released code computes its own counts from one ρ
+
     tome: bool = False
     parity: ClassVar[bool] = True
 
@@ -362,6 +364,8 @@ def parity_evit_rows(metric_x: Tensor, valid: Tensor, keep_ratio: float, clip: b
 @register_method("evit_official", EViTParityConfig)
 class EViTParity(ReductionMethod):
     """Released EViT on each request alone: keeps the num_keep+1 *lowest*-scored tokens, no fusion."""
+
+    counts_from_ratio = False  # the released code computes its own counts from one ρ
 
     parity: ClassVar[bool] = True
 

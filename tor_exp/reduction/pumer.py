@@ -50,7 +50,7 @@ class PuMer(ReductionMethod):
 
     def plan(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float,
              location: int) -> ReductionPlan | None:
-        counts = removal_counts(state, keep_ratio)
+        counts = removal_counts(state, keep_ratio, self.max_fraction)
         if counts is None:
             return None
         reducible, _, r = counts

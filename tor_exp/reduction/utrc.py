@@ -100,7 +100,7 @@ class UTRC(ReductionMethod):
     def plan(self, state: TokenState, features: dict[str, Tensor], keep_ratio: float,
              location: int) -> ReductionPlan | None:
         cfg = self.config
-        counts = removal_counts(state, keep_ratio)
+        counts = removal_counts(state, keep_ratio, self.max_fraction)
         if counts is None:
             return None
         reducible, n, r = counts
