@@ -223,3 +223,38 @@ def test_hf_and_static_decode_paths_agree(tiny):
         finally:
             unpatch(model)
     assert toks["hf"].shape == (2, 7) and torch.equal(toks["hf"], toks["static"])
+
+
+def test_aligned_variants_beside_plain_report_both_ideals(tiny, tmp_path):
+    """bench.chunk_align=both: each target runs plain and chunk-aligned; the aligned rows keep whole 16-token
+    chunks (padded figure = token figure) and every row has the token ideal and the chunk-padded ideal."""
+    model, tok, cfg = tiny
+    # 64 tokens, 6 layers, locations 1 and 3: keeping 48 then 32 tokens removes exactly 25 %
+    bench = BenchConfig(kind="prefill", batch_sizes=[1], seq_lens=[64], flops_targets=[0.25], warmup=0, repeats=1,
+                        chunk_align="both", plot=False)
+    rows = run_benchmark(model, tok, cfg, utrc_cfg(), bench, device="cpu")["bench"]["rows"]
+    assert [r["variant"] for r in rows] == ["none", "utrc@25%", "utrc@25%+align"]
+    plain, aligned = rows[1], rows[2]
+    assert aligned["chunk_align"] and aligned["keep_ratios"] == [0.75, 32 / 48]
+    assert aligned["realised_backbone_padded"] == pytest.approx(aligned["realised_backbone"], abs=1e-12)
+    assert aligned["realised_backbone"] == pytest.approx(0.25, abs=1e-12)
+    assert plain["realised_backbone_padded"] < plain["realised_backbone"]  # 64·ρ stops mid-chunk
+    for r in rows[1:]:
+        assert r["of_ideal_padded"] == pytest.approx(r["speedup"] / r["ideal_speedup_padded"])
+        assert r["ideal_speedup_tokens"] == pytest.approx(1 / (1 - r["realised_proxy"]))
+
+
+def test_memory_rows_report_the_kv_cache_of_a_hybrid(compose):
+    """bench=memory on a tiny Nemotron-H: the prefill's KV cache (attention layers after a reduction hold fewer
+    tokens) shrinks with the target; a pure Mamba-2 has none."""
+    cfg = compose("model=tiny_nemotron_h").model
+    model, tok = load_model(cfg)
+    bench = BenchConfig(kind="memory", batch_sizes=[2], seq_lens=[48], flops_targets=[0.1, 0.3], warmup=0,
+                        memory_logits=["last"], plot=False)
+    rows = run_benchmark(model, tok, cfg, utrc_cfg(), bench, device="cpu")["bench"]["rows"]
+    kv = [r["kv_cache_bytes"] for r in rows]
+    assert kv[0] > kv[1] > kv[2] > 0 and rows[2]["kv_cache_saving"] > rows[1]["kv_cache_saving"] > 0
+    # the unreduced cache: 2 attention layers × K and V × batch × kv heads × length × head dim × 4 bytes
+    shape = __import__("tor_exp.models", fromlist=["model_shape"]).model_shape(model)
+    n_attention = sum("attention" in shape.parts(l) for l in range(shape.n_layer))
+    assert kv[0] == n_attention * 2 * 2 * shape.attn_kv_heads * 48 * shape.attn_head_dim * 4

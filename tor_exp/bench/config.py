@@ -7,6 +7,8 @@ from typing import Optional
 from tor_exp.errors import ConfigError
 
 BENCH_KINDS = ("prefill", "generate", "memory", "overhead")
+#: plain: the method's schedule as configured; aligned: its chunk-aligned form (reduction.chunk_align); both
+CHUNK_ALIGN_MODES = ("plain", "aligned", "both")
 LOGITS_MODES = ("all", "last")
 
 
@@ -44,6 +46,8 @@ class BenchConfig:
     # cast logits to float32 as HF's forward does (false: keep the LM head's dtype, as mamba_ssm's model does;
     # with bf16 weights that halves the full-vocabulary logits tensor of the memory preset)
     logits_float: bool = False
+    # plain | aligned | both: run the chunk-aligned schedule (reduction.chunk_align) instead of / beside the plain one
+    chunk_align: str = "plain"
 
     def __post_init__(self) -> None:
         if self.kind not in BENCH_KINDS:
@@ -65,5 +69,7 @@ class BenchConfig:
             raise ConfigError(f"bench.memory_logits={list(self.memory_logits)!r}: each must be one of all, last")
         if self.decode not in ("auto", "hf", "static"):
             raise ConfigError(f"bench.decode={self.decode!r}: must be one of auto, hf, static")
+        if self.chunk_align not in CHUNK_ALIGN_MODES:
+            raise ConfigError(f"bench.chunk_align={self.chunk_align!r}: must be one of {', '.join(CHUNK_ALIGN_MODES)}")
         if self.nvml_interval_ms <= 0:
             raise ConfigError(f"bench.nvml_interval_ms={self.nvml_interval_ms!r}: must be > 0")

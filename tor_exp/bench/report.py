@@ -9,7 +9,9 @@ _COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "prefill": [("batch", "B", "d"), ("seq_len", "N", "d"), ("variant", "variant", "s"), ("keep_ratio", "ρ", ".4f"),
                 ("realised_backbone", "realised f", ".3f"), ("prefill_min_s", "min ms", "ms"),
                 ("prefill_median_s", "median ms", "ms"), ("speedup", "speed-up", ".3f"),
-                ("ideal_speedup", "ideal 1/(1−f)", ".3f"), ("of_ideal", "of ideal", ".3f")],
+                ("ideal_speedup", "ideal 1/(1−f)", ".3f"), ("of_ideal", "of ideal", ".3f"),
+                ("ideal_speedup_padded", "ideal (chunk-padded f)", ".3f"), ("of_ideal_padded", "of padded ideal", ".3f"),
+                ("ideal_speedup_tokens", "ideal (token f)", ".3f")],
     "overhead": [("batch", "B", "d"), ("seq_len", "N", "d"), ("variant", "variant", "s"),
                  ("prefill_median_s", "prefill ms", "ms"), ("reduce_median_s", "in reduce ms", "ms"),
                  ("reduce_calls", "calls", "d"), ("overhead_share", "share", "pct"), ("speedup", "speed-up", ".3f")],
@@ -21,7 +23,8 @@ _COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "memory": [("batch", "B", "d"), ("seq_len", "N", "d"), ("logits", "logits", "s"), ("variant", "variant", "s"),
                ("realised_backbone", "realised f", ".3f"), ("logits_bytes", "logits MiB", "mib"),
                ("peak_allocated_bytes", "peak alloc MiB", "mib"), ("peak_allocated_saving", "saving", "pct"),
-               ("nvml_peak_bytes", "NVML peak MiB", "mib"), ("nvml_peak_saving", "NVML saving", "pct")],
+               ("nvml_peak_bytes", "NVML peak MiB", "mib"), ("nvml_peak_saving", "NVML saving", "pct"),
+               ("kv_cache_bytes", "KV cache MiB", "mib"), ("kv_cache_saving", "KV saving", "pct")],
 }
 
 

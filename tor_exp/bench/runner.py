@@ -33,19 +33,29 @@ class Variant:
     method: Any = None
     schedule: Any = None
     keep_ratio: float = 1.0
+    aligned: bool = False
 
     @property
     def reduced(self) -> bool:
         return self.method is not None
 
+    def fields(self) -> dict[str, Any]:
+        """The variant's columns of a result row."""
+        out = {"variant": self.label, "method": self.method_name, "target_flops": self.target_flops,
+               "keep_ratio": self.keep_ratio, "chunk_align": self.aligned}
+        if self.aligned and self.schedule is not None:
+            out["keep_ratios"] = list(self.schedule.keep_ratios)
+        return out
 
-def variant_label(method: str, target: float) -> str:
-    return "none" if method == "none" else f"{method}@{round(100 * target):d}%"
+
+def variant_label(method: str, target: float, aligned: bool = False) -> str:
+    return "none" if method == "none" else f"{method}@{round(100 * target):d}%" + ("+align" if aligned else "")
 
 
 def build_variants(model: Any, model_cfg: Any, reduction_cfg: Any, bench_cfg: BenchConfig, seq_len: int,
                    logits: str = "last") -> list[Variant]:
-    """`none` first, then the reduction config's method at each of the preset's FLOPs targets (0 is skipped).
+    """`none` first, then the reduction config's method at each of the preset's FLOPs targets (0 is skipped),
+    plain and/or chunk-aligned (``bench.chunk_align``; an aligned schedule is solved for ``seq_len``).
 
     The preset's targets replace the reduction config's own ``target_flops`` / ``keep_ratio``; a method
     of ``none`` gives the baseline alone.
@@ -57,13 +67,15 @@ def build_variants(model: Any, model_cfg: Any, reduction_cfg: Any, bench_cfg: Be
     if reduction_cfg.method == "none":
         return variants
     shape = model_shape(model)
+    modes = {"plain": (False,), "aligned": (True,), "both": (False, True)}[bench_cfg.chunk_align]
     for target in bench_cfg.flops_targets:
         if target == 0.0:
             continue
-        cfg = dataclasses.replace(reduction_cfg, target_flops=float(target), keep_ratio=None)
-        schedule = build_schedule(cfg, model_cfg, seq_len=seq_len, shape=shape, logits=logits)
-        variants.append(Variant(variant_label(cfg.method, target), cfg.method, float(target), build_method(cfg),
-                                schedule, schedule.keep_ratio))
+        for aligned in modes:
+            cfg = dataclasses.replace(reduction_cfg, target_flops=float(target), keep_ratio=None, chunk_align=aligned)
+            schedule = build_schedule(cfg, model_cfg, seq_len=seq_len, shape=shape, logits=logits)
+            variants.append(Variant(variant_label(cfg.method, target, aligned), cfg.method, float(target),
+                                    build_method(cfg), schedule, schedule.keep_ratio, aligned))
     return variants
 
 
@@ -126,8 +138,10 @@ def realised(model: Any, out: ForwardOut, length: int, logits: str) -> dict[str,
 
 
 def _flops_fields(flops: dict[str, float]) -> dict[str, Optional[float]]:
-    return {"realised_backbone": flops.get("backbone"), "realised_total": flops.get("total"),
-            "realised_proxy": flops.get("proxy")}
+    """``realised_backbone`` (FLOPs of the real token counts), ``realised_backbone_padded`` (what a chunk-padding
+    scan does; None without chunks), ``realised_total``, ``realised_proxy`` (token average: the SSM-only view)."""
+    return {"realised_backbone": flops.get("backbone"), "realised_backbone_padded": flops.get("backbone_padded"),
+            "realised_total": flops.get("total"), "realised_proxy": flops.get("proxy")}
 
 
 def _ms(seconds: Optional[float]) -> Optional[float]:
@@ -178,8 +192,7 @@ def bench_prefill(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any
                     counts[i] = out
                     del out
             for v, st, out in zip(variants, stats, counts):
-                rows.append({"kind": "prefill", "batch": batch, "seq_len": length, "variant": v.label,
-                             "method": v.method_name, "target_flops": v.target_flops, "keep_ratio": v.keep_ratio,
+                rows.append({"kind": "prefill", "batch": batch, "seq_len": length, **v.fields(),
                              **_flops_fields(realised(model, out, length, cfg.logits)), "logits": cfg.logits,
                              **st.as_dict("prefill_"), "times_s": st.times_s,
                              "tokens_per_s": ratios.tokens_per_second(batch, length, st.min_s)})
@@ -203,6 +216,11 @@ def add_prefill_ratios(rows: list[dict[str, Any]], time_key: str = "prefill_min_
         r["ideal_speedup_target"] = ratios.ideal_prefill_speedup(r["target_flops"])
         r["of_ideal"] = ratios.fraction_of_ideal(r["speedup"], r["ideal_speedup"])
         r["of_ideal_target"] = ratios.fraction_of_ideal(r["speedup"], r["ideal_speedup_target"])
+        if r.get("realised_backbone_padded") is not None:  # the ideal of a scan that pads to whole chunks
+            r["ideal_speedup_padded"] = ratios.ideal_prefill_speedup(max(0.0, r["realised_backbone_padded"]))
+            r["of_ideal_padded"] = ratios.fraction_of_ideal(r["speedup"], r["ideal_speedup_padded"])
+        if r.get("realised_proxy") is not None:  # the token-count ideal: what an SSM-only model would gain
+            r["ideal_speedup_tokens"] = ratios.ideal_prefill_speedup(max(0.0, r["realised_proxy"]))
 
 
 # ----------------------------------------------------------------------------------------------- generate
@@ -290,8 +308,7 @@ def bench_generate(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: An
             for i, v in enumerate(variants):
                 rows.append({
                     "kind": "generate", "batch": batch, "seq_len": length, "new_tokens": cfg.new_tokens,
-                    "variant": v.label, "method": v.method_name, "target_flops": v.target_flops,
-                    "keep_ratio": v.keep_ratio, **_flops_fields(realised(model, last[i][0], length, "last")),
+                    **v.fields(), **_flops_fields(realised(model, last[i][0], length, "last")),
                     **pre[i].as_dict("prefill_"), **dec[i].as_dict("decode_"), **tot[i].as_dict("total_"),
                     "decode_ms_per_token": _ms(dec[i].min_s / steps) if cfg.new_tokens > 1 else None,
                     "tokens_per_s": ratios.tokens_per_second(batch, cfg.new_tokens, tot[i].min_s),
@@ -333,8 +350,7 @@ def bench_memory(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any,
             for mode in cfg.memory_logits:
                 for v in build_variants(model, model_cfg, reduction_cfg, cfg, length, mode):
                     row: dict[str, Any] = {"kind": "memory", "batch": batch, "seq_len": length, "logits": mode,
-                                           "variant": v.label, "method": v.method_name, "target_flops": v.target_flops,
-                                           "keep_ratio": v.keep_ratio}
+                                           **v.fields()}
                     try:
                         row.update(_measure_memory(model, ids, v, mode, cfg, device, handle, tokenizer, model_cfg))
                     except torch.cuda.OutOfMemoryError as err:  # the baseline may not fit: record, go on
@@ -367,6 +383,11 @@ def _measure_memory(model: Any, ids: Tensor, v: Variant, mode: str, cfg: BenchCo
                   "peak_allocated_bytes": peak, "peak_above_weights_bytes": None if peak is None else peak - base,
                   "nvml_peak_bytes": sampler.peak, "nvml_before_bytes": nvml_before}
         del out
+        # what a generation prefill leaves behind: keys/values of the (reduced) attention layers, SSM states
+        cached = forward_fn(model, ids, v, "last", with_cache=True)()
+        held = adapter_of(model).cache_bytes(cached.cache)
+        fields.update({"kv_cache_bytes": held["kv"], "ssm_cache_bytes": held["ssm"]})
+        del cached
     return fields
 
 
@@ -377,7 +398,8 @@ def add_memory_ratios(rows: list[dict[str, Any]]) -> None:
         b = base.get((r["batch"], r["seq_len"], r["logits"]))
         if b is None:
             continue
-        for key in ("peak_allocated_bytes", "peak_above_weights_bytes", "nvml_peak_bytes", "logits_bytes"):
+        for key in ("peak_allocated_bytes", "peak_above_weights_bytes", "nvml_peak_bytes", "logits_bytes",
+                    "kv_cache_bytes", "ssm_cache_bytes"):
             if r.get(key) is not None and b.get(key):
                 r[key.replace("_bytes", "_saving")] = 1.0 - r[key] / b[key]
 
@@ -407,8 +429,7 @@ def bench_overhead(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: An
                         inside.times_s.append(r)
                         shares.append(ratios.overhead_share(r, t))
                         calls = timer.calls
-                rows.append({"kind": "overhead", "batch": batch, "seq_len": length, "variant": v.label,
-                             "method": v.method_name, "target_flops": v.target_flops, "keep_ratio": v.keep_ratio,
+                rows.append({"kind": "overhead", "batch": batch, "seq_len": length, **v.fields(),
                              **_flops_fields(realised(model, out, length, cfg.logits)), **total.as_dict("prefill_"),
                              **inside.as_dict("reduce_"),
                              "reduce_calls": calls, "locations": len(v.schedule.locations) if v.reduced else 0,
@@ -470,7 +491,7 @@ def run_benchmark(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any
     from tor_exp.bench.report import markdown_table, plot_rows
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    if not hasattr(getattr(model, "backbone", None), "embeddings"):  # mamba_ssm's MambaLMHeadModel
+    if adapter_of(model).family == "mamba_ssm":
         from tor_exp.errors import ConfigError
 
         raise ConfigError("model.backend=mamba_ssm: the benchmarks drive HF models (the mamba_ssm adapter has no "
