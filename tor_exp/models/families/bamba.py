@@ -1,0 +1,82 @@
+"""Bamba (HF ``BambaForCausalLM``): every decoder layer is a Mamba-2 mixer or attention, then a SwiGLU MLP.
+
+Checkpoints: ibm-ai-platform/Bamba-9B-v2 (and its v1, ibm-ai-platform/Bamba-9B). A layer is
+``h = x + mixer(input_layernorm(x))`` then ``h + feed_forward(pre_ff_layernorm(h))``; the attention layers are
+``config.attn_layer_indices`` (``config.layers_block_type``: ``linear_attention`` = Mamba-2, ``full_attention``).
+Attention uses partial RoPE: HF's ``BambaConfig`` hard-codes ``partial_rotary_factor`` 0.5, so
+``BambaRotaryEmbedding`` returns cos/sin for half of each head's dimensions and the other half passes unrotated;
+tor_exp hands that module the original positions, nothing else changes. HF's decoder layer returns a pair
+``(hidden, attention weights)``; only the hidden stream goes on.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import Tensor, nn
+from transformers import BambaConfig, BambaForCausalLM
+
+from tor_exp.errors import ConfigError
+from tor_exp.models.families.hybrid import HybridFamily, LayerCall
+from tor_exp.models.flops import ModelShape
+
+#: HF layer type → the FLOP-model parts of the layer (every layer ends with the SwiGLU MLP)
+_PARTS = {"linear_attention": ("ssm", "mlp"), "full_attention": ("attention", "mlp")}
+
+
+def attention_head_dim(config: Any) -> int:
+    """Attention head width as HF's ``BambaAttention`` / ``GraniteMoeHybridAttention`` read it."""
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+
+class BambaFamily(HybridFamily):
+    family = "bamba"
+    model_types = ("bamba",)
+
+    def model_class(self) -> type:
+        return BambaForCausalLM
+
+    def tiny_config(self, tiny: Any, vocab: dict[str, int]) -> Any:
+        keys = dict(attn_layer_indices=[3, 5], num_attention_heads=4, num_key_value_heads=2,
+                    intermediate_size=4 * tiny.d_model)
+        keys.update(tiny.config)
+        attention = list(keys.get("attn_layer_indices") or [])
+        outside = [i for i in attention if not (isinstance(i, int) and 0 <= i < tiny.n_layer)]
+        if outside:
+            raise ConfigError(f"model.tiny.config.attn_layer_indices={attention}: {outside} not layers of a "
+                              f"model.tiny.n_layer={tiny.n_layer} model")
+        return BambaConfig(
+            **vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer,
+            mamba_n_heads=tiny.d_model * tiny.expand // tiny.head_dim, mamba_d_head=tiny.head_dim,
+            mamba_d_state=tiny.state_size, mamba_n_groups=tiny.n_groups, mamba_d_conv=tiny.conv_kernel,
+            mamba_expand=tiny.expand, mamba_chunk_size=tiny.chunk_size, tie_word_embeddings=False, use_cache=True,
+            **keys,
+        )
+
+    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
+        return _PARTS[config.layers_block_type[index]]
+
+    def config_shape(self, config: Any) -> ModelShape:
+        n_layer = config.num_hidden_layers
+        return ModelShape(
+            family="mamba2", d_model=config.hidden_size, n_layer=n_layer, vocab_size=config.vocab_size,
+            state_size=config.mamba_d_state, expand=int(config.mamba_expand), conv_kernel=config.mamba_d_conv,
+            head_dim=int(config.mamba_d_head), n_groups=config.mamba_n_groups, chunk_size=config.mamba_chunk_size,
+            ssm_heads=config.mamba_n_heads, layers=tuple(self.layer_parts(config, i) for i in range(n_layer)),
+            attn_heads=config.num_attention_heads, attn_kv_heads=config.num_key_value_heads,
+            attn_head_dim=attention_head_dim(config), mlp_size=config.intermediate_size, mlp_gated=True,
+        )
+
+    def final_norm(self, model: nn.Module, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
+        return self.base(model).final_layernorm(hidden if residual is None else residual + hidden)
+
+    def mamba_mixer(self, block: nn.Module) -> Optional[nn.Module]:
+        return block.mamba if block.block_type == "linear_attention" else None
+
+    def call_layer(self, model: nn.Module, index: int, block: nn.Module, x: Tensor, call: LayerCall) -> Tensor:
+        mask = call.attention_mask if block.block_type == "full_attention" else call.ssm_mask
+        out, _ = block(x, attention_mask=mask, position_ids=call.position_ids, cache=call.cache,
+                       use_cache=call.cache is not None, position_embeddings=call.position_embeddings)
+        return out
+
+
+ADAPTERS = (BambaFamily(),)

@@ -1,0 +1,98 @@
+"""Granite 4.0 hybrids (HF ``GraniteMoeHybridForCausalLM``, model_type ``granitemoehybrid``): every decoder layer is a
+Mamba-2 mixer or attention, then a mixture of experts plus a shared SwiGLU MLP (the shared MLP alone when
+``num_local_experts`` is 0, as in the dense granite-4.0-h-micro).
+
+Checkpoints: ibm-granite/granite-4.0-h-micro (dense), ibm-granite/granite-4.0-h-tiny (MoE). The layer pattern is
+``config.layer_types`` (``mamba`` / ``attention`` in hub configs, read by HF as ``linear_attention`` /
+``full_attention``). The family's multipliers and where tor_exp applies them:
+
+* ``embedding_multiplier``: the token embeddings are scaled before the first layer (:meth:`embed`);
+* ``residual_multiplier``: inside HF's decoder layer (``x + update * m`` for both sublayers), so the loop's
+  split of a layer's output into input and update at a reduction location sees the already scaled update;
+* ``attention_multiplier``: HF's attention uses it as the softmax scale instead of ``head_dim ** -0.5``;
+* ``logits_scaling``: the LM head's logits are divided by it (:meth:`logits`);
+* ``position_embedding_type``: ``rope`` gives attention RoPE at the original positions; anything else (the hub's
+  ``nope``) none, in which case HF's model holds no ``rotary_emb``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
+
+from tor_exp.errors import ConfigError
+from tor_exp.models.families.bamba import attention_head_dim
+from tor_exp.models.families.hybrid import HybridFamily, LayerCall
+from tor_exp.models.flops import ModelShape
+
+#: HF layer type → the layer's sequence mixer part in the FLOP model
+_MIXER_PART = {"linear_attention": "ssm", "full_attention": "attention"}
+
+
+class GraniteHybridFamily(HybridFamily):
+    family = "granite_hybrid"
+    model_types = ("granitemoehybrid",)
+
+    def model_class(self) -> type:
+        return GraniteMoeHybridForCausalLM
+
+    def tiny_config(self, tiny: Any, vocab: dict[str, int]) -> Any:
+        keys = dict(layer_types=["mamba"] * 3 + ["attention", "mamba", "attention"] + ["mamba"] * 2,
+                    num_attention_heads=4, num_key_value_heads=2, intermediate_size=tiny.d_model,
+                    shared_intermediate_size=2 * tiny.d_model, num_local_experts=4, num_experts_per_tok=2,
+                    position_embedding_type="rope")
+        keys.update(tiny.config)
+        pattern = keys.get("layer_types")
+        if pattern is not None and len(pattern) != tiny.n_layer:
+            raise ConfigError(f"model.tiny.config.layer_types: {len(pattern)} layer types, "
+                              f"model.tiny.n_layer={tiny.n_layer}")
+        return GraniteMoeHybridConfig(
+            **vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer,
+            mamba_n_heads=tiny.d_model * tiny.expand // tiny.head_dim, mamba_d_head=tiny.head_dim,
+            mamba_d_state=tiny.state_size, mamba_n_groups=tiny.n_groups, mamba_d_conv=tiny.conv_kernel,
+            mamba_expand=tiny.expand, mamba_chunk_size=tiny.chunk_size, tie_word_embeddings=False, use_cache=True,
+            **keys,
+        )
+
+    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
+        feed_forward = "moe" if (config.num_local_experts or 0) > 0 else "mlp"
+        return _MIXER_PART[config.layers_block_type[index]], feed_forward
+
+    def config_shape(self, config: Any) -> ModelShape:
+        n_layer = config.num_hidden_layers
+        return ModelShape(
+            family="mamba2", d_model=config.hidden_size, n_layer=n_layer, vocab_size=config.vocab_size,
+            state_size=config.mamba_d_state, expand=int(config.mamba_expand), conv_kernel=config.mamba_d_conv,
+            head_dim=int(config.mamba_d_head), n_groups=config.mamba_n_groups, chunk_size=config.mamba_chunk_size,
+            ssm_heads=config.mamba_n_heads, layers=tuple(self.layer_parts(config, i) for i in range(n_layer)),
+            attn_heads=config.num_attention_heads, attn_kv_heads=config.num_key_value_heads,
+            attn_head_dim=attention_head_dim(config),
+            # every SwiGLU: the shared MLP (an ``mlp`` part when there are no experts) and each expert
+            mlp_size=config.shared_intermediate_size, mlp_gated=True,
+            moe_experts=config.num_local_experts or 0, moe_top_k=config.num_experts_per_tok or 0,
+            moe_size=config.intermediate_size, moe_shared_size=config.shared_intermediate_size,
+        )
+
+    def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
+        base = self.base(model)
+        return base.embed_tokens(input_ids) * base.embedding_multiplier
+
+    def logits(self, model: nn.Module, hidden: Tensor, as_float: bool = True) -> Tensor:
+        """HF's ``lm_head(h) / logits_scaling``, divided in the model's dtype as HF does."""
+        head = model.lm_head
+        out = head(hidden.to(head.weight.dtype)) / model.config.logits_scaling
+        return out.float() if as_float else out
+
+    def mamba_mixer(self, block: nn.Module) -> nn.Module | None:
+        return block.mamba  # None in an attention layer
+
+    def call_layer(self, model: nn.Module, index: int, block: nn.Module, x: Tensor, call: LayerCall) -> Tensor:
+        # no position_ids: HF's layer has no such parameter and forwards extra keywords to the Mamba mixer's scan
+        # and conv kernels too; attention only needs the rotary cos/sin
+        mask = call.attention_mask if block.block_type == "full_attention" else call.ssm_mask
+        return block(x, attention_mask=mask, cache=call.cache, use_cache=call.cache is not None,
+                     position_embeddings=call.position_embeddings)
+
+
+ADAPTERS = (GraniteHybridFamily(),)
