@@ -28,9 +28,14 @@ def test_every_group_file_composes_and_validates(group: str) -> None:
     names = _group_files(group)
     assert names, f"conf/{group}/ is empty"
     for name in names:
-        cfg = _compose([f"{group}={name}"])
+        # model=local is "any saved checkpoint": it needs model.path (the shipped reference model is one)
+        needs = ["model.path=pkg://tor_exp/reference/assets"] if (group, name) == ("model", "local") else []
+        cfg = _compose([f"{group}={name}", *needs])
         validated = validate(cfg)
         assert getattr(validated, group) is not None
+    if group == "model":
+        with pytest.raises(Exception, match="model.path"):
+            validate(_compose(["model=local"]))
 
 
 def test_launchers_are_selectable_and_not_selected_by_default(compose) -> None:
