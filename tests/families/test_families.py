@@ -227,3 +227,15 @@ def test_lm_eval_backend_without_reduction_equals_hflm_on_a_saved_checkpoint(fam
     ref = per_request(HFLM(pretrained=str(tmp_path / "ckpt"), batch_size=4, device="cpu"))
     assert set(ours) == set(ref) and len(ours) >= 9
     assert max(abs(ours[k] - ref[k]) for k in ours) <= 1e-4
+
+
+@torch.no_grad()
+def test_given_embeddings_are_treated_as_hf_treats_them(tiny_family):
+    """``inputs_embeds`` instead of ids: HF's own rule per family (Granite scales them, others do not)."""
+    from tor_exp.models.backbone import forward
+
+    model, _, _ = tiny_family
+    ids = random_ids(1, 19, seed=13)
+    embeds = model.get_input_embeddings()(ids)
+    ref = model(inputs_embeds=embeds).logits
+    assert (forward(model, None, inputs_embeds=embeds).logits - ref).abs().max() <= 1e-5

@@ -134,6 +134,11 @@ class ModelAdapter:
     def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def given_embeddings(self, model: nn.Module, inputs_embeds: Tensor) -> Tensor:
+        """What the first layer sees when the caller passes ``inputs_embeds`` instead of ids (HF's own rule for the
+        family: some scale given embeddings as they scale looked-up ones)."""
+        return inputs_embeds
+
     def streams(self, model: nn.Module, embeddings: Tensor) -> dict[str, Tensor]:
         """Per-token streams besides hidden and residual that every later block reads (none by default)."""
         return {}

@@ -59,7 +59,7 @@ def drive_backbone(
     ``decoding``: a decode step of a hybrid on top of a filled cache (its key bookkeeping and next positions).
     """
     adapter = adapter_of(model)
-    h = adapter.embed(model, input_ids) if inputs_embeds is None else inputs_embeds
+    h = adapter.embed(model, input_ids) if inputs_embeds is None else adapter.given_embeddings(model, inputs_embeds)
     batch, length = h.shape[:2]
     valid = (torch.ones(batch, length, dtype=torch.bool, device=h.device) if attention_mask is None
              else attention_mask.to(h.device).bool())

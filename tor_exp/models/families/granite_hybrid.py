@@ -75,8 +75,11 @@ class GraniteHybridFamily(HybridFamily):
         )
 
     def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
-        base = self.base(model)
-        return base.embed_tokens(input_ids) * base.embedding_multiplier
+        return self.given_embeddings(model, self.base(model).embed_tokens(input_ids))
+
+    def given_embeddings(self, model: nn.Module, inputs_embeds: Tensor) -> Tensor:
+        """HF scales embeddings by ``embedding_multiplier`` whether it looked them up or was given them."""
+        return inputs_embeds * self.base(model).embedding_multiplier
 
     def logits(self, model: nn.Module, hidden: Tensor, as_float: bool = True) -> Tensor:
         """HF's ``lm_head(h) / logits_scaling``, divided in the model's dtype as HF does."""
