@@ -1,12 +1,14 @@
 """lm-eval ``LM`` backend for (token-reduced) Mamba / Mamba-2 models.
 
-``TorExpLM(model=..., tokenizer=...)`` scores an in-memory model, patched or not; ``tor_exp.lm_eval`` registers
-the name ``tor_exp`` (models built by config name) for lm-eval's ``simple_evaluate`` and command line.
+``TorExpLM(model=..., tokenizer=...)`` scores an in-memory model, patched or not. Importing this module
+registers nothing: the lm-eval model name ``tor_exp`` (models built by config name, which needs the config layer
+above this package) is registered by the entry point ``tor_exp.lm_eval`` (``import tor_exp.lm_eval``).
 
 Scoring follows lm-eval's causal recipe and reuses its request plumbing (``Collator``, rolling windows, stop
-sequences). Per batch: :func:`~tor_exp.evaluation.scoring.pack` → :meth:`TorExpLM._model_call` (the one place the
-model is called) → :func:`~tor_exp.evaluation.scoring.score_continuations` (the alignment rule, METHOD.md §5) →
-per-task statistics, including the realised backbone FLOPs reduction from the real per-layer token counts.
+sequences). Per batch: :func:`~tor_exp.evaluation.scoring.pack` → :meth:`TorExpLM._model_call` (the one place
+scoring calls the model) → :func:`~tor_exp.evaluation.scoring.score_continuations` (the alignment rule,
+METHOD.md §5) → per-task statistics, including the realised backbone FLOPs reduction from the real per-layer token
+counts. Generation calls the model in :meth:`TorExpLM._model_generate` only (lm-eval's HFLM has the same pair).
 """
 from __future__ import annotations
 
@@ -118,8 +120,9 @@ def detect_batch_size(probe: Callable[[int], Any], start: int) -> int:
 class TorExpLM(TemplateLM):
     """lm-eval backend over an in-memory (patched or plain) HF Mamba / Mamba-2 model and its tokenizer.
 
-    Models given by config name (lm-eval's ``model_args``) are built by ``tor_exp.lm_eval``, which registers
-    the name ``tor_exp`` with lm-eval.
+    Models given by config name (lm-eval's ``model_args``) are built by ``tor_exp.lm_eval.TorExpByName``,
+    registered with lm-eval as ``tor_exp``. The model is called in two places only: :meth:`_model_call`
+    (scoring) and :meth:`_model_generate` (generation).
     """
 
     backend = "causal"
@@ -252,8 +255,18 @@ class TorExpLM(TemplateLM):
         return ordered
 
     def _model_call(self, input_ids: torch.Tensor, valid: torch.Tensor, protected: torch.Tensor) -> ReducedOutput:
-        """The one place the model is called: a (reduced) forward with every position's logits."""
+        """The one place scoring calls the model: a (reduced) forward with every position's logits."""
         return reduced_forward(self.model, input_ids, attention_mask=valid.long(), protected=protected, logits="all")
+
+    @torch.no_grad()
+    def _model_generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                        stopping_criteria: Any = None, **generation_kwargs: Any) -> torch.Tensor:
+        """The one place generation calls the model: its ``generate`` (a patched model reduces the prefill only,
+        the last prompt token protected, and decodes unreduced: METHOD.md §5) → sequences [B, prompt + new]."""
+        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                  stopping_criteria=stopping_criteria, pad_token_id=self.pad_token_id,
+                                  use_cache=True, **generation_kwargs)
+        return out.sequences if hasattr(out, "sequences") else out
 
     def _batch_size(self, kind: str, probe: Callable[[int], Any]) -> int:
         """The fixed batch size, or with ``auto`` the largest that fits this call's longest request (found anew
@@ -327,16 +340,14 @@ class TorExpLM(TemplateLM):
         longest = max((self.tok_encode(r.args[0])[-(self.max_length - self.max_gen_toks):] for r in requests),
                       key=len, default=[self.prefix_token_id]) or [self.prefix_token_id]
 
-        @torch.no_grad()
         def probe(n: int) -> None:
             ids = torch.tensor([longest] * n, dtype=torch.long, device=self._device)
-            self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
-                                pad_token_id=self.pad_token_id, use_cache=True)
+            self._model_generate(ids, torch.ones_like(ids), max_new_tokens=1)
 
         return probe
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Generation with lm-eval's stop handling through the model's ``generate``: a patched model reduces the
+        """Generation with lm-eval's stop handling through :meth:`_model_generate`: a patched model reduces the
         prefill only (METHOD.md §5). Requests are counted; their FLOPs are not measured (no token counts)."""
         reorder = Collator([(r.args, getattr(r, "task_name", None) or UNKNOWN_TASK) for r in requests],
                            sort_fn=lambda x: (-len(self.tok_encode(x[0][0])), x[0][0]),
@@ -362,12 +373,7 @@ class TorExpLM(TemplateLM):
                 mask[i, width - len(e):] = 1
             ids, mask = ids.to(self._device), mask.to(self._device)
             stopping = stop_sequences_criteria(self.tokenizer, until, width, len(encoded))
-            with torch.no_grad():
-                # a patched model reduces the prefill only (last prompt token protected), decodes unreduced
-                out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_gen,
-                                          stopping_criteria=stopping, pad_token_id=self.pad_token_id,
-                                          use_cache=True, **kwargs)
-            sequences = out.sequences if hasattr(out, "sequences") else out
+            sequences = self._model_generate(ids, mask, max_gen, stopping_criteria=stopping, **kwargs)
             for row, (args, task), ctx_tokens in zip(sequences.tolist(), chunk, encoded):
                 text = postprocess_generated_text(self.tok_decode(row[width:]), until, None)
                 results.append(text)

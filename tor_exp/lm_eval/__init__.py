@@ -1,5 +1,9 @@
 """lm-eval integration: the model name ``tor_exp`` (built from tor_exp's config names) and lm-eval's own CLI.
 
+This entry point is the one place ``tor_exp`` is registered with lm-eval: :class:`TorExpByName` composes configs
+(the config layer), so it cannot live in ``tor_exp.evaluation``, which holds the backend it extends
+(:class:`tor_exp.evaluation.lm.TorExpLM`, over an in-memory model; importing that registers nothing).
+
 Command line (``tor-exp-lm-eval`` is the same)::
 
     python -m tor_exp.lm_eval --model tor_exp --model_args model=reference,reduction=utrc --tasks lambada_fixture
