@@ -81,3 +81,30 @@ def test_console_script_is_one_line_exit_2(tmp_path):
         pytest.skip("console script tor-exp-lm-eval is not installed (pip install -e .)")
     model_args, _, needle = CASES["unreachable_target"]
     _one_error_line(_lm_eval_cli([script], model_args, tmp_path), needle)
+
+
+@pytest.mark.parametrize("model_args", [
+    {"model": "tiny_mamba2", "reduction.bogus": 1},
+    {"model": "doesnotexist"},
+    {"pretrained": "tiny_mamba2", "reduction": "utrc", "reduction.target_flops": 0.99},
+    {"model": "tiny_mamba2", "bogus": 1, "max_length": 64, "trust_remote_code": True},
+], ids=["unknown_key", "unknown_model", "unreachable_target", "undotted_key"])
+def test_the_early_check_raises_what_the_backend_raises(model_args):
+    """The command line's early check (before lm-eval's task index) and the backend lm-eval builds later refuse
+    the same model_args with the same ConfigError (Python API: ``simple_evaluate(model="tor_exp", ...)``)."""
+    from tor_exp.errors import ConfigError
+    from tor_exp.lm_eval import TorExpByName, check_model_args
+
+    with pytest.raises(ConfigError) as early:
+        check_model_args(model_args)
+    with pytest.raises(ConfigError) as backend:
+        TorExpByName(**model_args, batch_size=2, device="cpu")
+    assert str(early.value) == str(backend.value) and "\n" not in str(early.value)
+
+
+def test_good_model_args_pass_the_early_check():
+    from tor_exp.lm_eval import check_model_args
+
+    check_model_args({"model": "tiny_mamba2", "reduction": None, "reduction.keep_ratio": 0.7, "max_length": 64,
+                      "alignment": "exact", "trust_remote_code": True})
+    check_model_args({"pretrained": object()})  # an in-memory model: the backend's to check

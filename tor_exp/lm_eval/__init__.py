@@ -29,13 +29,16 @@ from __future__ import annotations
 import contextlib
 import inspect
 from contextlib import ExitStack
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import lm_eval.models  # noqa: F401  (fills lm-eval's lazy model registry before ours is added)
 from lm_eval.api.registry import register_model
 
 from tor_exp.errors import ConfigError, fail, one_line
 from tor_exp.evaluation.lm import TorExpLM
+
+if TYPE_CHECKING:
+    from tor_exp.config import ValidatedConfig
 
 _ABSENT = object()
 #: keyword arguments lm-eval passes to every model that this backend ignores
@@ -61,7 +64,7 @@ def model_overrides(model: str, reduction: Any, dotted: dict[str, Any]) -> list[
     return args
 
 
-def compose_model_args(model: str, reduction: Any, dotted: dict[str, Any]):
+def compose_model_args(model: str, reduction: Any, dotted: dict[str, Any]) -> "ValidatedConfig":
     """The validated config ``model_args`` name (:func:`tor_exp.config.compose` of :func:`model_overrides`), Hydra's
     and OmegaConf's composition errors raised as one-line ConfigErrors."""
     from hydra.errors import HydraException
@@ -78,14 +81,13 @@ def compose_model_args(model: str, reduction: Any, dotted: dict[str, Any]):
 def check_model_args(model_args: dict[str, Any]) -> None:
     """Compose and validate ``model_args`` as :class:`TorExpByName` will, without loading anything: raises the
     ConfigError the backend would raise later. An in-memory model (not a config name) is left to the backend."""
-    args = {k: v for k, v in model_args.items() if k not in _IGNORED + _OWN}
-    model = args.pop("model", None)
-    model = args.pop("pretrained", None) if model is None else model
-    if not isinstance(model, str):
-        return
-    for key in ("tokenizer", "device", "alignment", "batch_size", "max_batch_size"):
-        args.pop(key, None)
-    compose_model_args(model, args.pop("reduction", _ABSENT), args)
+    not_overrides = _IGNORED + _OWN + ("model", "pretrained", "tokenizer", "device", "alignment", "batch_size",
+                                       "max_batch_size", "reduction")
+    model = model_args.get("model")
+    model = model_args.get("pretrained") if model is None else model
+    if isinstance(model, str):
+        compose_model_args(model, model_args.get("reduction", _ABSENT),
+                           {k: v for k, v in model_args.items() if k not in not_overrides})
 
 
 @register_model("tor_exp")
@@ -186,10 +188,10 @@ def model_args_checked_early() -> Iterator[None]:
         check_model_args(args)
         return True
 
-    def from_cli(cls, namespace: Any) -> Any:
+    def from_cli(cls, namespace: Any, *args: Any, **kwargs: Any) -> Any:
         # the command line alone, before lm-eval logs a line; with a --config file, once it is merged in
         checked = not getattr(namespace, "config", None) and check(namespace)
-        config = original.__func__(cls, namespace)
+        config = original.__func__(cls, namespace, *args, **kwargs)
         if not checked:
             check(config)
         return config
