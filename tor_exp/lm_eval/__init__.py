@@ -65,8 +65,8 @@ def model_overrides(model: str, reduction: Any, dotted: dict[str, Any]) -> list[
 
 
 def compose_model_args(model: str, reduction: Any, dotted: dict[str, Any]) -> "ValidatedConfig":
-    """The validated config ``model_args`` name (:func:`tor_exp.config.compose` of :func:`model_overrides`), Hydra's
-    and OmegaConf's composition errors raised as one-line ConfigErrors."""
+    """The validated config that ``model_args`` name (:func:`tor_exp.config.compose` of
+    :func:`model_overrides`); Hydra's and OmegaConf's composition errors raised as one-line ConfigErrors."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
