@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from tor_exp.errors import fail
+from tor_exp.errors import fail, one_line
 
 
 def _split_argv(argv: list[str]) -> tuple[list[str], bool]:
@@ -49,23 +49,12 @@ def precheck(argv: list[str]) -> None:
     except ConfigError as err:
         fail(_in_job(job, str(err), multirun))
     except Exception as err:  # hydra / omegaconf composition errors
-        fail(_in_job(job, _one_line(err), multirun))
+        fail(_in_job(job, one_line(err), multirun))
 
 
 def _in_job(job: list[str], message: str, multirun: bool) -> str:
     shown = " ".join(o for o in job if not o.startswith("hydra."))
     return f"job [{shown}]: {message}" if multirun else message
-
-
-def _one_line(err: BaseException) -> str:
-    """Hydra wraps the useful message (with full_key) in a cause: show both on one line."""
-    parts = [str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__]
-    cause = err.__cause__
-    if cause is not None and str(cause).strip():
-        lines = [line.strip() for line in str(cause).strip().splitlines()]
-        key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
-        parts.append(lines[0] + (f" (key: {key})" if key else ""))
-    return ": ".join(parts)
 
 
 def main() -> None:

@@ -12,6 +12,18 @@ class ConfigError(ValueError):
     """A configuration value is invalid. The message names the key, e.g. ``reduction.q=1.5: must be in [0, 1]``."""
 
 
+def one_line(err: BaseException) -> str:
+    """A Hydra / OmegaConf composition error as one line: Hydra wraps the useful message (with ``full_key``) in a
+    cause, so show both. Every entry point words the same bad override the same way through this."""
+    parts = [str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__]
+    cause = err.__cause__
+    if cause is not None and str(cause).strip():
+        lines = [line.strip() for line in str(cause).strip().splitlines()]
+        key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+        parts.append(lines[0] + (f" (key: {key})" if key else ""))
+    return ": ".join(parts)
+
+
 def fail(message: str) -> NoReturn:
     """End the program with ``error: <message>`` on one line of stderr and exit code 2."""
     sys.stderr.write(f"error: {message}\n")

@@ -60,10 +60,12 @@ def render_markdown(rows: list[ReportRow], *, title: str = "tor_exp report", not
              f"{_MISSING} where the paper has none). Accuracies in %, LAMBADA perplexity ↓. "
              "realised = backbone FLOPs reduction measured on the evaluated requests.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+    from tor_exp.reduction.parity import is_parity, paper_method  # parity-ness by name: the method registry
+
     for r in rows:
         method = data["method_titles"].get(r.method, r.method)
-        if r.method.endswith("_official"):
-            base = r.method[: -len("_official")]
+        if is_parity(r.method):
+            base = paper_method(r.method)
             method = f"{data['method_titles'].get(base, base)} (parity mode)"
         if r.alignment == "offset":
             method += " [offset]"

@@ -40,6 +40,22 @@ def test_registered_with_lm_eval():
     assert get_model("hf") is HFLM  # lm-eval's own models still resolve after ours is registered
 
 
+def test_only_the_entry_point_registers_the_name():
+    """``tor_exp.evaluation.lm`` (the backend over an in-memory model) registers nothing; ``tor_exp.lm_eval``
+    registers ``tor_exp`` (a fresh interpreter: this session has imported both already)."""
+    import subprocess
+    import sys
+
+    code = ("import tor_exp.evaluation.lm\n"
+            "from lm_eval.api.registry import MODEL_REGISTRY\n"
+            "print('tor_exp' in MODEL_REGISTRY)\n"
+            "import tor_exp.lm_eval\n"
+            "print('tor_exp' in MODEL_REGISTRY)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]
+
+
 def test_reduction_none_matches_hflm(tiny, requests):
     """Same tiny model, same fixture requests: TorExpLM (reduced_forward, unpatched) == lm-eval's HFLM."""
     model, tok = tiny
@@ -207,3 +223,46 @@ def test_generate_until_matches_hflm(tiny):
     ref = _hflm(model, tok, batch_size=2).generate_until(reqs, disable_tqdm=True)
     assert ours == ref
     assert all("e" not in text for text in ours)
+
+
+def test_the_model_is_called_in_model_call_and_model_generate_only(tiny, some_requests, monkeypatch):
+    """Scoring reaches the model through ``_model_call`` and generation through ``_model_generate`` only, the
+    ``batch_size=auto`` probes included (lm-eval's HFLM has the same two methods for the same reason)."""
+    import tor_exp.evaluation.lm as lm_module
+
+    model, tok = tiny
+    inside: list[str] = []  # the TorExpLM method each model call runs in
+    seen: list[tuple[str, tuple[str, ...]]] = []
+
+    for name in ("_model_call", "_model_generate"):
+        def wrapped(self, *args, _original=getattr(TorExpLM, name), _name=name, **kwargs):
+            inside.append(_name)
+            try:
+                return _original(self, *args, **kwargs)
+            finally:
+                inside.pop()
+        monkeypatch.setattr(TorExpLM, name, wrapped)
+
+    def record(kind, call):
+        def recorded(*args, **kwargs):
+            seen.append((kind, tuple(inside)))
+            return call(*args, **kwargs)
+        return recorded
+
+    monkeypatch.setattr(lm_module, "reduced_forward", record("reduced_forward", lm_module.reduced_forward))
+    monkeypatch.setattr(model, "generate", record("generate", model.generate))
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append(("forward", tuple(inside))))
+    try:
+        lm = TorExpLM(model=model, tokenizer=tok, batch_size="auto", max_batch_size=4)
+        lm.loglikelihood(some_requests[:6], disable_tqdm=True)
+        lm.generate_until([Instance("generate_until", {}, ("Hi", {"until": ["e"], "max_gen_toks": 3}), 0,
+                                    metadata=("gen", 0, 1))], disable_tqdm=True)
+    finally:
+        hook.remove()
+    kinds = {kind for kind, _ in seen}
+    assert {"reduced_forward", "generate", "forward"} <= kinds
+    assert set(lm.batch_sizes) == {"loglikelihood", "generate_until"}  # both probes ran
+    home = {"reduced_forward": "_model_call", "generate": "_model_generate"}  # a plain forward: either
+    for kind, stack in seen:
+        assert stack, f"{kind} called outside _model_call / _model_generate"
+        assert stack[-1] == home.get(kind, stack[-1]), (kind, stack)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 from naive_reference import ref_parity_evit, ref_parity_utrc
 from tor_exp.reduction import TokenState, build_method
@@ -14,7 +15,8 @@ from tor_exp.reduction.parity import (
     EViTParityConfig,
     PuMerParityConfig,
     UTRCParityConfig,
-    parity_evit,
+    is_parity,
+    paper_method,
     parity_pumer,
     parity_removal,
     parity_utrc,
@@ -71,8 +73,10 @@ def test_official_pumer_matches_loop_reference(seed, batch, length, dim, keep_ra
        keep_ratio=st.floats(0.2, 1.0), clip=st.booleans())
 def test_official_evit_matches_loop_reference(seed, length, dim, keep_ratio, clip) -> None:
     hidden, residual, metric = _inputs(seed, 1, length, dim, positive=False)
-    out = parity_evit(hidden, residual, metric, keep_ratio, clip)
-    _check(out, [ref_parity_evit(hidden[0], residual[0], metric[0], keep_ratio, clip)])
+    cfg = EViTParityConfig(metric="clip" if clip else "unclipped")
+    out = build_method(cfg).reduce(TokenState.initial(hidden, residual), {"mixer_out": metric}, keep_ratio, 12)
+    _check((out.hidden, out.residual, out.positions), [ref_parity_evit(hidden[0], residual[0], metric[0],
+                                                                       keep_ratio, clip)])
 
 
 def test_official_utrc_hand_worked_even_odd_application() -> None:
@@ -100,15 +104,16 @@ def test_official_hybrid_counts_r_over_2_sources_and_keeps_per_channel_topk() ->
     torch.testing.assert_close(h[0, 0], torch.tensor([(2.0 + 4.0) / 2, (2.0 + 5.0) / 2]))
 
 
-def test_official_evit_keeps_the_lowest_scores_and_retries_on_ties() -> None:
-    hidden = torch.arange(8, dtype=torch.float32).view(2, 4, 1)
-    # row 0: s = [4, 3, 2, 1] ⇒ keep ceil(4·.5)+1 = 3 lowest: positions 1, 2, 3
-    # row 1: all-zero scores ⇒ −inf ties ⇒ 4 kept; total 7 is not divisible by 2 ⇒ retry with num_keep = 3
-    metric = torch.tensor([[[4.0], [3.0], [2.0], [1.0]], [[0.0], [0.0], [0.0], [0.0]]])
-    _, _, kept = parity_evit(hidden, hidden, metric, 0.5, clip=True)
-    assert kept.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
-    _, _, kept = parity_evit(hidden[:1], hidden[:1], metric[:1], 0.5, clip=True)
-    assert kept.tolist() == [[1, 2, 3]]
+def test_official_evit_keeps_the_lowest_scores_and_every_tie_at_the_key() -> None:
+    hidden = torch.arange(12, dtype=torch.float32).view(3, 4, 1)
+    # row 0: s = [4, 3, 2, 1] ⇒ keep the ceil(4·.5)+1 = 3 lowest: positions 1, 2, 3
+    # row 1: all-zero scores ⇒ −inf ties ⇒ all 4 kept (the batched released code would have retried here: 3 + 4
+    #        kept is not divisible by 2; each request alone, as the released evaluation runs, never does)
+    # row 2: s = [1, 5, 1, 1]: the key (index 2 of the sorted scores) is 1, tied three times ⇒ 0, 2, 3 kept
+    metric = torch.tensor([[[4.0], [3.0], [2.0], [1.0]], [[0.0], [0.0], [0.0], [0.0]], [[1.0], [5.0], [1.0], [1.0]]])
+    out = build_method(EViTParityConfig()).reduce(TokenState.initial(hidden, hidden), {"mixer_out": metric}, 0.5, 12)
+    assert out.positions.tolist() == [[1, 2, 3, -1], [0, 1, 2, 3], [0, 2, 3, -1]]
+    assert out.hidden[0, :3, 0].tolist() == [1.0, 2.0, 3.0] and out.hidden[2, :3, 0].tolist() == [8.0, 10.0, 11.0]
 
 
 def test_official_removal_uses_python_ceil_and_the_half_cap() -> None:
@@ -124,8 +129,9 @@ def test_registered_wrappers_equal_the_pure_functions(cfg) -> None:
     hidden = hidden.abs() + 0.01  # the wrapper's metric is the hidden stream
     state = TokenState.initial(hidden, residual)
     out = build_method(cfg).reduce(state, {"mixer_out": hidden}, 0.7, 12)
-    if isinstance(cfg, EViTParityConfig):
-        exp = parity_evit(hidden, residual, hidden, 0.7)
+    if isinstance(cfg, EViTParityConfig):  # the independent loop reference, row by row (no ties: a positive metric)
+        rows = [ref_parity_evit(hidden[b], residual[b], hidden[b], 0.7, True) for b in range(2)]
+        exp = tuple(torch.tensor([row[i] for row in rows]) for i in range(3))
     elif isinstance(cfg, PuMerParityConfig):
         exp = parity_pumer(hidden, residual, hidden, 0.7)
     else:
@@ -255,3 +261,19 @@ def test_nothing_to_remove_in_any_row_returns_the_state_itself() -> None:
     state, _ = _ragged(3, lengths=[3, 2, 0, 1])
     for cfg in (UTRCParityConfig(), PuMerParityConfig(), EViTParityConfig()):
         assert _reduce(cfg, state) is state
+
+
+def test_parity_is_the_config_attribute_and_found_by_name_through_the_registry() -> None:
+    """Parity-ness is the config class's ``parity``, for every registered method; by name it is looked up in the
+    registry (a name that merely ends in ``_official`` is not a parity mode)."""
+    from tor_exp.reduction import registered_methods
+
+    parity = {name for name, (config_cls, _) in registered_methods().items() if config_cls.parity}
+    assert parity == {"utrc_official", "evit_official", "pumer_official"}
+    for config_cls in (UTRCParityConfig, EViTParityConfig, PuMerParityConfig):  # class attributes, never config keys
+        assert not {"parity", "paper_method"} & set(OmegaConf.structured(config_cls))
+    assert all(is_parity(name) == (name in parity) for name in registered_methods())
+    assert not is_parity("my_official") and not is_parity(None)
+    assert {name: paper_method(name) for name in parity} == {"utrc_official": "utrc", "evit_official": "evit",
+                                                           "pumer_official": "pumer"}
+    assert paper_method("utrc") == "utrc" and paper_method("my_official") == "my_official"

@@ -85,16 +85,16 @@ def resolve_alignment(alignment: str, method: Any) -> str:
     """The concrete alignment (``exact`` | ``offset``) for ``method`` (a reduction name, a method object, or
     None for an unreduced model); used by config validation and by the lm-eval backend.
 
-    Parity methods (``*_official``, METHOD.md §6) reduce every token of a request, scored ones included, as the
-    released code does, so ``exact`` (scored positions protected) cannot hold for them: ``auto`` gives them
-    ``offset`` (the released evaluation's rule) and an explicit ``exact`` is refused in one line.
+    Parity methods (their config class's ``parity``, METHOD.md §6) reduce every token of a request, scored ones
+    included, as the released code does, so ``exact`` (scored positions protected) cannot hold for them: ``auto``
+    gives them ``offset`` (the released evaluation's rule) and an explicit ``exact`` is refused in one line.
     """
     if alignment not in ALIGNMENTS:
         raise ConfigError(f"eval.alignment={alignment!r}: must be one of {', '.join(ALIGNMENTS)}")
     name = method if isinstance(method, str) or method is None else getattr(method, "name", None)
-    from tor_exp.reduction import registered_methods
+    from tor_exp.reduction.parity import is_parity
 
-    parity = bool(getattr(registered_methods().get(name, (None, None))[1], "parity", False))
+    parity = is_parity(name)
     if alignment == "auto":
         return "offset" if parity else "exact"
     if alignment == "exact" and parity:

@@ -1,12 +1,14 @@
 """lm-eval ``LM`` backend for (token-reduced) Mamba / Mamba-2 models.
 
-``TorExpLM(model=..., tokenizer=...)`` scores an in-memory model, patched or not; ``tor_exp.lm_eval`` registers
-the name ``tor_exp`` (models built by config name) for lm-eval's ``simple_evaluate`` and command line.
+``TorExpLM(model=..., tokenizer=...)`` scores an in-memory model, patched or not. Importing this module
+registers nothing: the lm-eval model name ``tor_exp`` (models built by config name, which needs the config layer
+above this package) is registered by the entry point ``tor_exp.lm_eval`` (``import tor_exp.lm_eval``).
 
 Scoring follows lm-eval's causal recipe and reuses its request plumbing (``Collator``, rolling windows, stop
-sequences). Per batch: :func:`~tor_exp.evaluation.scoring.pack` → :meth:`TorExpLM._model_call` (the one place the
-model is called) → :func:`~tor_exp.evaluation.scoring.score_continuations` (the alignment rule, METHOD.md §5) →
-per-task statistics, including the realised backbone FLOPs reduction from the real per-layer token counts.
+sequences). Per batch: :func:`~tor_exp.evaluation.scoring.pack` → :meth:`TorExpLM._model_call` (the one place
+scoring calls the model) → :func:`~tor_exp.evaluation.scoring.score_continuations` (the alignment rule,
+METHOD.md §5) → per-task statistics, including the realised backbone FLOPs reduction from the real per-layer token
+counts. Generation calls the model in :meth:`TorExpLM._model_generate` only (lm-eval's HFLM has the same pair).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from tqdm import tqdm
 from tor_exp.errors import ConfigError
 from tor_exp.evaluation.config import AUTO, batch_size_setting, resolve_alignment
 from tor_exp.evaluation.scoring import PackedBatch, Scores, pack, protected_mask, score_continuations
+from tor_exp.models.families import adapter_of
 from tor_exp.models.patching import ReducedOutput, reduced_forward
 
 log = logging.getLogger(__name__)
@@ -39,15 +42,6 @@ PROGRESS_PREFIX = "tor_exp scoring"
 UNKNOWN_TASK = "<unknown>"
 #: lm-eval's HFLM starts its batch size search here when no max_batch_size is given
 DEFAULT_MAX_BATCH_SIZE = 64
-
-
-# ----------------------------------------------------------------------------------------------- model access
-def num_layers(model) -> int:
-    cfg = model.config
-    for key in ("num_hidden_layers", "n_layer", "n_layers"):
-        if getattr(cfg, key, None):
-            return int(getattr(cfg, key))
-    raise ValueError("cannot tell the number of layers from the model config")
 
 
 def per_row_layer_tokens(tokens_per_layer: torch.Tensor, batch: int, layers: int) -> torch.Tensor:
@@ -118,8 +112,9 @@ def detect_batch_size(probe: Callable[[int], Any], start: int) -> int:
 class TorExpLM(TemplateLM):
     """lm-eval backend over an in-memory (patched or plain) HF Mamba / Mamba-2 model and its tokenizer.
 
-    Models given by config name (lm-eval's ``model_args``) are built by ``tor_exp.lm_eval``, which registers
-    the name ``tor_exp`` with lm-eval.
+    Models given by config name (lm-eval's ``model_args``) are built by ``tor_exp.lm_eval.TorExpByName``,
+    registered with lm-eval as ``tor_exp``. The model is called in two places only: :meth:`_model_call`
+    (scoring) and :meth:`_model_generate` (generation).
     """
 
     backend = "causal"
@@ -154,7 +149,7 @@ class TorExpLM(TemplateLM):
         self._device = next(model.parameters()).device  # inputs follow the model
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = prefix_token_id
-        self.layers = num_layers(model)
+        self.layers = adapter_of(model).num_layers(model)
         self.stats: dict[str, TaskStats] = {}
         self._task_names: Optional[list[str]] = None
 
@@ -175,11 +170,7 @@ class TorExpLM(TemplateLM):
     def max_length(self) -> int:
         if self._max_length:
             return self._max_length
-        for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
-            value = getattr(self.model.config, key, None)
-            if value:
-                return int(value)
-        return DEFAULT_MAX_LENGTH
+        return adapter_of(self.model).max_length(self.model) or DEFAULT_MAX_LENGTH
 
     @property
     def max_gen_toks(self) -> int:
@@ -252,8 +243,18 @@ class TorExpLM(TemplateLM):
         return ordered
 
     def _model_call(self, input_ids: torch.Tensor, valid: torch.Tensor, protected: torch.Tensor) -> ReducedOutput:
-        """The one place the model is called: a (reduced) forward with every position's logits."""
+        """The one place scoring calls the model: a (reduced) forward with every position's logits."""
         return reduced_forward(self.model, input_ids, attention_mask=valid.long(), protected=protected, logits="all")
+
+    @torch.no_grad()
+    def _model_generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                        stopping_criteria: Any = None, **generation_kwargs: Any) -> torch.Tensor:
+        """The one place generation calls the model: its ``generate`` (a patched model reduces the prefill only,
+        the last prompt token protected, and decodes unreduced: METHOD.md §5) → sequences [B, prompt + new]."""
+        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                  stopping_criteria=stopping_criteria, pad_token_id=self.pad_token_id,
+                                  use_cache=True, **generation_kwargs)
+        return out.sequences if hasattr(out, "sequences") else out
 
     def _batch_size(self, kind: str, probe: Callable[[int], Any]) -> int:
         """The fixed batch size, or with ``auto`` the largest that fits this call's longest request (found anew
@@ -327,16 +328,14 @@ class TorExpLM(TemplateLM):
         longest = max((self.tok_encode(r.args[0])[-(self.max_length - self.max_gen_toks):] for r in requests),
                       key=len, default=[self.prefix_token_id]) or [self.prefix_token_id]
 
-        @torch.no_grad()
         def probe(n: int) -> None:
             ids = torch.tensor([longest] * n, dtype=torch.long, device=self._device)
-            self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1,
-                                pad_token_id=self.pad_token_id, use_cache=True)
+            self._model_generate(ids, torch.ones_like(ids), max_new_tokens=1)
 
         return probe
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Generation with lm-eval's stop handling through the model's ``generate``: a patched model reduces the
+        """Generation with lm-eval's stop handling through :meth:`_model_generate`: a patched model reduces the
         prefill only (METHOD.md §5). Requests are counted; their FLOPs are not measured (no token counts)."""
         reorder = Collator([(r.args, getattr(r, "task_name", None) or UNKNOWN_TASK) for r in requests],
                            sort_fn=lambda x: (-len(self.tok_encode(x[0][0])), x[0][0]),
@@ -362,12 +361,7 @@ class TorExpLM(TemplateLM):
                 mask[i, width - len(e):] = 1
             ids, mask = ids.to(self._device), mask.to(self._device)
             stopping = stop_sequences_criteria(self.tokenizer, until, width, len(encoded))
-            with torch.no_grad():
-                # a patched model reduces the prefill only (last prompt token protected), decodes unreduced
-                out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_gen,
-                                          stopping_criteria=stopping, pad_token_id=self.pad_token_id,
-                                          use_cache=True, **kwargs)
-            sequences = out.sequences if hasattr(out, "sequences") else out
+            sequences = self._model_generate(ids, mask, max_gen, stopping_criteria=stopping, **kwargs)
             for row, (args, task), ctx_tokens in zip(sequences.tolist(), chunk, encoded):
                 text = postprocess_generated_text(self.tok_decode(row[width:]), until, None)
                 results.append(text)

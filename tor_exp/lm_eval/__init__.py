@@ -1,5 +1,9 @@
 """lm-eval integration: the model name ``tor_exp`` (built from tor_exp's config names) and lm-eval's own CLI.
 
+This entry point is the one place ``tor_exp`` is registered with lm-eval: :class:`TorExpByName` composes configs
+(the config layer), so it cannot live in ``tor_exp.evaluation``, which holds the backend it extends
+(:class:`tor_exp.evaluation.lm.TorExpLM`, over an in-memory model; importing that registers nothing).
+
 Command line (``tor-exp-lm-eval`` is the same)::
 
     python -m tor_exp.lm_eval --model tor_exp --model_args model=reference,reduction=utrc --tasks lambada_fixture
@@ -16,24 +20,31 @@ Python::
 
 ``model_args`` are composed exactly as ``python -m tor_exp`` composes its overrides (same conf dir, schemas and
 validation): ``model=<name>``, ``reduction=<name>`` (``none``/``None``/``null`` = no reduction) and dotted keys
-(``reduction.q=0.3``, ``eval.alignment=offset``); a key that is absent keeps the CLI's default.
+(``reduction.q=0.3``, ``eval.alignment=offset``); a key that is absent keeps the CLI's default. Bad input raises
+:class:`~tor_exp.errors.ConfigError` (Hydra's composition errors included, worded as ``python -m tor_exp`` words
+them); the command line prints it as one line ``error: ...`` and exits 2, before lm-eval indexes its tasks.
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
 from contextlib import ExitStack
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import lm_eval.models  # noqa: F401  (fills lm-eval's lazy model registry before ours is added)
 from lm_eval.api.registry import register_model
 
-from tor_exp.errors import ConfigError
+from tor_exp.errors import ConfigError, fail, one_line
 from tor_exp.evaluation.lm import TorExpLM
+
+if TYPE_CHECKING:
+    from tor_exp.config import ValidatedConfig
 
 _ABSENT = object()
 #: keyword arguments lm-eval passes to every model that this backend ignores
 _IGNORED = ("trust_remote_code", "parallelize")
+#: ``model_args`` that are TorExpLM's own settings, not config overrides
+_OWN = ("max_length", "max_gen_toks", "add_bos_token", "prefix_token_id")
 #: the task folders shipped in the package, searched by the command line besides lm-eval's own tasks
 TASK_FOLDERS = ("pkg://tor_exp/evaluation/tasks", "pkg://tor_exp/reference/task")
 
@@ -53,6 +64,32 @@ def model_overrides(model: str, reduction: Any, dotted: dict[str, Any]) -> list[
     return args
 
 
+def compose_model_args(model: str, reduction: Any, dotted: dict[str, Any]) -> "ValidatedConfig":
+    """The validated config that ``model_args`` name (:func:`tor_exp.config.compose` of
+    :func:`model_overrides`); Hydra's and OmegaConf's composition errors raised as one-line ConfigErrors."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from tor_exp.config import compose
+
+    try:
+        return compose(model_overrides(model, reduction, dotted))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(one_line(err)) from err
+
+
+def check_model_args(model_args: dict[str, Any]) -> None:
+    """Compose and validate ``model_args`` as :class:`TorExpByName` will, without loading anything: raises the
+    ConfigError the backend would raise later. An in-memory model (not a config name) is left to the backend."""
+    not_overrides = _IGNORED + _OWN + ("model", "pretrained", "tokenizer", "device", "alignment", "batch_size",
+                                       "max_batch_size", "reduction")
+    model = model_args.get("model")
+    model = model_args.get("pretrained") if model is None else model
+    if isinstance(model, str):
+        compose_model_args(model, model_args.get("reduction", _ABSENT),
+                           {k: v for k, v in model_args.items() if k not in not_overrides})
+
+
 @register_model("tor_exp")
 class TorExpByName(TorExpLM):
     """``TorExpLM`` whose model is built from config names, patched with the configured reduction for the
@@ -64,8 +101,7 @@ class TorExpByName(TorExpLM):
         model = model if model is not None else pretrained
         for key in _IGNORED:
             kwargs.pop(key, None)
-        own = {k: kwargs.pop(k) for k in ("max_length", "max_gen_toks", "add_bos_token", "prefix_token_id")
-               if k in kwargs}
+        own = {k: kwargs.pop(k) for k in _OWN if k in kwargs}
         if not isinstance(model, str):
             if kwargs or reduction is not _ABSENT:
                 raise ConfigError(f"eval model_args {sorted(kwargs) + (['reduction'] if reduction is not _ABSENT else [])}"
@@ -75,11 +111,10 @@ class TorExpByName(TorExpLM):
             return
         import torch
 
-        from tor_exp.config import compose
         from tor_exp.models import load_model, model_shape
         from tor_exp.models.schedule import build_reduction, reducing
 
-        v = compose(model_overrides(model, reduction, kwargs))
+        v = compose_model_args(model, reduction, kwargs)
         # lm-eval's command line asks for cuda:0 unless told otherwise: like its HFLM, use the CPU when there is none
         dev = device if device and (not str(device).startswith("cuda") or torch.cuda.is_available()) else \
             ("cuda" if torch.cuda.is_available() else "cpu")
@@ -130,9 +165,48 @@ def bundled_tasks() -> Iterator[None]:
         TaskManager.__init__ = original  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def model_args_checked_early() -> Iterator[None]:
+    """``--model tor_exp``'s ``model_args`` are checked as soon as lm-eval has read them (command line and
+    ``--config`` file merged into its ``EvaluatorConfig``), before it indexes its tasks (~15 s) or logs anything
+    about the run: a bad override then ends the command at once. Where lm-eval has no such step (another
+    version), nothing is hooked and the same error comes from the backend when lm-eval builds it."""
+    try:
+        from lm_eval.config.evaluate_config import EvaluatorConfig
+    except ImportError:
+        yield
+        return
+    original = EvaluatorConfig.__dict__.get("from_cli")
+    if not isinstance(original, classmethod):
+        yield
+        return
+
+    def check(source: Any) -> bool:
+        args = getattr(source, "model_args", None) or {}
+        if getattr(source, "model", None) != "tor_exp" or not isinstance(args, dict):
+            return False
+        check_model_args(args)
+        return True
+
+    def from_cli(cls, namespace: Any, *args: Any, **kwargs: Any) -> Any:
+        # the command line alone, before lm-eval logs a line; with a --config file, once it is merged in
+        checked = not getattr(namespace, "config", None) and check(namespace)
+        config = original.__func__(cls, namespace, *args, **kwargs)
+        if not checked:
+            check(config)
+        return config
+
+    EvaluatorConfig.from_cli = classmethod(from_cli)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        EvaluatorConfig.from_cli = original  # type: ignore[method-assign]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """``python -m tor_exp.lm_eval <lm-eval's own arguments>`` (console script ``tor-exp-lm-eval``): lm-eval's
-    command line with ``--model tor_exp`` registered and the bundled tasks found by name from any directory."""
+    command line with ``--model tor_exp`` registered and the bundled tasks found by name from any directory.
+    Bad ``model_args`` end it like ``python -m tor_exp``: one line ``error: ...`` on stderr, exit code 2."""
     import logging
     import sys
 
@@ -145,5 +219,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     notices = ExpectedNotices()
     for name in notices.LOGGERS:  # lm-eval's hint about --metadata, printed for each bundled task
         logging.getLogger(name).addFilter(notices)
-    with bundled_tasks():
-        cli_evaluate()
+    try:
+        with bundled_tasks(), model_args_checked_early():
+            cli_evaluate()
+    except ConfigError as err:
+        fail(str(err))

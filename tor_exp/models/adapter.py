@@ -130,6 +130,14 @@ class ModelAdapter:
     def vocab_size(self, model: nn.Module) -> int:
         return int(model.config.vocab_size)
 
+    def max_length(self, model: nn.Module) -> Optional[int]:
+        """The longest input the model was built for (its position table), None for an SSM without one."""
+        for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+            value = getattr(model.config, key, None)
+            if value:
+                return int(value)
+        return None
+
     # -------------------------------------------------------------------------------- the forward pieces
     def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
         raise NotImplementedError

@@ -51,6 +51,11 @@ class ReductionConfig:
     list instead (stop defaults to the model depth).
     """
 
+    #: True for the parity modes (``reduction/parity.py``), which run the authors' released code instead of the
+    #: method the paper describes; a class attribute, not a config key. Code with only a method name asks the
+    #: registry (``tor_exp.reduction.parity.is_parity``), never the name's spelling.
+    parity: ClassVar[bool] = False
+
     method: str = "none"
     target_flops: Optional[float] = 0.2
     keep_ratio: Optional[float] = None

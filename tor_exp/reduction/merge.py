@@ -90,11 +90,6 @@ class ReductionPlan:
             raise ValueError("plan weights must be finite and non-negative")
 
 
-#: ``observer(location, before, plan, after)``, called after every reduction of a patched model. ``plan`` is
-#: None when nothing was planned: either there was nothing to do (then ``after is before``) or the method
-#: applies its own code (parity modes, ``ReductionMethod.makes_plans`` False).
-
-
 def _merge_stream(x: Tensor, weight: Tensor, src: Tensor, dst: Tensor, merge: Tensor) -> Tensor:
     """dst ← (w_dst·x_dst + Σ w_src·x_src) / (w_dst + Σ w_src) over the sources flagged in ``merge``."""
     xf = x.float()

@@ -13,10 +13,15 @@ spelled out in METHOD.md §6, not from the released code. Conventions of the rel
 * Xn = X / ‖X‖₂ with no epsilon (an all-zero metric token gives NaN exactly as the released code would);
 * sizes restart at 1 at every location: dst ← (dst + Σ contributions) / (1 + Σ size contributions).
 
-The public plain-tensor functions (``parity_utrc``, ``parity_pumer``, ``parity_evit``) keep the released
-code's semantics on the tensor they are given: every row is a whole, unpadded sequence of the same length (and
-``parity_evit`` keeps the released batched flatten / retry). The registered methods apply them per request:
-padding never enters the metric, the sort or the matching, so a batched run gives each row its batch-1 result.
+The public plain-tensor functions (``parity_utrc``, ``parity_pumer``) keep the released code's semantics on the
+tensor they are given: every row is a whole, unpadded sequence of the same length. The registered methods apply
+them per request: padding never enters the metric, the sort or the matching, so a batched run gives each row its
+batch-1 result. EViT has one implementation, :func:`parity_evit_rows` (per request, as the released evaluation
+runs it at batch size 1; the released code's batched flatten / retry is never reached there).
+
+Parity-ness is the config class's ``parity`` attribute (:class:`ParityConfig`); code that has only a method name
+(reports reading results.json) asks :func:`is_parity` / :func:`paper_method`, which look the name up in the
+registry.
 
 Torch ops whose tie-breaking decides results (kept identical to the released code's choices so results match
 on the same device and torch version): ``torch.sort(dim=tokens, descending=True)`` (default, not stable) for
@@ -34,7 +39,7 @@ from typing import ClassVar, Optional
 import torch
 from torch import Tensor
 
-from tor_exp.reduction.base import ReductionConfig, ReductionMethod, check_choice, register_method
+from tor_exp.reduction.base import ReductionConfig, ReductionMethod, check_choice, register_method, registered_methods
 from tor_exp.reduction.state import TokenState
 
 PARITY_METRICS = ("clip", "unclipped")
@@ -164,51 +169,16 @@ def parity_pumer(
     return hidden, residual, kept
 
 
-def parity_evit_mask(metric_x: Tensor, keep_ratio: float, clip: bool = True) -> Optional[Tensor]:
-    """Keep mask [B, N] of the released EViT, or None when nothing is removed.
-
-    s = Σ_d X_d with exact zeros → −inf; ``s.sort(dim=1)`` ascending; key = value at index num_keep; keep
-    s ≤ key (the num_keep+1 *lowest* scores). The released code then flattens the kept tokens and reshapes
-    to B rows; when that fails (total kept not divisible by B, only possible with ties) it retries with
-    num_keep+1. No 50 % cap, no fusion.
-    """
-    batch, length = metric_x.shape[:2]
-    s = _metric(metric_x, clip).sum(dim=-1).clone()
-    s[s == 0] = float("-inf")
-    num_keep = math.ceil(length * keep_ratio)
-    if num_keep >= length:
-        return None
-    sorted_s = s.sort(dim=1).values
-    while num_keep < length:
-        key = sorted_s[:, num_keep : num_keep + 1]
-        keep = ~(s > key)
-        if int(keep.sum().item()) % batch == 0:
-            return keep
-        num_keep += 1
-    return None
-
-
-def _flat_take(t: Tensor, keep: Tensor) -> Tensor:
-    """t[keep] reshaped to B rows: the released row-major flatten (rows only stay intact when every row
-    keeps the same count)."""
-    return t[keep].reshape(keep.shape[0], -1, *t.shape[2:])
-
-
-def parity_evit(
-    hidden: Tensor, residual: Tensor, metric_x: Tensor, keep_ratio: float, clip: bool = True
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Released EViT at one location → (hidden, residual, kept_index); same positions in both streams."""
-    keep = parity_evit_mask(metric_x, keep_ratio, clip)
-    if keep is None:
-        return _unchanged(hidden, residual)
-    index = torch.arange(hidden.shape[1], device=hidden.device).expand_as(keep)
-    return _flat_take(hidden, keep), _flat_take(residual, keep), _flat_take(index, keep)
-
-
 # ---------------------------------------------------------------------------------------------- registered
 @dataclass
 class ParityConfig(ReductionConfig):
-    """Shared parity-mode keys: released default ρ = 0.905 (≈ 29.8 % FLOPs at 64 layers) and ``metric``."""
+    """Shared parity-mode keys: released default ρ = 0.905 (≈ 29.8 % FLOPs at 64 layers) and ``metric``.
+
+    ``parity`` marks the released-code modes (class attributes, not config keys); ``paper_method`` names the
+    paper-mode method each reproduces (reports compare it with that method's published row)."""
+
+    parity: ClassVar[bool] = True
+    paper_method: ClassVar[str]
 
     target_flops: Optional[float] = None
     keep_ratio: Optional[float] = 0.905
@@ -223,6 +193,8 @@ class ParityConfig(ReductionConfig):
 class UTRCParityConfig(ParityConfig):
     """Released UTRC: ``hidden`` (hybrid) and ``residual`` (merge) strategies ∈ prune | merge | hybrid."""
 
+    paper_method: ClassVar[str] = "utrc"
+
     method: str = "utrc_official"
     hidden: str = "hybrid"
     residual: str = "merge"
@@ -235,11 +207,15 @@ class UTRCParityConfig(ParityConfig):
 
 @dataclass
 class EViTParityConfig(ParityConfig):
+    paper_method: ClassVar[str] = "evit"
+
     method: str = "evit_official"
 
 
 @dataclass
 class PuMerParityConfig(ParityConfig):
+    paper_method: ClassVar[str] = "pumer"
+
     method: str = "pumer_official"
 
 
@@ -284,7 +260,6 @@ class _ParityBipartite(ReductionMethod):
     counts_from_ratio = False  # the released code computes its own counts from one ρ
 
     tome: bool = False
-    parity: ClassVar[bool] = True
 
     @property
     def needed_features(self) -> set[str]:
@@ -367,8 +342,6 @@ class EViTParity(ReductionMethod):
 
     counts_from_ratio = False  # the released code computes its own counts from one ρ
 
-    parity: ClassVar[bool] = True
-
     @property
     def needed_features(self) -> set[str]:
         return {"mixer_out"}
@@ -382,3 +355,16 @@ class EViTParity(ReductionMethod):
         if bool((keep == state.valid).all()):
             return state
         return state.keep(keep)[0]
+
+
+# ---------------------------------------------------------------------------------------------- by name
+def is_parity(method: Optional[str]) -> bool:
+    """Whether the registered method called ``method`` is a parity mode (its config class's ``parity``); False
+    for None and for names no method is registered under (e.g. in an old results.json)."""
+    config_cls = registered_methods().get(str(method), (ReductionConfig, None))[0]
+    return bool(config_cls.parity)
+
+
+def paper_method(method: str) -> str:
+    """The paper-mode method a parity mode reproduces (``utrc_official`` → ``utrc``); any other name unchanged."""
+    return registered_methods()[method][0].paper_method if is_parity(method) else method

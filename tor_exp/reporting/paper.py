@@ -1,9 +1,9 @@
 """The paper's published numbers (Tables 1–6, typed into ``paper_results.json``) and matching runs to them.
 
-A run matches a paper row when model, method (``*_official`` → its paper method), FLOPs target and every design
-choice the paper varies (importance metric, locations, hidden / residual strategy and q) agree. Design keys a
-paper row leaves out take the paper's defaults (clip, the model's paper locations, hybrid q=0.5 / merge), so
-e.g. a Table 3 ``l1`` run never picks up Table 1's ``clip`` numbers.
+A run matches a paper row when model, method (a parity mode → the paper method it reproduces), FLOPs target and
+every design choice the paper varies (importance metric, locations, hidden / residual strategy and q) agree.
+Design keys a paper row leaves out take the paper's defaults (clip, the model's paper locations, hybrid q=0.5 /
+merge), so e.g. a Table 3 ``l1`` run never picks up Table 1's ``clip`` numbers.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ TABLE_ORDER = ("table1", "table2", "table6", "table3", "table4", "table5")
 #: the six accuracy columns whose mean is the paper's "Avg."
 ACC_COLUMNS = ("lambada_acc", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande")
 COLUMNS = ("lambada_ppl",) + ACC_COLUMNS + ("avg",)
-_UTRC_METHODS = ("utrc", "utrc_official")
 
 
 @lru_cache(maxsize=4)
@@ -41,8 +40,11 @@ def canonical_model(name: Any) -> str:
 
 
 def paper_method(method: str) -> str:
-    """Parity-mode methods are compared with the paper row of the method they reproduce."""
-    return method[: -len("_official")] if method.endswith("_official") else method
+    """Parity-mode methods are compared with the paper row of the method they reproduce (looked up in the
+    method registry: :func:`tor_exp.reduction.parity.paper_method`)."""
+    from tor_exp.reduction.parity import paper_method as reproduced
+
+    return reproduced(method)
 
 
 def _close(a: Any, b: Any, tol: float = 1e-6) -> bool:

@@ -124,7 +124,9 @@ def plot_quality(rows: list[dict[str, Any]], path: Path) -> Path:
 
     keys = list(rows[0]["values"])
     methods = sorted({r["method"] for r in rows} - {"none"})
-    groups = [(label, [m for m in methods if m.endswith("_official") == parity])
+    from tor_exp.reduction.parity import is_parity
+
+    groups = [(label, [m for m in methods if is_parity(m) == parity])
               for label, parity in (("paper mode", False), ("parity mode (released code)", True))]
     groups = [(label, ms) for label, ms in groups if ms]
     fig, axes = plt.subplots(len(groups), len(keys), figsize=(5.2 * len(keys), 3.8 * len(groups)), squeeze=False)
