@@ -250,10 +250,11 @@ class LocalLauncher(SweepLauncher, submitit_launcher.LocalLauncher):
                     free.append(entry[1])
                 if not free:
                     time.sleep(self.poll_s)
-            gpus = ",".join(free.pop(0))
+            slot = free.pop(0)
+            gpus = ",".join(slot)
             executor.update_parameters(local_setup=[*setup, f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpus)}"])
             handles.append(executor.submit(self, *job.args()))
-            running.append((handles[-1], tuple(gpus.split(",")) if gpus else ()))
+            running.append((handles[-1], slot))
             log.info(f"\tstarted {job.label} with CUDA_VISIBLE_DEVICES={gpus!r}")
         return handles
 
@@ -288,7 +289,7 @@ def failure_reason(err: BaseException, params: Dict[str, Any]) -> str:
         trace = text.split("with trace:", 1)[1].split("You can check full logs", 1)[0]
         said = next((line for line in reversed(trace.splitlines()) if line.strip().strip("-")), None)
     if said is None:  # died without a result (killed, cancelled, out of memory): Slurm's state says why
-        said = next((f"{lines[0].split(':')[0]}: the job {line}" for line in lines
+        said = next((f"{type(err).__name__}: the job {line}" for line in lines
                      if line.startswith("has not produced any output")), None)
     reason = (said or lines[0]).strip()
     if "timed-out too many times" in reason:

@@ -243,19 +243,10 @@ def test_reruns_submit_only_the_missing_jobs(table_sweep):
 
 
 # ----------------------------------------------------------------------------------------------- refusals
-def test_a_bad_partition_is_one_line_naming_the_key(slurm_cluster, tmp_path):
-    name = f"tor_exp_test_{uuid.uuid4().hex[:8]}"
-    run = subprocess.run(sweep_cmd(name, ["[none]"], "hydra.launcher.partition=nope"), cwd=tmp_path, env=env(),
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 2, run.stderr[-3000:]
-    assert run.stderr == "error: hydra.launcher.partition=nope: Slurm has no such partition (partitions here: " \
-                         "debug)\n"
-    assert scheduler_jobs(name) == {}
-
-
-def test_a_bad_partition_is_named_before_the_gpu_request(slurm_cluster, tmp_path):
-    """With launcher=slurm's default GPU request (gpus_per_node=1) sbatch complains of the GPUs, not of the
-    partition that does not exist: the one line names the partition (the key to change first)."""
+def test_a_bad_partition_is_one_line_naming_it_before_the_gpu_request(slurm_cluster, tmp_path):
+    """`launcher=slurm hydra.launcher.partition=nope` with the default GPU request (gpus_per_node=1): sbatch
+    complains of the GPUs, not of the partition that does not exist; the one line names the partition (the key to
+    change first), and nothing is queued."""
     name = f"tor_exp_test_{uuid.uuid4().hex[:8]}"
     default_gpus = [a for a in SLURM_ARGS if not a.startswith("hydra.launcher.gpus_per_node=")]
     run = subprocess.run(sweep_cmd(name, ["[none]"], "hydra.launcher.partition=nope", slurm_args=default_gpus),
@@ -276,6 +267,7 @@ def _launcher(tmp_path, **params):
 
 
 @pytest.mark.parametrize("key,value,said", [
+    ("partition", "nope", "Slurm has no such partition (partitions here: debug)"),
     ("gpus_per_node", 1, "Slurm refused the GPU request (invalid generic resource)"),
     ("account", "blocked", "Slurm refused the account"),
     ("qos", "gold", "Slurm refused the QOS"),
