@@ -1,26 +1,20 @@
 """Sweep launchers: hydra-submitit-launcher's Slurm and local launchers, plus what tor_exp's sweeps need.
 
-The launchers subclass the plugin's public ``SlurmLauncher`` and ``LocalLauncher``, whose constructor (the
-resolved ``hydra.launcher`` keys in ``params``), job body (``__call__``: compose the job's config and run it
-with Hydra's ``run_job``) and ``checkpoint`` (how submitit requeues a timed-out job) they keep. They replace the
-plugin's ``launch``, which submits every job and then waits for the results in order, raising at the first
-failure. Each addition lives in one place:
+They subclass the plugin's public ``SlurmLauncher``/``LocalLauncher`` and keep its settings (``params``), job
+body (``__call__``) and requeue hook (``checkpoint``); they replace its ``launch``, which submits every job, then
+waits for them in order and stops at the first failure. Each addition lives in one place:
 
-* nothing finished is submitted again: :func:`plan_job` composes each job as the job itself will (its own
-  output dir from ``hydra.sweep.dir``/``hydra.sweep.subdir``, whatever the layout, and its resolved config)
-  and applies the job's own resume rule (:func:`tor_exp.logging.results.is_complete`); the jobs still to run
-  keep their job numbers (``hydra.job.num``);
-* requeue of timed-out Slurm jobs: :class:`SlurmConf`'s ``max_num_timeout`` (3; submitit requeues);
-* a GPU set per local job, never all on GPU 0, never silently the CPU: :meth:`LocalLauncher.submit` with
-  :func:`gpus_per_job`, :func:`job_slots` and, in the job, :func:`check_gpus_usable`;
-* a Slurm refusal is one line naming the ``hydra.launcher`` key to change, exit code 2: :func:`refusal_message`
-  (sbatch said no) and :func:`wait_or_cancel` (Slurm accepted jobs it will never start);
-* a failed job ends the sweep with one line per failed job and exit code 1: :func:`results_or_exit`.
+* nothing finished is submitted again: :func:`plan_job` (the job's own output dir and resolved config, the job's
+  own resume rule :func:`tor_exp.logging.results.is_complete`); the other jobs keep their ``hydra.job.num``;
+* timed-out Slurm jobs are requeued: :class:`SlurmConf`'s ``max_num_timeout`` (submitit requeues);
+* a GPU set per local job, never all on GPU 0, never silently the CPU: :meth:`LocalLauncher.submit`;
+* a Slurm refusal is one line naming the ``hydra.launcher`` key, exit code 2: :func:`refusal_message` (sbatch
+  said no), :func:`wait_or_cancel` (Slurm accepted jobs it will never start);
+* failed jobs end the sweep, one line each, exit code 1: :func:`results_or_exit`.
 
-Hydra instantiates launchers only from the ``hydra_plugins`` namespace package, so the classes Hydra sees are
-thin subclasses in ``hydra_plugins/tor_exp_launcher/launchers.py``; that module also stores the schemas in
-Hydra's ConfigStore (``hydra/launcher: tor_exp_slurm | tor_exp_local``) when Hydra scans its plugins.
-``conf/launcher/{slurm,local}.yaml`` select them.
+Hydra instantiates launchers only from the ``hydra_plugins`` namespace package: the classes it sees are thin
+subclasses in ``hydra_plugins/tor_exp_launcher/launchers.py``, which also stores the schemas as
+``hydra/launcher: tor_exp_slurm | tor_exp_local`` (selected by ``conf/launcher/{slurm,local}.yaml``).
 """
 from __future__ import annotations
 
