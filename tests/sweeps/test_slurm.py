@@ -346,7 +346,8 @@ def test_a_job_over_its_real_time_limit_is_requeued_and_ends_complete(slurm_clus
     assert state == "COMPLETED" and restarts(job_id) == 1
     log = "".join(p.read_text() for p in (tmp_path / "multirun" / "table" / ".submitit").rglob("*_log.*"))
     assert "this job is timed-out" in log and "(0 remaining timeouts)" in log
-    res = json.loads((tmp_path / "multirun" / "table" / "tiny_mamba2" / "utrc" / "f0.2" / "eval.limit=2" / "results.json").read_text())
+    job_dir = tmp_path / "multirun" / "table" / "tiny_mamba2" / "utrc" / "f0.2" / "eval.limit=2"
+    res = json.loads((job_dir / "results.json").read_text())
     assert res["status"] == "complete"
 
 
