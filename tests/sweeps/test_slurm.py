@@ -59,7 +59,7 @@ def cluster_problem() -> str | None:
                 f"only to the single-node cluster of launchers/local_slurm.sh")
     state = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%T"], capture_output=True, text=True,
                            timeout=60).stdout.split()
-    if not state or state[0] not in ("idle", "mixed", "allocated"):
+    if not state or state[0] not in ("idle", "mixed", "allocated", "completing", "planned"):  # up (shared: busy)
         return f"the test cluster's node is {state[0] if state else 'missing'}"
     return None
 
