@@ -15,7 +15,9 @@
 #   proctrack/linuxproc, task/none, select/cons_tres (CR_Core_Memory): jobs share the node by cores and memory;
 #   a requeued job may restart after 10 s (AuthInfo cred_expire; Slurm's default is 120 s), finished jobs stay
 #   visible to `squeue -t all` / `scontrol show job` for an hour (MinJobAge), and every job end is appended to
-#   /var/log/slurm/jobcomp.log (there is no slurmdbd, so `sacct` does not work).
+#   /var/log/slurm/jobcomp.log. There is no slurmdbd, so `sacct` does not work: submitit asks it whether a job
+#   ended, so put launchers/local_slurm_bin (a sacct answering submitit's query from squeue) first on PATH; the
+#   Slurm tests do.
 # Logs: /var/log/slurm/{slurmctld,slurmd}.log. Start-up takes about 15 s (plus the package install once).
 set -euo pipefail
 

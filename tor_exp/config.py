@@ -137,14 +137,25 @@ def compose_dict(overrides: Sequence[str] = (), *, return_hydra_config: bool = F
 
 def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
     """The overrides of every job ``python -m tor_exp -m <overrides>`` launches: Hydra's basic sweeper rule (the
-    experiment's ``hydra.sweeper.params`` then the command line, comma lists crossed in order)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    experiment's ``hydra.sweeper.params`` then the command line; a later value of a key replaces an earlier one
+    in its place; comma lists and ranges crossed in that order, the last key varying fastest)."""
+    import itertools
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     primary = compose_dict(overrides, return_hydra_config=True, multirun=True)
     params = [f"{k}={v}" for k, v in (primary.hydra.sweeper.get("params") or {}).items()]
-    parsed = OverridesParser.create().parse_overrides(params + list(overrides))
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    choices: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(params + list(overrides)):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise ConfigError(f"{override.input_line}: Hydra's basic sweeper runs lists and "
+                              f"ranges, not intervals")
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def compose(overrides: Sequence[str] = ()) -> "ValidatedConfig":

@@ -1,30 +1,27 @@
 """Sweep launchers: hydra-submitit-launcher's Slurm and local launchers, plus what tor_exp's sweeps need.
 
-* Nothing finished is submitted again. Before submitting, every job's config is composed exactly as the job will
-  compose it (its own output dir from ``hydra.sweep.dir``/``hydra.sweep.subdir``, whatever the layout, and its
-  resolved config); a job whose results.json is complete for that config is left out, by the very test the job's
-  own resume check uses (:func:`tor_exp.logging.results.is_complete`). A finished sweep submits no job; a
-  half-finished one submits only the missing jobs, keeping their job numbers (``hydra.job.num``). Every job is
-  also validated before anything is queued.
-* Slurm: a job that reaches its time limit is requeued up to ``max_num_timeout`` times (default 3: jobs are
-  idempotent, so a requeued job simply starts again; one that is always too slow still ends failed), a
-  preempted one without limit (submitit). A refusal by sbatch (partition, GPUs/gres, account, QOS, time, memory)
-  ends in one line naming the ``hydra.launcher`` key to change, exit code 2.
-* Local: each job gets its own GPU(s) through ``CUDA_VISIBLE_DEVICES``; jobs wait for a free GPU set (one job
-  per GPU by default, ``array_parallelism=1``: one at a time), never all on GPU 0, never silently on the CPU.
-* A failed job ends the sweep with one line per failed job (its log path) and exit code 1, not a traceback.
+They subclass the plugin's public ``SlurmLauncher``/``LocalLauncher`` and keep its settings (``params``), job
+body (``__call__``) and requeue hook (``checkpoint``); they replace its ``launch``, which submits every job, then
+waits for them in order and stops at the first failure. Each addition lives in one place:
 
-Hydra instantiates launchers only from the ``hydra_plugins`` namespace package, so the classes Hydra sees are
-thin subclasses in ``hydra_plugins/tor_exp_launcher/launchers.py``; that module also stores the schemas in
-Hydra's ConfigStore as ``hydra/launcher: tor_exp_slurm | tor_exp_local`` when Hydra scans its plugins, the way
-hydra-submitit-launcher stores ``submitit_slurm | submitit_local``. ``conf/launcher/{slurm,local}.yaml`` select
-them.
+* nothing finished is submitted again: :func:`plan_job` (the job's own output dir and resolved config, the job's
+  own resume rule :func:`tor_exp.logging.results.is_complete`); the other jobs keep their ``hydra.job.num``;
+* timed-out Slurm jobs are requeued: :class:`SlurmConf`'s ``max_num_timeout`` (submitit requeues);
+* a GPU set per local job, never all on GPU 0, never silently the CPU: :meth:`LocalLauncher.submit`;
+* a Slurm refusal is one line naming the ``hydra.launcher`` key, exit code 2: :func:`refusal_message` (sbatch
+  said no), :func:`wait_or_cancel` (Slurm accepted jobs it will never start);
+* failed jobs end the sweep, one line each, exit code 1: :func:`results_or_exit`.
+
+Hydra instantiates launchers only from the ``hydra_plugins`` namespace package: the classes it sees are thin
+subclasses in ``hydra_plugins/tor_exp_launcher/launchers.py``, which also stores the schemas as
+``hydra/launcher: tor_exp_slurm | tor_exp_local`` (selected by ``conf/launcher/{slurm,local}.yaml``).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import io
+import json
 import logging
 import os
 import shlex
@@ -34,26 +31,25 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf, SlurmQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from submitit.slurm.slurm import SlurmInfoWatcher
 
 import tor_exp.config  # noqa: F401  (job folder resolvers, before a job process resolves its folder)
-from tor_exp.errors import ConfigError, fail
+from tor_exp.errors import fail
 
 log = logging.getLogger(__name__)
 
 JOB_FAILED_EXIT = 1  # a job failed (bad user input exits with 2)
-# stands in for the scheduler's job id while jobs are planned: a sweep dir that contains it cannot be known
-# before submission, so such jobs are always submitted (they still skip themselves when complete)
-_JOB_ID_PLACEHOLDER = "tor_exp-job-id-unknown-before-submission"
+# stands in for the scheduler's job id while jobs are planned: a job folder that contains it is unknown before
+# submission, so such a job is always submitted (it still skips itself when complete)
+UNKNOWN_JOB_ID = "tor_exp-job-id-unknown-before-submission"
 
 
 # ----------------------------------------------------------------------------------------------- schemas
@@ -67,7 +63,7 @@ class SlurmConf(SlurmQueueConf):
 
 @dataclass
 class LocalConf(LocalQueueConf):
-    """hydra-submitit-launcher's local schema with a GPU per job.
+    """hydra-submitit-launcher's local schema with a GPU set per job.
 
     ``gpus_per_node``: GPUs per job; null = 1 when GPUs are visible and the jobs may use them (device auto or
     cuda), else 0. ``array_parallelism``: jobs running at once; null = one per GPU set (GPU jobs) or
@@ -90,268 +86,210 @@ def register_launchers() -> None:
 # ----------------------------------------------------------------------------------------------- planning
 @dataclass
 class PlannedJob:
-    """One job of a sweep as it will run: its number, overrides, composed config and output dir."""
+    """One job of a sweep as it will run."""
 
     num: int
     overrides: List[str]
-    config: DictConfig  # the job's config including its hydra node (runtime.output_dir set)
-    task_config: DictConfig  # what the task function receives (hydra node removed)
+    device: str
     out_dir: Optional[Path]  # None: depends on the scheduler's job id
-    resolved: Optional[Dict[str, Any]]  # None: depends on the scheduler's job id
-    complete: bool = False
+    complete: bool
 
     @property
     def label(self) -> str:
         return f"#{self.num} ({' '.join(filter_overrides(self.overrides)) or 'no overrides'})"
 
+    def args(self) -> tuple:
+        """The plugin's job body's arguments (``__call__``)."""
+        return (self.overrides, "hydra.sweep.dir", self.num, f"job_id_for_{self.num}", Singleton.get_state())
 
-def plan_job(config_loader: Any, master_config: DictConfig, overrides: Sequence[str], num: int,
-             check: Optional[Callable[[DictConfig], None]] = None) -> PlannedJob:
-    """Compose job ``num`` as Hydra's ``run_job`` will in the job: same config, same output dir, same resolution.
 
-    ``check(task_config)`` runs while the job's Hydra config is active (interpolations into ``hydra`` resolve).
-    """
+@contextlib.contextmanager
+def _hydra_config(cfg: DictConfig) -> Iterator[None]:
+    """``cfg``'s hydra node as the active Hydra config (what interpolations into ``hydra`` read), as in the job."""
+    hydra_config = HydraConfig.instance()
+    saved = hydra_config.cfg
+    hydra_config.set_config(cfg)
+    try:
+        yield
+    finally:
+        hydra_config.cfg = saved
+
+
+def plan_job(config_loader: Any, master_config: DictConfig, overrides: Sequence[str], num: int) -> PlannedJob:
+    """Job ``num`` composed as the job body and Hydra's ``run_job`` will compose it (same config, same output
+    dir, same resolution), and whether the job's own resume rule would skip it."""
     from tor_exp.logging.results import is_complete
 
     cfg = config_loader.load_sweep_config(master_config, list(overrides))
     with open_dict(cfg.hydra.job):
-        cfg.hydra.job.id = _JOB_ID_PLACEHOLDER
-        cfg.hydra.job.num = num
-    hydra_config = HydraConfig.instance()
-    saved = hydra_config.cfg
-    try:
-        hydra_config.set_config(cfg)
+        cfg.hydra.job.id, cfg.hydra.job.num = UNKNOWN_JOB_ID, num
+    with _hydra_config(cfg):
         out = os.path.abspath(os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")),
                                            str(OmegaConf.select(cfg, "hydra.sweep.subdir"))))
-        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
-            cfg.hydra.runtime.output_dir = out
-        hydra_config.set_config(cfg)
-        task = copy.deepcopy(cfg)
-        with read_write(task), open_dict(task):
-            del task["hydra"]
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = out
+    task = copy.deepcopy(cfg)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    with _hydra_config(cfg):
         resolved: Dict[str, Any] = OmegaConf.to_container(task, resolve=True)  # type: ignore[assignment]
-        if check is not None:
-            check(task)
-    finally:
-        hydra_config.cfg = saved
-    job = PlannedJob(num=num, overrides=list(overrides), config=cfg, task_config=task,
-                     out_dir=None if _JOB_ID_PLACEHOLDER in out else Path(out),
-                     resolved=None if _JOB_ID_PLACEHOLDER in repr(resolved) else resolved)
-    job.complete = (job.out_dir is not None and job.resolved is not None and bool(job.resolved.get("resume", True))
-                    and is_complete(job.out_dir, job.resolved))
-    return job
+    known = UNKNOWN_JOB_ID not in out + json.dumps(resolved, default=str)
+    complete = known and bool(resolved.get("resume", True)) and is_complete(out, resolved)
+    return PlannedJob(num=num, overrides=list(overrides), device=str(resolved.get("device", "auto")),
+                      out_dir=Path(out) if known else None, complete=complete)
 
 
-def _validate(task_config: DictConfig) -> None:
-    from tor_exp.config import register_configs, validate
+def completed_return(job: PlannedJob) -> JobReturn:
+    """What Hydra gets for a job left out because it is complete: its recorded headline, as the job returns."""
+    from tor_exp.logging.results import load_results
 
-    register_configs()
-    validate(task_config)
+    ret = JobReturn(overrides=filter_overrides(job.overrides), status=JobStatus.COMPLETED)
+    ret.return_value = (load_results(job.out_dir) or {}).get("headline") if job.out_dir else None
+    return ret
 
 
 # ----------------------------------------------------------------------------------------------- launchers
-class _TorExpLauncher(BaseSubmititLauncher):
-    """Shared by both launchers: plan, leave out complete jobs, run the rest, report failures in one line each."""
+class SweepLauncher(submitit_launcher.BaseSubmititLauncher):
+    """What both launchers add to the plugin's: plan, leave out complete jobs, submit the rest, report failures."""
 
-    _OWN_KEYS: frozenset[str] = frozenset()
+    cluster = "abstract"  # submitit's executor name
+    own_keys: frozenset[str] = frozenset()  # launcher keys tor_exp handles itself (not passed to submitit)
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.job_devices: Dict[int, str] = {}  # job number → its device (pickled with the job, for __call__)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         assert self.config is not None and self.hydra_context is not None
-        planned: List[PlannedJob] = []
-        for i, overrides in enumerate(job_overrides):
-            num = initial_job_idx + i
-            try:
-                planned.append(plan_job(self.hydra_context.config_loader, self.config, overrides, num, _validate))
-            except ConfigError as err:
-                fail(f"job #{num} ({' '.join(filter_overrides(overrides))}): {err}")
-        done = [job for job in planned if job.complete]
-        pending = [job for job in planned if not job.complete]
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        log.info(f"[tor_exp] {self._EXECUTOR} sweep in {sweep_dir}: {len(planned)} job(s), {len(done)} already "
-                 f"complete (resume=true, not submitted), {len(pending)} to run")
-        for job in done:
-            log.info(f"\t{job.label}: complete in {job.out_dir}")
-        returns = {job.num: _completed_return(job) for job in done}
+        jobs = [plan_job(self.hydra_context.config_loader, self.config, overrides, initial_job_idx + i)
+                for i, overrides in enumerate(job_overrides)]
+        pending = [job for job in jobs if not job.complete]
+        sweep = self.config.hydra.sweep
+        log.info(f"[tor_exp] {self.cluster} sweep in {sweep.dir}: {len(jobs)} job(s), {len(jobs) - len(pending)} "
+                 f"already complete (resume=true, not submitted), {len(pending)} to run")
+        for job in jobs:
+            log.info(f"\t{job.label}" + (f": complete in {job.out_dir}" if job.complete else ""))
+        returns = {job.num: completed_return(job) for job in jobs if job.complete}
         if pending:
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-            if "mode" in self.config.hydra.sweep:
-                os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
-            for job in pending:
-                log.info(f"\t{job.label}")
-            returns.update(self._run(pending))
-        return [returns[job.num] for job in planned]
+            Path(str(sweep.dir)).mkdir(parents=True, exist_ok=True)
+            if "mode" in sweep:
+                os.chmod(str(sweep.dir), mode=int(str(sweep.mode), 8))
+            self.job_devices = {job.num: job.device for job in pending}
+            returns.update(results_or_exit(pending, self.submit(pending), self.params))
+        return [returns[job.num] for job in jobs]
 
-    def _run(self, pending: List[PlannedJob]) -> Dict[int, JobReturn]:
+    def submit(self, pending: List[PlannedJob]) -> List[Any]:
+        """Submit the jobs (in order); their submitit job handles."""
         raise NotImplementedError
 
     def __call__(self, sweep_overrides: List[str], job_dir_key: str, job_num: int, job_id: str,
                  singleton_state: Dict[type, Singleton]) -> JobReturn:
-        """Runs in the job (submitit): the plugin's job body, after a check that GPUs given are GPUs used."""
+        """In the job: the plugin's job body, once GPUs given are known to be GPUs used."""
+        check_gpus_usable(job_num, self.job_devices.get(job_num, "auto"))
+        return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+
+    def executor(self, **params: Any) -> Any:
+        """A submitit executor for the launcher keys (but tor_exp's own) and ``params``: keys the plugin's
+        ``BaseQueueConf`` shares between clusters keep their names, the others get the cluster's prefix."""
         import submitit
 
-        assert self.hydra_context is not None and self.config is not None and self.task_function is not None
-        Singleton.set_state(singleton_state)
-        setup_globals()
-        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, sweep_overrides)
-        with open_dict(sweep_config.hydra.job) as job:
-            job.id = submitit.JobEnvironment().job_id  # type: ignore[attr-defined]
-            job.num = job_num
-        check_gpus_usable(job_num, str(sweep_config.get("device", "auto")))
-        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
-                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
-
-    def _executor(self) -> Any:
-        """A submitit executor from the launcher keys, as the plugin builds it (minus tor_exp's own keys)."""
-        import submitit
-
-        params = {k: v for k, v in self.params.items() if k not in self._OWN_KEYS}
-        init: Dict[str, Any] = {"folder": params.pop("submitit_folder")}
-        if "max_num_timeout" in params:
-            init[f"{self._EXECUTOR}_max_num_timeout"] = params.pop("max_num_timeout")
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, **init)
-        base = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in params.items()})
+        keys = {k: v for k, v in self.params.items() if k not in self.own_keys} | params
+        init = {f"{self.cluster}_max_num_timeout": keys.pop("max_num_timeout")} if "max_num_timeout" in keys else {}
+        executor = submitit.AutoExecutor(folder=keys.pop("submitit_folder"), cluster=self.cluster, **init)
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{k if k in shared else f"{self.cluster}_{k}": v for k, v in keys.items()})
         return executor
 
-    @staticmethod
-    def _job_args(job: PlannedJob) -> tuple:
-        return (job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", Singleton.get_state())
 
-    def _collect(self, submitted: List[tuple[PlannedJob, Any]]) -> Dict[int, JobReturn]:
-        """Wait for every job; a failed one is reported as one line (with its log) after all have ended."""
-        returns: Dict[int, JobReturn] = {}
-        failures: List[str] = []
-        for job, handle in submitted:
-            try:
-                ret = handle.results()[0]
-            except Exception as err:  # submitit: the job raised outside the task, or died without a result
-                reason = _reason(str(err))
-            else:
-                if ret.status != JobStatus.FAILED:
-                    returns[job.num] = ret
-                    continue
-                exc = ret._return_value  # the task raised (Hydra's run_job caught it; also submitit's time-out)
-                reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
-            if "timed-out too many times" in reason:
-                reason += (f" (every attempt reached hydra.launcher.timeout_min={self.params.get('timeout_min')}; "
-                           f"requeued max_num_timeout={self.params.get('max_num_timeout')} times)")
-            failures.append(f"job {job.label} failed: {reason} (log: {handle.paths.stderr})")
-        if failures:
-            for line in failures:
-                sys.stderr.write(f"error: {line}\n")
-            raise SystemExit(JOB_FAILED_EXIT)
-        return returns
+class SlurmLauncher(SweepLauncher, submitit_launcher.SlurmLauncher):
+    """One job array of the jobs still to run; sbatch refusals and jobs that never start as one line."""
 
+    cluster = "slurm"
 
-class SlurmLauncher(_TorExpLauncher):
-    """One job array of the jobs still to run; sbatch refusals as one line naming the key."""
-
-    _EXECUTOR = "slurm"
-
-    def _run(self, pending: List[PlannedJob]) -> Dict[int, JobReturn]:
+    def submit(self, pending: List[PlannedJob]) -> List[Any]:
         if shutil.which("sbatch") is None:
             fail("launcher=slurm: sbatch not found: this machine is not a Slurm submit node "
                  "(launchers/local_slurm.sh starts a single-node cluster to try it)")
-        executor = self._executor()
-        handles = submit_or_fail(lambda: executor.map_array(self, *zip(*[self._job_args(j) for j in pending])),
+        executor = self.executor()
+        handles = submit_or_fail(lambda: executor.map_array(self, *zip(*[job.args() for job in pending])),
                                  self.params)
         array = str(handles[0].job_id).split("_")[0]
         log.info(f"[tor_exp] submitted Slurm job array {array}: {len(handles)} job(s) "
-                 f"({', '.join('#' + str(j.num) for j in pending)}); logs in {self.params['submitit_folder']}")
-        self._wait(array, handles)
-        return self._collect(list(zip(pending, handles)))
-
-    def _wait(self, array: str, handles: List[Any]) -> None:
-        """Wait for the jobs; jobs Slurm accepted but will never start (pending for a reason that waiting does
-        not fix, e.g. more CPUs than any node has) are cancelled and reported like a refusal."""
-        for handle in handles:  # submitit makes array jobs its own SlurmJob: give them our state watcher
-            handle.watcher = WATCHER
-            WATCHER.register_job(handle.job_id)
-        delay, next_check = 2.0, time.time() + 2.0
-        while not all(handle.done() for handle in handles):
-            if time.time() >= next_check:
-                reason = never_starts(array)
-                if reason is not None:
-                    subprocess.run(["scancel", array], capture_output=True, timeout=60)
-                    fail(f"{never_starts_message(reason, self.params)}; cancelled job array {array}")
-                delay = min(2 * delay, 60.0)
-                next_check = time.time() + delay
-            time.sleep(1.0)
+                 f"({', '.join('#' + str(job.num) for job in pending)}); logs in {self.params['submitit_folder']}")
+        wait_or_cancel(array, handles, self.params)
+        return handles
 
 
-class LocalLauncher(_TorExpLauncher):
-    """Jobs as local processes (submitit), each on its own GPU set, at most one job per set at a time."""
+class LocalLauncher(SweepLauncher, submitit_launcher.LocalLauncher):
+    """Jobs as local processes (submitit), each with its own GPU set, at most one job per set at a time."""
 
-    _EXECUTOR = "local"
-    _OWN_KEYS = frozenset({"gpus_per_node", "array_parallelism", "setup"})
+    cluster = "local"
+    own_keys = frozenset({"gpus_per_node", "array_parallelism", "setup"})
     poll_s = 0.5
 
-    def _run(self, pending: List[PlannedJob]) -> Dict[int, JobReturn]:
+    def submit(self, pending: List[PlannedJob]) -> List[Any]:
         visible = visible_gpus()
-        devices = {str(job.resolved.get("device", "auto")) if job.resolved else "auto" for job in pending}
-        per_job = gpus_per_job(self.params.get("gpus_per_node"), visible, devices)
-        slots = job_slots(visible, per_job, self.params.get("array_parallelism"), self.params.get("cpus_per_task"))
-        executor = self._executor()
-        executor.update_parameters(gpus_per_node=0)  # CUDA_VISIBLE_DEVICES is set per job (setup line) below
-        setup = list(self.params.get("setup") or [])
-        log.info(f"[tor_exp] local: {len(slots)} job(s) at a time, GPUs per job {per_job}"
+        per_job = gpus_per_job(self.params.get("gpus_per_node"), visible, {job.device for job in pending})
+        free = job_slots(visible, per_job, self.params.get("array_parallelism"), self.params.get("cpus_per_task"))
+        log.info(f"[tor_exp] local: {len(free)} job(s) at a time, GPUs per job {per_job}"
                  + (f" (visible: {','.join(visible)})" if visible else " (no GPU visible)"))
-        queue, free = list(pending), list(range(len(slots)))
-        running: List[tuple[PlannedJob, Any, int]] = []
-        submitted: List[tuple[PlannedJob, Any]] = []
-        while queue or running:
-            while queue and free:
-                job, slot = queue.pop(0), free.pop(0)
-                gpus = ",".join(slots[slot])
-                executor.update_parameters(local_setup=[*setup, f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpus)}"])
-                handle = executor.submit(self, *self._job_args(job))
-                log.info(f"\tstarted {job.label} with CUDA_VISIBLE_DEVICES={gpus!r}")
-                running.append((job, handle, slot))
-                submitted.append((job, handle))
-            finished = [entry for entry in running if entry[1].done()]
-            for entry in finished:
-                running.remove(entry)
-                free.append(entry[2])
-            if not finished:
-                time.sleep(self.poll_s)
-        return self._collect(submitted)
+        executor = self.executor(gpus_per_node=0)  # each job's GPUs are its CUDA_VISIBLE_DEVICES, set below
+        setup = list(self.params.get("setup") or [])
+        running: List[tuple[Any, tuple[str, ...]]] = []  # (handle, its GPU set)
+        handles = []
+        for job in pending:
+            while not free:
+                for entry in [entry for entry in running if entry[0].done()]:
+                    running.remove(entry)
+                    free.append(entry[1])
+                if not free:
+                    time.sleep(self.poll_s)
+            slot = free.pop(0)
+            gpus = ",".join(slot)
+            executor.update_parameters(local_setup=[*setup, f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpus)}"])
+            handles.append(executor.submit(self, *job.args()))
+            running.append((handles[-1], slot))
+            log.info(f"\tstarted {job.label} with CUDA_VISIBLE_DEVICES={gpus!r}")
+        return handles
 
 
-class SqueueWatcher(SlurmInfoWatcher):
-    """submitit's job-state watcher (sacct), reading squeue instead where the cluster keeps no accounting.
-
-    Without slurmdbd (e.g. the test cluster of launchers/local_slurm.sh) sacct fails: submitit would log a warning
-    at every poll and never see a job that ended without a result (killed, or cancelled), waiting forever. squeue
-    lists jobs until MinJobAge after their end; a job it no longer lists has ended.
-    """
-
-    _sacct_works: Optional[bool] = None
-
-    def update(self) -> None:
-        if self._sacct_works is None:
-            probe = subprocess.run(["sacct", "--noheader", "-X", "-j", "1"], capture_output=True, timeout=60)
-            self._sacct_works = probe.returncode == 0
-        if self._sacct_works:
-            super().update()
-            return
-        unfinished = self._registered - self._finished
-        if not unfinished:
-            return
-        self._num_calls += 1
-        out = subprocess.run(["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%N",
-                              f"--user={os.getuid()}"],
-                             capture_output=True, text=True, timeout=60)
-        if out.returncode == 0:
-            listed = self.read_info("JobID|State|NodeList\n" + out.stdout)
-            for job_id in unfinished:
-                self._info_dict[job_id] = listed.get(job_id, {"JobID": job_id, "State": "ENDED (no longer listed)"})
-        self._last_status_check = time.time()
-        for job_id in unfinished:
-            if self.is_done(job_id, mode="cache"):
-                self._finished.add(job_id)
+def results_or_exit(jobs: Sequence[PlannedJob], handles: Sequence[Any], params: Dict[str, Any]) -> Dict[int, JobReturn]:
+    """Every job's return, once all have ended; failed jobs end the sweep, one line each with the job's log."""
+    returns: Dict[int, JobReturn] = {}
+    failures: List[str] = []
+    for job, handle in zip(jobs, handles):
+        try:
+            ret = handle.result()  # raises when the job failed outside its task, or died without a result
+            with contextlib.redirect_stderr(io.StringIO()):  # Hydra prints "Error executing job ..." first
+                _ = ret.return_value  # raises what the task raised (also submitit's "timed-out too many times")
+        except Exception as err:
+            failures.append(f"job {job.label} failed: {failure_reason(err, params)} (log: {handle.paths.stderr})")
+        else:
+            returns[job.num] = ret
+    if failures:
+        sys.stderr.write("".join(f"error: {line}\n" for line in failures))
+        raise SystemExit(JOB_FAILED_EXIT)
+    return returns
 
 
-WATCHER = SqueueWatcher(delay_s=600)  # shared by all jobs of this process, like submitit's own
+def failure_reason(err: BaseException, params: Dict[str, Any]) -> str:
+    """The useful line of a job's failure: the job's own ``error: ...`` line (bad input inside the job), the
+    exception that ended the trace submitit reports, the job's state when it left no result, else the
+    exception's first line."""
+    text = f"{type(err).__name__}: {err}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = next((line[len("error: "):] for line in lines if line.startswith("error: ")), None)
+    if said is None and "failed during processing with trace:" in text:
+        trace = text.split("with trace:", 1)[1].split("You can check full logs", 1)[0]
+        said = next((line for line in reversed(trace.splitlines()) if line.strip().strip("-")), None)
+    if said is None:  # died without a result (killed, cancelled, out of memory): Slurm's state says why
+        said = next((f"{type(err).__name__}: the job {line}" for line in lines
+                     if line.startswith("has not produced any output")), None)
+    reason = (said or lines[0]).strip()
+    if "timed-out too many times" in reason:
+        reason += (f" (every attempt reached hydra.launcher.timeout_min={params.get('timeout_min')}; "
+                   f"requeued max_num_timeout={params.get('max_num_timeout')} times)")
+    return reason
 
 
 # ----------------------------------------------------------------------------------------------- GPUs
@@ -422,6 +360,8 @@ def job_slots(visible: Sequence[str], per_job: int, parallelism: Optional[int],
 
 def check_gpus_usable(job_num: int, device: str) -> None:
     """In the job: a job that was given GPUs and may use them must see them (else it would run on the CPU)."""
+    from tor_exp.errors import ConfigError
+
     given = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     print(f"[tor_exp] job #{job_num}: CUDA_VISIBLE_DEVICES={given!r}, device={device}", flush=True)
     if not given or device == "cpu":
@@ -444,20 +384,36 @@ def submit_or_fail(submit: Callable[[], Any], params: Dict[str, Any]) -> Any:
         with contextlib.redirect_stderr(captured):  # submitit echoes sbatch's stderr before raising
             return submit()
     except FailedJobError as err:
-        fail(refusal_message(str(err) or captured.getvalue(), params))
+        fail(refusal_message(str(err) or captured.getvalue(), params, slurm_partitions()))
 
 
-def _partitions() -> str:
+def slurm_partitions() -> List[str]:
+    """The partitions ``sinfo`` lists (none when it cannot tell)."""
     try:
         out = subprocess.run(["sinfo", "--noheader", "--format=%R"], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
-        return ""
-    names = sorted({line.strip() for line in out.stdout.splitlines() if line.strip()})
-    return f" (partitions here: {', '.join(names)})" if names else ""
+        return []
+    return sorted({line.strip() for line in out.stdout.splitlines() if line.strip()})
 
 
+GPU_KEYS = ("gres", "gpus_per_task", "gpus_per_node")
+# sbatch's words → the launcher keys that decide them and what to say; the first match wins. A partition that
+# does not exist comes before all of them (sbatch reports a GPU request it cannot place before the partition).
+REFUSALS: List[tuple[str, Sequence[str], str]] = [
+    ("invalid partition", ("partition",), "Slurm has no such partition{known}"),
+    ("generic resource", GPU_KEYS, "Slurm refused the GPU request (invalid generic resource): {partition} has no "
+                                   "such GPUs; choose a GPU partition (hydra.launcher.partition) or run on CPUs with "
+                                   "hydra.launcher.gpus_per_node=0"),
+    ("invalid account", ("account",), "Slurm refused the account (unknown, or not allowed on {partition}); "
+                                      "`sacctmgr show associations user=$USER` lists yours"),
+    ("invalid qos", ("qos",), "Slurm refused the QOS (unknown, or not allowed for this account/partition)"),
+    ("time limit", ("timeout_min",), "more than {partition} allows (`sinfo -o '%P %l'` shows its limit)"),
+    ("memory specification", ("mem_gb",), "no node of {partition} has that much memory (`sinfo -N -o '%N %m'`)"),
+    ("node configuration is not available", ("cpus_per_task", "mem_gb", "gpus_per_node"),
+     "no node of {partition} has that many (`sinfo -N -o '%N %c %m %G'`)"),
+]
 # pending reasons that waiting never resolves → the launcher keys that decide them
-NEVER_STARTS = {
+NEVER_STARTS: Dict[str, Sequence[str]] = {
     "PartitionConfig": ("cpus_per_task", "mem_gb", "gpus_per_node"),
     "PartitionNodeLimit": ("nodes",),
     "PartitionTimeLimit": ("timeout_min",),
@@ -466,6 +422,31 @@ NEVER_STARTS = {
     "InvalidAccount": ("account",),
     "InvalidQOS": ("qos",),
 }
+
+
+def _named(keys: Sequence[str], params: Dict[str, Any]) -> str:
+    """``hydra.launcher.a=1, b=2`` for the keys; of the GPU keys, those set (else gpus_per_node)."""
+    if keys == GPU_KEYS:
+        keys = [k for k in GPU_KEYS if params.get(k)] or ["gpus_per_node"]
+    return "hydra.launcher." + ", ".join(f"{k}={params.get(k)}" for k in keys)
+
+
+def _partition(params: Dict[str, Any]) -> str:
+    return f"partition {params['partition']}" if params.get("partition") else "the default partition"
+
+
+def refusal_message(sbatch_error: str, params: Dict[str, Any], partitions: Sequence[str] = ()) -> str:
+    """sbatch's error text → one line naming the ``hydra.launcher`` key that decides it. ``partitions``: those
+    the cluster has (sinfo), to name a partition that does not exist whatever sbatch complained of first."""
+    said = "; ".join(line.strip().replace("sbatch: error: ", "") for line in sbatch_error.splitlines()
+                     if line.strip()) or "no message"
+    wanted = [p for p in str(params.get("partition") or "").split(",") if p]
+    unknown_partition = bool(partitions) and any(p not in partitions for p in wanted)
+    known = f" (partitions here: {', '.join(partitions)})" if partitions else ""
+    for words, keys, message in REFUSALS:
+        if (unknown_partition and keys == ("partition",)) or words in said.lower():
+            return f"{_named(keys, params)}: {message.format(partition=_partition(params), known=known)}"
+    return f"Slurm refused the job array: {said} (check hydra.launcher.*: conf/launcher/slurm.yaml, conf/local/)"
 
 
 def never_starts(array: str) -> Optional[str]:
@@ -479,73 +460,22 @@ def never_starts(array: str) -> Optional[str]:
 
 
 def never_starts_message(reason: str, params: Dict[str, Any]) -> str:
-    keys = NEVER_STARTS[reason]
-    named = ", ".join(f"{k}={params.get(k)}" for k in keys)
-    return (f"hydra.launcher.{named}: Slurm accepted the jobs but will never start them (pending: {reason}: more "
-            f"than {_partition(params)} allows; `sinfo -N -o '%N %c %m %G %l'` shows its nodes and limit)")
+    return (f"{_named(NEVER_STARTS[reason], params)}: Slurm accepted the jobs but will never start them (pending: "
+            f"{reason}: more than {_partition(params)} allows; `sinfo -N -o '%N %c %m %G %l'` shows its nodes "
+            f"and limit)")
 
 
-def _partition(params: Dict[str, Any]) -> str:
-    return f"partition {params['partition']}" if params.get("partition") else "the default partition"
-
-
-def refusal_message(sbatch_error: str, params: Dict[str, Any]) -> str:
-    """sbatch's error text → one line naming the ``hydra.launcher`` key that decides it."""
-    lines = [line.strip() for line in sbatch_error.splitlines() if line.strip()]
-    said = "; ".join(line.replace("sbatch: error: ", "") for line in lines) or "no message"
-    low = said.lower()
-    partition = _partition(params)
-
-    def key(name: str) -> str:
-        return f"hydra.launcher.{name}={params.get(name)}"
-
-    if "invalid partition" in low:
-        return f"{key('partition')}: Slurm has no such partition{_partitions()}"
-    if "generic resource" in low or "gres" in low:
-        gpu_key = next((k for k in ("gres", "gpus_per_task", "gpus_per_node") if params.get(k)), "gpus_per_node")
-        return (f"{key(gpu_key)}: Slurm refused the GPU request (invalid generic resource): {partition} "
-                f"has no such GPUs; choose a GPU partition (hydra.launcher.partition) or run on CPUs with "
-                f"hydra.launcher.gpus_per_node=0")
-    if "invalid account" in low:
-        return (f"{key('account')}: Slurm refused the account (unknown, or not allowed on {partition}); "
-                f"`sacctmgr show associations user=$USER` lists yours")
-    if "invalid qos" in low:
-        return f"{key('qos')}: Slurm refused the QOS (unknown, or not allowed for this account/partition)"
-    if "time limit" in low:
-        return f"{key('timeout_min')}: more than {partition} allows (`sinfo -o '%P %l'` shows its limit)"
-    if "memory specification" in low:
-        return f"{key('mem_gb')}: no node of {partition} has that much memory (`sinfo -N -o '%N %m'`)"
-    if "node configuration is not available" in low or "processors" in low:
-        return (f"hydra.launcher.cpus_per_task={params.get('cpus_per_task')}, mem_gb={params.get('mem_gb')}, "
-                f"gpus_per_node={params.get('gpus_per_node')}: no node of {partition} has that many "
-                f"(`sinfo -N -o '%N %c %m %G'`)")
-    return f"Slurm refused the job array: {said} (check hydra.launcher.*: conf/launcher/slurm.yaml, conf/local/)"
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def _completed_return(job: PlannedJob) -> JobReturn:
-    """What Hydra gets for a job left out because it is complete: its recorded headline, as the job would return."""
-    from tor_exp.logging.results import load_results
-
-    assert job.out_dir is not None
-    ret = JobReturn(overrides=list(OmegaConf.to_container(job.config.hydra.overrides.task)),  # type: ignore[arg-type]
-                    cfg=job.task_config, hydra_cfg=None, working_dir=os.getcwd(),
-                    task_name=str(job.config.hydra.job.name), status=JobStatus.COMPLETED)
-    ret.return_value = (load_results(job.out_dir) or {}).get("headline")
-    return ret
-
-
-def _reason(message: str) -> str:
-    """The useful line of submitit's error: the job's own ``error: ...`` line (bad input inside the job), the
-    job's exception (last line of its trace), else the first line."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    said = next((line for line in lines if line.startswith("error: ")), None)
-    if said is not None:
-        return said[len("error: "):]
-    if "failed during processing with trace:" in message:
-        trace = message.split("failed during processing with trace:", 1)[1]
-        body = [l.strip() for l in trace.splitlines() if l.strip() and not set(l.strip()) <= {"-"}]
-        body = body[:next((i for i, l in enumerate(body) if l.startswith("You can check full logs")), len(body))]
-        if body:
-            return body[-1]
-    return lines[0] if lines else "no message"
+def wait_or_cancel(array: str, handles: Sequence[Any], params: Dict[str, Any]) -> None:
+    """Wait until every job of the array has ended (submitit's job states); jobs Slurm accepted but will never
+    start (pending for a reason waiting does not fix, e.g. more CPUs than any node has) are cancelled and the
+    keys named, like a refusal. The check runs after 2 s, then ever less often (at most every minute)."""
+    delay, next_check = 2.0, time.time() + 2.0
+    while not all(handle.done() for handle in handles):
+        if time.time() >= next_check:
+            reason = never_starts(array)
+            if reason is not None:
+                subprocess.run(["scancel", array], capture_output=True, timeout=60)
+                fail(f"{never_starts_message(reason, params)}; cancelled job array {array}")
+            delay = min(2 * delay, 60.0)
+            next_check = time.time() + delay
+        time.sleep(1.0)

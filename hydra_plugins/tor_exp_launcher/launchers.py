@@ -6,16 +6,16 @@ when it starts (that is when hydra-submitit-launcher stores its own schemas too)
 nothing, so Hydra's scan stays quiet and launcher=slurm|local are simply unknown options.
 """
 try:
-    from tor_exp import launcher as _launcher
+    from tor_exp import launcher
 except ModuleNotFoundError as err:  # hydra-submitit-launcher / submitit not installed
     if not (err.name or "").startswith(("hydra_plugins", "submitit")):
         raise
 else:
 
-    class SlurmLauncher(_launcher.SlurmLauncher):
-        __doc__ = _launcher.SlurmLauncher.__doc__
+    class SlurmLauncher(launcher.SlurmLauncher):
+        __doc__ = launcher.SlurmLauncher.__doc__
 
-    class LocalLauncher(_launcher.LocalLauncher):
-        __doc__ = _launcher.LocalLauncher.__doc__
+    class LocalLauncher(launcher.LocalLauncher):
+        __doc__ = launcher.LocalLauncher.__doc__
 
-    _launcher.register_launchers()
+    launcher.register_launchers()

@@ -15,8 +15,9 @@ from omegaconf import OmegaConf
 
 from tor_exp.config import config_dir
 from tor_exp.config import register_configs
-from tor_exp.launcher import (NEVER_STARTS, LocalLauncher, check_gpus_usable, gpus_per_job, job_slots,
-                              never_starts_message, refusal_message, visible_gpus)
+from tor_exp.launcher import (NEVER_STARTS, LocalLauncher, PlannedJob, check_gpus_usable, failure_reason,
+                              gpus_per_job, job_slots, never_starts_message, refusal_message, results_or_exit,
+                              visible_gpus)
 from tor_exp.logging.results import config_hash
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,6 +161,10 @@ class _FakeExecutor:
         return _FakeJob(self.log, env, num, polls=2 + num % 3)
 
 
+def _planned(num: int, device: str = "auto") -> PlannedJob:
+    return PlannedJob(num=num, overrides=[f"seed={num}"], device=device, out_dir=None, complete=False)
+
+
 @pytest.mark.parametrize("visible,params,expected_parallel", [
     ("0,1,2", {}, 3),  # one job per GPU
     ("0,1,2", {"array_parallelism": 1}, 1),  # one at a time
@@ -167,17 +172,14 @@ class _FakeExecutor:
 ])
 def test_local_launcher_never_shares_a_gpu_and_runs_every_job(monkeypatch, visible, params, expected_parallel):
     """The scheduling loop: each started job gets its own GPU set; a set is reused only after its job ended."""
-    from tor_exp.launcher import PlannedJob
-
     log: list = []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     launcher = LocalLauncher(**{"submitit_folder": "unused", "cpus_per_task": 1, **params})
     launcher.poll_s = 0.0
-    monkeypatch.setattr(LocalLauncher, "_executor", lambda self: _FakeExecutor(log))
-    monkeypatch.setattr(LocalLauncher, "_collect", lambda self, submitted: {j.num: j.num for j, _ in submitted})
-    jobs = [PlannedJob(num=n, overrides=[], config=None, task_config=None, out_dir=None,  # type: ignore[arg-type]
-                       resolved={"device": "auto"}) for n in range(7)]
-    assert launcher._run(jobs) == {n: n for n in range(7)}
+    monkeypatch.setattr(LocalLauncher, "executor", lambda self, **kw: _FakeExecutor(log))
+    handles = launcher.submit([_planned(n) for n in range(7)])
+    while not all(handle.done() for handle in handles):  # the jobs still running when the last one started
+        pass
 
     busy: dict[str, int] = {}
     most = 0
@@ -233,6 +235,17 @@ def test_each_sbatch_refusal_names_its_launcher_key(key):
     assert message.startswith(f"hydra.launcher.{key}={params[key]}: ") and "\n" not in message
 
 
+def test_a_partition_that_does_not_exist_is_named_before_what_sbatch_said():
+    """sbatch checks a GPU request before the partition: with partition=nope and the default gpus_per_node=1 it
+    says only 'Invalid generic resource'. The partition is the key to change first."""
+    params = {"partition": "gpu,nope", "gpus_per_node": 1}
+    message = refusal_message(SBATCH["gpus_per_node"], params, ["debug", "gpu"])
+    assert message == "hydra.launcher.partition=gpu,nope: Slurm has no such partition (partitions here: debug, gpu)"
+    # an existing partition: the GPU request is what to change
+    message = refusal_message(SBATCH["gpus_per_node"], {"partition": "gpu", "gpus_per_node": 1}, ["debug", "gpu"])
+    assert message.startswith("hydra.launcher.gpus_per_node=1: Slurm refused the GPU request")
+
+
 def test_unknown_refusals_and_never_starting_jobs_stay_one_line():
     message = refusal_message("sbatch: error: Batch job submission failed: Something new\n", {})
     assert message.startswith("Slurm refused the job array: Batch job submission failed: Something new")
@@ -240,3 +253,63 @@ def test_unknown_refusals_and_never_starting_jobs_stay_one_line():
     message = never_starts_message("PartitionConfig", {"cpus_per_task": 8, "mem_gb": 64, "gpus_per_node": 0})
     assert message.startswith("hydra.launcher.cpus_per_task=8, mem_gb=64, gpus_per_node=0: ")
     assert set(NEVER_STARTS["PartitionTimeLimit"]) == {"timeout_min"}
+
+
+# ----------------------------------------------------------------------------------------------- failed jobs
+class _Ended:
+    """A job handle whose job has ended with ``outcome`` (a JobReturn, or what submitit raises)."""
+
+    def __init__(self, num: int, outcome) -> None:
+        self.outcome = outcome
+        self.paths = type("Paths", (), {"stderr": Path(f"/logs/{num}_0_log.err")})()
+
+    def result(self):
+        if isinstance(outcome := self.outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def _job_return(status, value):
+    from hydra.core.utils import JobReturn
+
+    ret = JobReturn(overrides=[], status=status)
+    ret.return_value = value
+    return ret
+
+
+def test_failed_jobs_end_the_sweep_with_one_line_each_after_every_job_ended(capsys):
+    """A task that raised (Hydra's FAILED return), a job that died without a result and one that printed its own
+    ``error:`` line: one line each, in job order, with the log path; the completed job's return is not lost."""
+    from hydra.core.utils import JobStatus
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    outcomes = [
+        _job_return(JobStatus.COMPLETED, 0.5),
+        _job_return(JobStatus.FAILED, RuntimeError("CUDA out of memory\nTried to allocate 2 GiB")),
+        UncompletedJobError("Job 7_2 (task: 0) with path /x\nhas not produced any output (state: CANCELLED by 0)"),
+        FailedJobError("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most "
+                       "recent call last):\n  File \"x.py\", line 1\nValueError: bad\n\n----------------------\n"
+                       "You can check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /x"),
+        UncompletedJobError("Job 7_4 has not produced any output\nError stream produced:\nerror: eval.limit=0: must "
+                            "be > 0\n"),
+    ]
+    with pytest.raises(SystemExit) as exc:
+        results_or_exit([_planned(n) for n in range(5)], [_Ended(n, o) for n, o in enumerate(outcomes)], {})
+    assert exc.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: job #1 (seed=1) failed: RuntimeError: CUDA out of memory (log: /logs/1_0_log.err)",
+        "error: job #2 (seed=2) failed: UncompletedJobError: the job has not produced any output (state: CANCELLED "
+        "by 0) (log: /logs/2_0_log.err)",
+        "error: job #3 (seed=3) failed: ValueError: bad (log: /logs/3_0_log.err)",
+        "error: job #4 (seed=4) failed: eval.limit=0: must be > 0 (log: /logs/4_0_log.err)",
+    ]
+    assert results_or_exit([_planned(0)], [_Ended(0, outcomes[0])], {})[0].return_value == 0.5
+
+
+def test_a_job_timed_out_too_often_names_the_time_limit():
+    from submitit.core.utils import UncompletedJobError
+
+    reason = failure_reason(UncompletedJobError("Job not requeued because: timed-out too many times."),
+                            {"timeout_min": 30, "max_num_timeout": 3})
+    assert reason == ("UncompletedJobError: Job not requeued because: timed-out too many times. (every attempt "
+                      "reached hydra.launcher.timeout_min=30; requeued max_num_timeout=3 times)")

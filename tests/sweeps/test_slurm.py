@@ -13,6 +13,10 @@ One table-like sweep of the tiny model (cells [none], [utrc,f20], [evit,f20]) ca
    preempted (``scontrol requeue``), #1 gets submitit's time-limit signal (what Slurm sends ``signal_delay_s``
    before ``timeout_min``; the real 1-minute limit is the slow test below). Both are requeued, end complete, once;
 3. the same command again submits nothing.
+
+The test cluster has no accounting database, so its ``sacct`` fails; submitit's job watcher asks sacct whether a
+job ended, so the tests put ``launchers/local_slurm_bin`` (a sacct answering that one query from squeue) first on
+PATH, here and for the sweeps they start.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from tor_exp.logging.results import config_hash
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 LOCAL_SLURM = ROOT / "launchers" / "local_slurm.sh"
+SACCT_FROM_SQUEUE = ROOT / "launchers" / "local_slurm_bin"
 CLUSTER = "tor_exp_local"
 # `~local`: this machine's conf/local/default.yaml (a real cluster's partition, ...) stays out of the tests
 SLURM_ARGS = ["launcher=slurm", "~local", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
@@ -54,13 +59,13 @@ def cluster_problem() -> str | None:
                 f"only to the single-node cluster of launchers/local_slurm.sh")
     state = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%T"], capture_output=True, text=True,
                            timeout=60).stdout.split()
-    if not state or state[0] not in ("idle", "mixed", "allocated"):
+    if not state or state[0] not in ("idle", "mixed", "allocated", "completing", "planned"):  # up (shared: busy)
         return f"the test cluster's node is {state[0] if state else 'missing'}"
     return None
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster() -> None:
+def slurm_cluster():
     problem = cluster_problem()
     if problem and problem.startswith("no Slurm controller") and os.geteuid() == 0:
         started = subprocess.run(["bash", str(LOCAL_SLURM), "start"], capture_output=True, text=True, timeout=300)
@@ -69,16 +74,20 @@ def slurm_cluster() -> None:
         if os.environ.get("TOR_EXP_REQUIRE_SLURM") == "1":
             pytest.fail(f"Slurm tests required (TOR_EXP_REQUIRE_SLURM=1): {problem}")
         pytest.skip(problem)
+    with pytest.MonkeyPatch.context() as mp:  # submitit's watcher in this process (in-process tests)
+        mp.setenv("PATH", f"{SACCT_FROM_SQUEUE}{os.pathsep}{os.environ['PATH']}")
+        yield
 
 
 def env() -> dict[str, str]:
     path = os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "PATH": f"{SACCT_FROM_SQUEUE}{os.pathsep}{os.environ['PATH']}"}
 
 
-def sweep_cmd(name: str, cells: list[str], *extra: str) -> list[str]:
+def sweep_cmd(name: str, cells: list[str], *extra: str, slurm_args: list[str] = SLURM_ARGS) -> list[str]:
     return [sys.executable, "-m", "tor_exp", "-m", "experiment=smoke", "eval.limit=2", "hydra.sweep.dir=multirun/table",
-            f"+experiment/cell={','.join(cells)}", *SLURM_ARGS, f"hydra.launcher.name={name}", *extra]
+            f"+experiment/cell={','.join(cells)}", *slurm_args, f"hydra.launcher.name={name}", *extra]
 
 
 def scheduler_jobs(name: str) -> dict[str, str]:
@@ -234,10 +243,14 @@ def test_reruns_submit_only_the_missing_jobs(table_sweep):
 
 
 # ----------------------------------------------------------------------------------------------- refusals
-def test_a_bad_partition_is_one_line_naming_the_key(slurm_cluster, tmp_path):
+def test_a_bad_partition_is_one_line_naming_it_before_the_gpu_request(slurm_cluster, tmp_path):
+    """`launcher=slurm hydra.launcher.partition=nope` with the default GPU request (gpus_per_node=1): sbatch
+    complains of the GPUs, not of the partition that does not exist; the one line names the partition (the key to
+    change first), and nothing is queued."""
     name = f"tor_exp_test_{uuid.uuid4().hex[:8]}"
-    run = subprocess.run(sweep_cmd(name, ["[none]"], "hydra.launcher.partition=nope"), cwd=tmp_path, env=env(),
-                         capture_output=True, text=True, timeout=300)
+    default_gpus = [a for a in SLURM_ARGS if not a.startswith("hydra.launcher.gpus_per_node=")]
+    run = subprocess.run(sweep_cmd(name, ["[none]"], "hydra.launcher.partition=nope", slurm_args=default_gpus),
+                         cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr[-3000:]
     assert run.stderr == "error: hydra.launcher.partition=nope: Slurm has no such partition (partitions here: " \
                          "debug)\n"
@@ -254,6 +267,7 @@ def _launcher(tmp_path, **params):
 
 
 @pytest.mark.parametrize("key,value,said", [
+    ("partition", "nope", "Slurm has no such partition (partitions here: debug)"),
     ("gpus_per_node", 1, "Slurm refused the GPU request (invalid generic resource)"),
     ("account", "blocked", "Slurm refused the account"),
     ("qos", "gold", "Slurm refused the QOS"),
@@ -263,7 +277,7 @@ def test_scheduler_refusals_are_one_line_naming_the_key(slurm_cluster, tmp_path,
     from tor_exp.launcher import submit_or_fail
 
     launcher = _launcher(tmp_path, **{key: value})
-    executor = launcher._executor()
+    executor = launcher.executor()
     with pytest.raises(SystemExit) as exc:
         submit_or_fail(lambda: executor.submit(print, "never runs"), launcher.params)
     err = capsys.readouterr().err
@@ -274,16 +288,48 @@ def test_scheduler_refusals_are_one_line_naming_the_key(slurm_cluster, tmp_path,
 
 def test_jobs_slurm_would_never_start_are_cancelled_and_named(slurm_cluster, tmp_path, capsys):
     """More CPUs than the node has: sbatch accepts, the job would pend forever (PartitionConfig)."""
+    from tor_exp.launcher import wait_or_cancel
+
     launcher = _launcher(tmp_path, cpus_per_task=64)
-    handle = launcher._executor().submit(print, "never runs")
+    handle = launcher.executor().submit(print, "never runs")
     array = str(handle.job_id)
     with pytest.raises(SystemExit) as exc:
-        launcher._wait(array, [handle])
+        wait_or_cancel(array, [handle], launcher.params)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1
     assert err.startswith("error: hydra.launcher.cpus_per_task=64, mem_gb=1, gpus_per_node=0: Slurm accepted the "
                           "jobs but will never start them (pending: PartitionConfig")
     wait_for(lambda: scheduler_jobs(launcher.params["name"]).get(array) == "CANCELLED", 30, "the cancellation")
+
+
+def test_jobs_that_fail_or_die_without_a_result_are_one_line_each(slurm_cluster, tmp_path, capsys):
+    """Two real Slurm jobs: one raises, one is cancelled while it runs (it never writes a result: only the
+    scheduler can tell it ended, through sacct); both end the sweep with a line each, exit code 1."""
+    import threading
+
+    from tor_exp.launcher import PlannedJob, results_or_exit
+
+    launcher = _launcher(tmp_path)
+    executor = launcher.executor()
+    handles = [executor.submit(int, "boom"), executor.submit(time.sleep, 600)]
+    wait_for(lambda: scheduler_jobs(launcher.params["name"]).get(str(handles[1].job_id)) == "RUNNING", 120,
+             "the sleeping job to start")
+    subprocess.run(["scancel", str(handles[1].job_id)], check=True, timeout=60)
+    jobs = [PlannedJob(num=n, overrides=[f"seed={n}"], device="cpu", out_dir=None, complete=False) for n in (0, 1)]
+    ended: list[BaseException] = []
+    waiter = threading.Thread(target=lambda: ended.append(pytest.raises(SystemExit, results_or_exit, jobs, handles,
+                                                                        launcher.params).value), daemon=True)
+    waiter.start()
+    waiter.join(timeout=180)
+    assert ended, "still waiting 180 s after the job was cancelled: its end was never seen (sacct)"
+    assert ended[0].code == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0] == (f"error: job #0 (seed=0) failed: ValueError: invalid literal for int() "
+                                            f"with base 10: 'boom' (log: {handles[0].paths.stderr})")
+    # the state as the cluster's sacct reports it (a real sacct says "CANCELLED by <uid>")
+    assert re.fullmatch(r"error: job #1 \(seed=1\) failed: UncompletedJobError: the job has not produced any output "
+                        r"\(state: CANCELLED( by \d+)?\) \(log: " + re.escape(str(handles[1].paths.stderr)) + r"\)",
+                        lines[1]), lines[1]
 
 
 # ----------------------------------------------------------------------------------------------- slow
@@ -300,7 +346,8 @@ def test_a_job_over_its_real_time_limit_is_requeued_and_ends_complete(slurm_clus
     assert state == "COMPLETED" and restarts(job_id) == 1
     log = "".join(p.read_text() for p in (tmp_path / "multirun" / "table" / ".submitit").rglob("*_log.*"))
     assert "this job is timed-out" in log and "(0 remaining timeouts)" in log
-    res = json.loads((tmp_path / "multirun" / "table" / "tiny_mamba2" / "utrc" / "f0.2" / "eval.limit=2" / "results.json").read_text())
+    job_dir = tmp_path / "multirun" / "table" / "tiny_mamba2" / "utrc" / "f0.2" / "eval.limit=2"
+    res = json.loads((job_dir / "results.json").read_text())
     assert res["status"] == "complete"
 
 

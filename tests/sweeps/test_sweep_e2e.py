@@ -138,11 +138,15 @@ def test_launcher_filter_leaves_out_exactly_the_jobs_that_would_skip_themselves(
 
     submitted: list[list[int]] = []
 
+    class Completed:  # a submitted job's handle, its job done
+        def result(self) -> JobReturn:
+            return JobReturn(status=JobStatus.COMPLETED)
+
     def record(self, pending):
         submitted.append([job.num for job in pending])
-        return {job.num: JobReturn(status=JobStatus.COMPLETED, _return_value=None) for job in pending}
+        return [Completed() for _ in pending]
 
-    monkeypatch.setattr(LocalLauncher, "_run", record)
+    monkeypatch.setattr(LocalLauncher, "submit", record)
     run_in_process(monkeypatch, args + ["launcher=local"])
     assert submitted == []
     assert "2 job(s), 2 already complete" in capsys.readouterr().out
