@@ -26,7 +26,7 @@ MATMUL_TERMS = frozenset({
     "in_proj", "conv1d", "x_proj", "dt_proj", "scan_out", "out_proj",
     "ssd_scores", "ssd_intra", "ssd_chunk_states", "ssd_inter_chunk", "ssd_state_out",
     "attn_qkv", "attn_scores", "attn_values", "attn_out", "mlp_in", "mlp_out", "moe_router", "moe_experts",
-    "moe_shared", "linear",
+    "moe_shared", "linear", "attn_adapters", "mlp_adapters",
 })
 #: the parts a layer can have
 PARTS = ("ssm", "attention", "mlp", "moe", "linear")
@@ -41,6 +41,8 @@ class ModelShape:
     key/value heads of ``attn_head_dim``, reading ``attn_width`` features (0 = d_model; Zamba2's shared block
     reads 2·d_model). MLP: ``mlp_size`` hidden units, ``mlp_gated`` for a gated (SwiGLU-style) up projection;
     MoE: ``moe_top_k`` of ``moe_experts`` experts of ``moe_size`` plus a shared expert of ``moe_shared_size``.
+    Low-rank adapters of rank ``attn_adapter_rank`` on each of q, k, v (attn_width → r → attn_width) and of rank
+    ``mlp_adapter_rank`` on the MLP's up projection (Zamba2's per-use LoRA on its shared block; 0 = none).
     """
 
     family: str
@@ -62,11 +64,13 @@ class ModelShape:
     attn_width: int = 0
     mlp_size: int = 0
     mlp_gated: bool = False
-    mlp_width: int = 0        # input width of the MLP (0 = d_model; Zamba2's shared block: 2·d_model)
+    mlp_width: int = 0        # input width of the MLP (0 = d_model; Zamba2's shared MLP reads d_model too)
     moe_experts: int = 0
     moe_top_k: int = 0
     moe_size: int = 0
     moe_shared_size: int = 0
+    attn_adapter_rank: int = 0
+    mlp_adapter_rank: int = 0
 
     def __post_init__(self) -> None:
         if self.layers and len(self.layers) != self.n_layer:
@@ -143,7 +147,7 @@ def _attention_terms(shape: ModelShape, seq_len: int) -> dict[str, float]:
     n, d = float(seq_len), shape.d_model
     w = shape.attn_width or d
     h, kv, dh = shape.attn_heads, shape.attn_kv_heads or shape.attn_heads, shape.attn_head_dim
-    return {
+    terms = {
         "attn_norm": 4.0 * n * w,
         "attn_qkv": 2.0 * n * w * (h + 2 * kv) * dh,
         "attn_scores": 2.0 * n * n * h * dh,
@@ -151,13 +155,23 @@ def _attention_terms(shape: ModelShape, seq_len: int) -> dict[str, float]:
         "attn_values": 2.0 * n * n * h * dh,
         "attn_out": 2.0 * n * h * dh * d,
     }
+    if shape.attn_adapter_rank:  # q, k, v each + up(down(x)), and the three additions
+        r = shape.attn_adapter_rank
+        terms["attn_adapters"] = 3 * (2.0 * n * w * r + 2.0 * n * r * w)
+        terms["attn_adapter_add"] = 3.0 * n * w
+    return terms
 
 
 def _mlp_terms(shape: ModelShape, seq_len: int, size: int, prefix: str = "mlp") -> dict[str, float]:
     n, w = float(seq_len), shape.mlp_width or shape.d_model
     up = 2 if shape.mlp_gated else 1
-    return {f"{prefix}_norm": 4.0 * n * w, f"{prefix}_in": 2.0 * n * w * up * size,
-            f"{prefix}_act": float(up + 1) * n * size, f"{prefix}_out": 2.0 * n * size * shape.d_model}
+    terms = {f"{prefix}_norm": 4.0 * n * w, f"{prefix}_in": 2.0 * n * w * up * size,
+             f"{prefix}_act": float(up + 1) * n * size, f"{prefix}_out": 2.0 * n * size * shape.d_model}
+    if shape.mlp_adapter_rank:  # the up projection + up(down(x)), and the addition
+        r = shape.mlp_adapter_rank
+        terms[f"{prefix}_adapters"] = 2.0 * n * w * r + 2.0 * n * r * up * size
+        terms[f"{prefix}_adapter_add"] = float(up) * n * size
+    return terms
 
 
 def _moe_terms(shape: ModelShape, seq_len: int) -> dict[str, float]:
