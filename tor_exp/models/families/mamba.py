@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch import Tensor, nn
 from transformers import (
     FalconMambaConfig,
@@ -21,6 +22,7 @@ from transformers import (
     MambaForCausalLM,
 )
 
+from tor_exp.errors import ConfigError
 from tor_exp.models.adapter import LayerInput, ModelAdapter, StepOutput
 from tor_exp.models.families.capture import capture_ssm_out
 from tor_exp.models.flops import ModelShape
@@ -121,6 +123,18 @@ class FalconMambaFamily(MambaFamily):
 
     def config_class(self) -> type:
         return FalconMambaConfig
+
+    def tiny_config(self, tiny: Any, vocab: dict[str, int]) -> Any:
+        """Mamba's tiny config plus ``model.tiny.config`` (Falcon-Mamba's own keys, e.g. ``mixer_rms_eps``)."""
+        keys = dict(hidden_size=tiny.d_model, state_size=tiny.state_size, num_hidden_layers=tiny.n_layer,
+                    expand=tiny.expand, conv_kernel=tiny.conv_kernel, use_cache=True, use_associative_scan=False)
+        keys.update(tiny.config)
+        try:
+            return FalconMambaConfig(**vocab, **keys)
+        except (StrictDataclassError, TypeError, ValueError) as err:  # HF's strict config checks
+            why = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+            raise ConfigError(f"model.tiny.config={dict(tiny.config)}: not a valid Falcon-Mamba config ({why})") \
+                from None
 
 
 ADAPTERS = (MambaFamily(), Mamba2Family(), FalconMambaFamily())
