@@ -239,3 +239,21 @@ def test_given_embeddings_are_treated_as_hf_treats_them(tiny_family):
     embeds = model.get_input_embeddings()(ids)
     ref = model(inputs_embeds=embeds).logits
     assert (forward(model, None, inputs_embeds=embeds).logits - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("depth", [8, 16, 32, 52])
+def test_default_locations_of_a_hybrid_rank_by_their_own_mamba_mixer(depth):
+    """A checkpoint whose config gives no locations (hub configs: locations null): the scaled paper pattern moves to
+    Mamba layers, so UTRC's importance never has to cross another location (a Jamba-like 1:7 pattern here)."""
+    from tor_exp.models.flops import ModelShape
+    from tor_exp.models.schedule import default_locations, importance_sources
+
+    layers = tuple(("attention", "mlp") if l % 8 == 4 else ("ssm", "moe" if l % 2 else "mlp") for l in range(depth))
+    shape = ModelShape(family="mamba", d_model=64, n_layer=depth, vocab_size=258, state_size=16, layers=layers,
+                       attn_heads=2, attn_kv_heads=2, attn_head_dim=32, mlp_size=128, moe_experts=4, moe_top_k=2,
+                       moe_size=64)
+    locations = default_locations(depth, shape)
+    assert locations and all(0 <= l <= depth - 2 for l in locations) and locations == sorted(set(locations))
+    method = build_method(build_cfg("utrc", keep_ratio=0.8))
+    sources = importance_sources(method, Schedule(locations, 0.8), shape)
+    assert all(sources[l] == l for l in locations)

@@ -66,12 +66,13 @@ def location_keep(schedule: Schedule, index: int, state: Any, max_fraction: Opti
     return torch.where(n_red > 0, (n_red - removed) / n_red.clamp(min=1), torch.ones_like(n_red))
 
 
-def resolve_locations(reduction_cfg: Any, model_cfg: Any, n_layer: Optional[int] = None) -> list[int]:
-    """Explicit list, or start/stride/stop (stop defaults to the depth), or the model's paper default.
+def resolve_locations(reduction_cfg: Any, model_cfg: Any, shape: Optional[ModelShape] = None) -> list[int]:
+    """Explicit list, or start/stride/stop (stop defaults to the depth), or the model's default (its config's list,
+    else :func:`default_locations` for its depth and layers).
 
-    ``n_layer``: the depth when the model config does not state it (a local checkpoint read from its config.json).
+    ``shape``: the model's layers, when the model config does not state its depth (read from the checkpoint).
     """
-    n_layer = int(n_layer or model_cfg.n_layer)
+    n_layer = int(shape.n_layer if shape is not None else model_cfg.n_layer)
     locs = getattr(reduction_cfg, "locations", None)
     start = getattr(reduction_cfg, "location_start", None)
     if locs is not None:
@@ -87,7 +88,7 @@ def resolve_locations(reduction_cfg: Any, model_cfg: Any, n_layer: Optional[int]
         key = "reduction.location_start"
     else:
         locs = [int(l) for l in (model_cfg.locations if model_cfg.locations is not None else
-                                 default_locations(n_layer))]
+                                 default_locations(n_layer, shape))]
         key = "model.locations"
     bad = [l for l in locs if l < 0 or l > n_layer - 2]
     if bad:
@@ -103,12 +104,22 @@ def resolve_locations(reduction_cfg: Any, model_cfg: Any, n_layer: Optional[int]
     return sorted(locs)
 
 
-def default_locations(n_layer: int) -> list[int]:
+def default_locations(n_layer: int, shape: Optional[ModelShape] = None) -> list[int]:
     """The paper's hierarchical pattern scaled to a depth (a checkpoint whose config gives none): start after
-    about 20 % of the layers, stop by about 70 %, one location every ~8 % of the depth (at least one layer)."""
+    about 20 % of the layers, stop by about 70 %, one location every ~8 % of the depth (at least one layer). In a
+    hybrid each location moves to the nearest layer at or before it that holds a Mamba mixer (never before the
+    previous location), so every location ranks its tokens by its own layer's y."""
     start, stop = max(1, round(0.2 * n_layer)), max(1, round(0.7 * n_layer))
     stride = max(1, round(0.08 * n_layer))
-    return [l for l in range(start, stop + 1, stride) if l <= n_layer - 2]
+    plain = [l for l in range(start, stop + 1, stride) if l <= n_layer - 2]
+    if shape is None or shape.uniform:
+        return plain
+    mixers, moved = set(shape.ssm_layers()), []
+    for l in plain:
+        candidates = [m for m in mixers if (moved[-1] if moved else -1) < m <= l]
+        if candidates:
+            moved.append(max(candidates))
+    return moved
 
 
 def solve_keep_ratio(
@@ -152,7 +163,7 @@ def needs_shape(reduction_cfg: Any, model_cfg: Any) -> bool:
 
     family = getattr(model_cfg, "family", None)
     return (getattr(reduction_cfg, "flops_scope", "backbone") == "total" or family in (*HYBRID_FAMILIES, "auto")
-            or bool(getattr(reduction_cfg, "chunk_align", False)))
+            or bool(getattr(reduction_cfg, "chunk_align", False)) or getattr(model_cfg, "n_layer", 1) is None)
 
 
 #: a chunk-aligned schedule meets its FLOPs target within this (absolute, in reduction units)
@@ -270,8 +281,11 @@ def build_schedule(
         from tor_exp.models.loading import shape_from_model_config
 
         shape = shape_from_model_config(model_cfg)
+    if shape is None and model_cfg.n_layer is None:
+        raise ConfigError(f"model.n_layer=null: the depth of model.path={model_cfg.path!r} is known once it is loaded "
+                          "(or its config.json is in the local cache)")
     n_layer = shape.n_layer if shape is not None else model_cfg.n_layer
-    locations = resolve_locations(reduction_cfg, model_cfg, n_layer)
+    locations = resolve_locations(reduction_cfg, model_cfg, shape)
     if getattr(reduction_cfg, "method", None) == "none":
         return Schedule(locations=locations, keep_ratio=1.0, target_flops=0.0)
     rho = getattr(reduction_cfg, "keep_ratio", None)
