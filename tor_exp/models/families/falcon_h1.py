@@ -1,0 +1,89 @@
+"""Falcon-H1 (HF ``FalconH1ForCausalLM``): every decoder layer runs a Mamba-2 mixer and RoPE attention in parallel
+on the same normed input, then a gated MLP.
+
+Checkpoints: tiiuae/Falcon-H1-0.5B-Base, tiiuae/Falcon-H1-1.5B-Base. A layer is
+``x + ssm_out_multiplier·mamba(n) + attention_out_multiplier·attention(attention_in_multiplier·n)`` with
+``n = input_layernorm(x)``, then ``+ mlp(pre_ff_layernorm(·))``. The µP multipliers inside HF's modules
+(``key_multiplier``, ``ssm_in_multiplier``, ``ssm_multipliers``, ``mlp_multipliers``) come with HF's layers; the two
+outside them are applied here: ``embedding_multiplier`` on the embeddings and ``lm_head_multiplier`` on the logits.
+Every layer holds a Mamba mixer, so each location ranks tokens by its own layer's y. The mixer ends with a gated
+RMSNorm ``norm(y, gate)`` when ``mamba_rms_norm`` is true, else with ``y·silu(gate)`` right after the scan (its
+``norm`` is an ``nn.Identity``); :func:`~tor_exp.models.families.capture.capture_ssm_out` captures y before the gate
+either way.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import Tensor, nn
+from transformers import FalconH1Config, FalconH1ForCausalLM
+
+from tor_exp.models.families.hybrid import HybridFamily, LayerCall
+from tor_exp.models.flops import ModelShape
+
+#: every Falcon-H1 layer: a Mamba-2 mixer and attention in parallel, then an MLP
+_PARTS = ("ssm", "attention", "mlp")
+
+
+def attention_head_dim(config: Any) -> int:
+    """HF's attention head size: ``config.head_dim`` when the checkpoint gives one (Falcon-H1's need not equal
+    hidden_size / num_attention_heads), else that quotient."""
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+
+class FalconH1Family(HybridFamily):
+    family = "falcon_h1"
+    model_types = ("falcon_h1",)
+
+    def model_class(self) -> type:
+        return FalconH1ForCausalLM
+
+    def tiny_config(self, tiny: Any, vocab: dict[str, int]) -> Any:
+        keys = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=4 * tiny.d_model)
+        keys.update(tiny.config)
+        inner = tiny.d_model * tiny.expand
+        return FalconH1Config(
+            **vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer, mamba_expand=tiny.expand,
+            mamba_d_ssm=inner, mamba_n_heads=inner // tiny.head_dim, mamba_d_head=tiny.head_dim,
+            mamba_d_state=tiny.state_size, mamba_n_groups=tiny.n_groups, mamba_d_conv=tiny.conv_kernel,
+            mamba_chunk_size=tiny.chunk_size, tie_word_embeddings=False, use_cache=True, **keys,
+        )
+
+    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
+        return _PARTS
+
+    def config_shape(self, config: Any) -> ModelShape:
+        n_layer = int(config.num_hidden_layers)
+        return ModelShape(
+            family="mamba2", d_model=config.hidden_size, n_layer=n_layer, vocab_size=config.vocab_size,
+            state_size=config.mamba_d_state, expand=int(config.mamba_expand), conv_kernel=config.mamba_d_conv,
+            head_dim=int(config.mamba_d_head), n_groups=config.mamba_n_groups, chunk_size=config.mamba_chunk_size,
+            ssm_heads=config.mamba_n_heads, layers=tuple(self.layer_parts(config, i) for i in range(n_layer)),
+            attn_heads=config.num_attention_heads, attn_kv_heads=config.num_key_value_heads,
+            attn_head_dim=attention_head_dim(config), mlp_size=config.intermediate_size, mlp_gated=True,
+        )
+
+    def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
+        base = self.base(model)
+        return base.embed_tokens(input_ids) * base.embedding_multiplier
+
+    def final_norm(self, model: nn.Module, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
+        return self.base(model).final_layernorm(hidden if residual is None else residual + hidden)
+
+    def logits(self, model: nn.Module, hidden: Tensor, as_float: bool = True) -> Tensor:
+        head = model.lm_head
+        out = head(hidden.to(head.weight.dtype)) * self.base(model).lm_head_multiplier
+        return out.float() if as_float else out
+
+    def mamba_mixer(self, block: nn.Module) -> Optional[nn.Module]:
+        return block.mamba
+
+    def call_layer(self, model: nn.Module, index: int, block: nn.Module, x: Tensor, call: LayerCall) -> Tensor:
+        # the attention gets the 4-D mask of the surviving tokens, the Mamba mixer the 2-D padding mask
+        out = block(x, attention_mask=call.attention_mask, mamba_attention_mask=call.ssm_mask,
+                    position_ids=call.position_ids, cache=call.cache, use_cache=call.cache is not None,
+                    position_embeddings=call.position_embeddings)
+        return out[0]
+
+
+ADAPTERS = (FalconH1Family(),)
