@@ -3,7 +3,7 @@
 * Nothing finished is submitted again. Before submitting, every job's config is composed exactly as the job will
   compose it (its own output dir from ``hydra.sweep.dir``/``hydra.sweep.subdir``, whatever the layout, and its
   resolved config); a job whose results.json is complete for that config is left out, by the very test the job's
-  own resume check uses (:func:`tor_exp.logging.results.is_complete`). A finished sweep submits no job; a
+  own resume check uses (:func:`tor_exp.records.results.is_complete`). A finished sweep submits no job; a
   half-finished one submits only the missing jobs, keeping their job numbers (``hydra.job.num``). Every job is
   also validated before anything is queued.
 * Slurm: a job that reaches its time limit is requeued up to ``max_num_timeout`` times (default 3: jobs are
@@ -111,7 +111,7 @@ def plan_job(config_loader: Any, master_config: DictConfig, overrides: Sequence[
 
     ``check(task_config)`` runs while the job's Hydra config is active (interpolations into ``hydra`` resolve).
     """
-    from tor_exp.logging.results import is_complete
+    from tor_exp.records.results import is_complete
 
     cfg = config_loader.load_sweep_config(master_config, list(overrides))
     with open_dict(cfg.hydra.job):
@@ -525,7 +525,7 @@ def refusal_message(sbatch_error: str, params: Dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------------- helpers
 def _completed_return(job: PlannedJob) -> JobReturn:
     """What Hydra gets for a job left out because it is complete: its recorded headline, as the job would return."""
-    from tor_exp.logging.results import load_results
+    from tor_exp.records.results import load_results
 
     assert job.out_dir is not None
     ret = JobReturn(overrides=list(OmegaConf.to_container(job.config.hydra.overrides.task)),  # type: ignore[arg-type]

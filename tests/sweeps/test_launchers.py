@@ -17,7 +17,7 @@ from tor_exp.config import config_dir
 from tor_exp.config import register_configs
 from tor_exp.launcher import (NEVER_STARTS, LocalLauncher, check_gpus_usable, gpus_per_job, job_slots,
                               never_starts_message, refusal_message, visible_gpus)
-from tor_exp.logging.results import config_hash
+from tor_exp.records.results import config_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = Path(config_dir())

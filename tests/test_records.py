@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from tor_exp.logging.results import config_hash, load_results, write_results
-from tor_exp.logging.wandb_logger import flatten_metrics
+from tor_exp.records.results import config_hash, load_results, write_results
+from tor_exp.records.wandb_logger import flatten_metrics
 
 
 def test_write_then_load_roundtrip_and_no_temp_file_left(tmp_path) -> None:
@@ -41,8 +41,8 @@ def test_flatten_metrics_keys() -> None:
 
 def test_wandb_offline_run_is_written_locally_without_network(tmp_path, monkeypatch) -> None:
     """logger=wandb with mode offline: no account, no network; the run lands under <run dir>/wandb/."""
-    from tor_exp.logging.config import LoggerConfig
-    from tor_exp.logging.wandb_logger import log_to_wandb
+    from tor_exp.records.config import LoggerConfig
+    from tor_exp.records.wandb_logger import log_to_wandb
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     results = {"metrics": {"piqa": {"acc": 0.5}}, "headline": 0.5, "config": {"model": {"name": "tiny"}}}
@@ -54,7 +54,7 @@ def test_wandb_offline_run_is_written_locally_without_network(tmp_path, monkeypa
 
 def test_bad_logger_values_name_the_key() -> None:
     from tor_exp.errors import ConfigError
-    from tor_exp.logging.config import LoggerConfig
+    from tor_exp.records.config import LoggerConfig
 
     with pytest.raises(ConfigError, match=r"logger\.mode"):
         LoggerConfig(mode="sometimes")
