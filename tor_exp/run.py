@@ -75,8 +75,8 @@ def job_overrides() -> str:
 
 
 def run_label(v: ValidatedConfig) -> str:
-    """``run_name``, else model-method-amount plus every other overridden key: jobs of one sweep never share
-    a name (W&B), whatever its axes."""
+    """``run_name``, else model-method-amount plus the overrides its folder name shows (an experiment's axes are
+    shown by its folder prefix, not here; the W&B run also carries its whole config)."""
     if v.root.run_name:
         return v.root.run_name
     red = v.reduction

@@ -8,8 +8,12 @@ shows (``conf/hydra/default.yaml`` passes ``hydra.sweeper.params`` to :func:`dir
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from typing import Any, Iterable, Mapping, Sequence
+
+from tor_exp.records.config import LoggerConfig
 
 #: top-level config keys that do not change what a job computes: W&B settings, the resume / overwrite policy, the
 #: run's label, and this machine's launcher settings (the optional ``conf/local/`` group)
@@ -17,9 +21,6 @@ NON_RESULT_KEYS: tuple[str, ...] = ("logger", "resume", "run_name", "overwrite",
 #: command-line keys that choose where and how jobs run, not what they compute: the experiment (it names the sweep
 #: dir), the launcher and Hydra's own settings
 LAYOUT_KEYS: tuple[str, ...] = ("experiment", "launcher", "hydra")
-#: fields of the ``logger`` group, listed for Hydra's exact-match ``exclude_keys`` (tor_exp's own rule matches by
-#: prefix: ``logger`` covers every ``logger.*``)
-_LOGGER_FIELDS = ("backend", "mode", "project", "entity", "group", "tags")
 
 #: longest job folder name a sweep writes (file systems allow 255 bytes)
 MAX_DIRNAME = 120
@@ -45,8 +46,6 @@ def result_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
 
 def config_hash(resolved: Mapping[str, Any]) -> str:
     """Stable hash of what a run computes, so an identical finished run can be skipped on resume."""
-    import json
-
     blob = json.dumps(result_config(resolved), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -54,8 +53,10 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
 def dirname_exclude_keys(sweep_params: Mapping[str, Any] | None = None) -> list[str]:
     """Override keys left out of job folder names (Hydra's ``hydra.job.config.override_dirname.exclude_keys``):
     the non-result and layout keys, plus the keys of ``sweep_params`` (an experiment's ``hydra.sweeper.params``:
-    its axes, which its folder prefix shows)."""
-    keys = [*LAYOUT_KEYS, *NON_RESULT_KEYS, *(f"logger.{f}" for f in _LOGGER_FIELDS)]
+    its axes, which its folder prefix shows). Hydra matches these exactly, so the ``logger`` group's keys are
+    listed one by one; :func:`job_dirname` also matches by prefix (``local`` covers ``local.slurm.partition``)."""
+    logger_keys = [f"logger.{f.name}" for f in dataclasses.fields(LoggerConfig)]
+    keys = [*LAYOUT_KEYS, *NON_RESULT_KEYS, *logger_keys]
     keys += [str(k).lstrip("+~") for k in (sweep_params or {})]
     return list(dict.fromkeys(keys))
 
