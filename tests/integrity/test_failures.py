@@ -85,18 +85,6 @@ def test_a_place_that_takes_no_file_is_one_line_before_anything_runs(where, monk
     assert "loaded in" not in out
 
 
-def test_an_in_process_run_leaves_the_logging_setup_as_it_found_it(tmp_path, monkeypatch, capsys):
-    """Hydra binds its console handler to the sys.stdout of the moment (here the test's capture, closed after the
-    test): left on the root logger, it made every later log call print "--- Logging error ---"."""
-    import logging
-
-    root = logging.getLogger()
-    before = root.handlers[:]
-    code, _, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={tmp_path / 'run'}")
-    assert code == 0, err
-    assert root.handlers == before
-
-
 def test_run_dir_under_a_file(tmp_path, monkeypatch, capsys):
     (tmp_path / "a_file").write_text("x")
     code, _, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={tmp_path / 'a_file' / 'run'}")
@@ -180,9 +168,17 @@ def test_an_unwritable_results_file_still_saves_the_numbers(tmp_path, monkeypatc
 
 
 def test_the_log_file_holds_what_ran_the_flops_and_where_results_went(tmp_path, monkeypatch, capsys):
+    """... and the run leaves the logging setup as it found it: Hydra binds its console handler to the sys.stdout
+    of the moment (here the test's capture, closed after the test); left on the root logger, it made every later
+    log call print "--- Logging error ---"."""
+    import logging
+
+    root = logging.getLogger()
+    before = root.handlers[:]
     out = tmp_path / "run"
     code, _, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={out}")
     assert code == 0, err
+    assert root.handlers == before
     log = (out / "tor_exp.log").read_text()
     assert "task=eval model=tiny_mamba2 reduction=utrc" in log
     assert "realised backbone FLOPs reduction" in log

@@ -42,7 +42,6 @@ def test_a_second_run_into_a_busy_folder_is_refused_at_once_naming_the_holder(tm
     assert not (out / "results.json").exists() and not leftovers(out)
 
 
-@pytest.mark.slow
 def test_two_runs_started_together_leave_one_whole_record(tmp_path):
     """The issue's case: two configs into one hydra.run.dir at the same moment. One run writes its record; the
     other is refused in one line (busy, or the record of another config) — never two exits 0 and one record."""

@@ -47,7 +47,7 @@ def test_a_jobs_intervals_depend_on_its_outputs_not_on_its_seed(tmp_path):
     from tor_exp.config import compose_dict
     from tor_exp.run import run
 
-    base = ["model=tiny_mamba2", "eval=smoke", "eval.limit=4", "device=cpu", "eval.bootstrap_iters=300"]
+    base = ["model=tiny_mamba2", "eval=smoke", "eval.limit=3", "device=cpu", "eval.bootstrap_iters=300"]
     jobs = [run(compose_dict(base + [f"seed={seed}"]), out_dir=tmp_path / str(seed)) for seed in (0, 1)]
     assert jobs[0]["metrics"] == jobs[1]["metrics"]
     assert jobs[0]["differences"] == jobs[1]["differences"]
