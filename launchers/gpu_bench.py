@@ -121,7 +121,7 @@ def main() -> int:
 
     from tor_exp.bench import run_benchmark
     from tor_exp.models.random_model import random_model
-    from tor_exp.logging.results import run_metadata, write_results
+    from tor_exp.records.results import run_metadata, write_results
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

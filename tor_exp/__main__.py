@@ -1,14 +1,24 @@
 """`python -m tor_exp [overrides]`: one experiment per command, Hydra multirun (`-m`) for sweeps.
 
-Bad input ends with one line on stderr naming the bad key or value and exit code 2, never a traceback.
+Bad input ends with one line on stderr naming the bad key or value and exit code 2, never a traceback. Ctrl-C
+(SIGINT) and SIGTERM end with one line too, exit code 130 / 143: an interrupted job writes nothing (its record is
+renamed into place only when complete), and a sweep names the jobs that finished.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from tor_exp.errors import fail, one_line
+
+_INFO_FLAGS = ("-h", "--help", "--hydra-help", "--info", "--cfg", "-c", "--shell-completion", "-sc")
+#: exit status of a run ended by SIGINT / SIGTERM (the shell's 128 + signal number)
+INTERRUPT_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def _split_argv(argv: list[str]) -> tuple[list[str], bool]:
@@ -18,13 +28,13 @@ def _split_argv(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def check_output_dir(path: str, key: str) -> None:
-    """The output dir can be created and written: its nearest existing ancestor is a writable folder."""
-    target = Path(path).expanduser().absolute()
-    ancestor = next(p for p in (target, *target.parents) if p.exists())
-    if not ancestor.is_dir():
-        fail(f"{key}={path}: {ancestor} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        fail(f"{key}={path}: {ancestor} is not writable")
+    """The output dir can be created and takes a file (tried, not guessed from permissions: root may lack the
+    right to write in /proc, and a full disk has the permission but no room)."""
+    from tor_exp.records.files import unwritable
+
+    problem = unwritable(path)
+    if problem is not None:
+        fail(f"{key}={path}: {problem}")
 
 
 def precheck(argv: list[str]) -> None:
@@ -49,7 +59,7 @@ def precheck(argv: list[str]) -> None:
     except ConfigError as err:
         fail(_in_job(job, str(err), multirun))
     except Exception as err:  # hydra / omegaconf composition errors
-        fail(_in_job(job, one_line(err), multirun))
+        fail(_in_job(job, _one_line(err), multirun))
 
 
 def _in_job(job: list[str], message: str, multirun: bool) -> str:
@@ -57,10 +67,101 @@ def _in_job(job: list[str], message: str, multirun: bool) -> str:
     return f"job [{shown}]: {message}" if multirun else message
 
 
+def _one_line(err: BaseException) -> str:
+    """:func:`tor_exp.errors.one_line`, except that an unknown config group option is named with the options
+    there are."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        return _missing_option(err.missing_cfg_file, err.options)
+    return one_line(err)
+
+
+def _missing_option(missing: str, options: list[str] | None) -> str:
+    """``reduction/UTRC`` → ``reduction=UTRC: no such option (choose one of evit, ..., utrc_official)``; the
+    schemas tor_exp stores for each group (``*_schema``) are not options a user picks."""
+    from tor_exp.config import config_dir
+
+    group, _, name = missing.rpartition("/")
+    if options is None:  # Hydra lists none for a nested group such as experiment/cell
+        options = [p.stem for p in Path(config_dir(), group).glob("*.yaml")]
+    choices = sorted(o for o in options if not o.endswith("_schema"))
+    listed = f"choose one of {', '.join(choices)}" if choices else f"conf/{group}/ has no options"
+    return f"{group}={name}: no such option ({listed})"
+
+
+# ------------------------------------------------------------------------------------------------ interrupts
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the program is, as Python raises KeyboardInterrupt for SIGINT."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def interrupted_message(multirun: bool) -> str:
+    """What an interrupted command leaves: nothing of the job that was running; in a sweep, the finished jobs."""
+    if not multirun:
+        return "interrupted: nothing written for this job; rerun with resume=true"
+    from tor_exp.records.folder import finished_records
+
+    done = finished_records()
+    listed = f"{len(done)} job(s) finished ({', '.join(str(p) for p in done)})" if done else "no job finished"
+    return f"interrupted: {listed}; nothing written for the job that was running; rerun with resume=true"
+
+
+@contextlib.contextmanager
+def one_line_interrupts(multirun: bool) -> Iterator[None]:
+    """SIGINT / SIGTERM → one line on stderr and exit code 130 / 143, no traceback. Jobs release their folders
+    while the interrupt unwinds (their records are never half-written), so there is nothing else to clean up."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    on_int, on_term = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
+        sys.stderr.write(interrupted_message(multirun) + "\n")
+        raise SystemExit(INTERRUPT_EXIT[signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT]) from None
+    finally:
+        signal.signal(signal.SIGINT, on_int)
+        signal.signal(signal.SIGTERM, on_term)
+
+
+@contextlib.contextmanager
+def restored_logging() -> Iterator[None]:
+    """Hydra's job logging replaces the root logger's handlers with its own (bound to the sys.stdout of that
+    moment): put back what was there, so a caller that runs the entry point in-process (tests, notebooks) is not
+    left with handlers writing to a stream that is closed by then."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                with contextlib.suppress(Exception):
+                    handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+
+
+# ------------------------------------------------------------------------------------------------ main
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:]
-    if not any(a in ("-h", "--help", "--hydra-help", "--info", "--cfg", "-c", "--shell-completion", "-sc") for a in argv):
+    with one_line_interrupts(_split_argv(argv)[1]), restored_logging():
+        _main(argv)
+
+
+def _main(argv: list[str]) -> None:
+    if not any(a in _INFO_FLAGS for a in argv):
         precheck(argv)
 
     import hydra

@@ -5,7 +5,6 @@ the group's YAML files start from it (``defaults: [<x>_schema, _self_]``).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -55,40 +54,31 @@ class ValidatedConfig:
 
 _registered = False
 
-#: longest job folder name a sweep writes (file systems allow 255 bytes)
-MAX_DIRNAME = 120
-_ITEM_MAX = 40
-
-
-def _short(text: str, keep: int) -> str:
-    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
-    return f"{text[:keep]}~{digest}"
-
-
-def job_dirname(overrides: Sequence[str], exclude_keys: Sequence[str] = ()) -> str:
-    """A job folder name from the job's overrides (Hydra's ``override_dirname`` rule: ``key=value`` items sorted,
-    joined by ``,``, ``exclude_keys`` left out), except that a value that is long or holds a path separator is cut
-    and suffixed with a hash of itself, and so is a name that is still too long: every distinct set of overrides
-    gets its own valid folder."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    excluded = set(exclude_keys)
-    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
-    items = []
-    for line in sorted(o.input_line for o in parsed if o.key_or_group not in excluded):
-        key, sep, value = line.partition("=")
-        if "/" in value or len(line) > _ITEM_MAX:
-            value = _short(value.replace("/", "_"), 12)
-        items.append(f"{key.replace('/', '.')}{sep}{value}")
-    name = ",".join(items)
-    return _short(name, MAX_DIRNAME - 10) if len(name) > MAX_DIRNAME else name
-
 
 def register_resolvers() -> None:
-    """``${tor_exp_dirname:...}`` for job folders (conf/hydra/default.yaml); runs at import, so every process that
-    unpickles a tor_exp job (submitit) has it before Hydra resolves the job's folder."""
+    """The resolvers that name job folders from the one definition of the keys that do not change a result
+    (:mod:`tor_exp.records.keys`): ``${tor_exp_exclude_keys:${hydra.sweeper.params}}`` gives Hydra's
+    ``override_dirname.exclude_keys`` (conf/hydra/default.yaml), ``${tor_exp_dirname:}`` the job's folder name from
+    its overrides and those keys (every ``hydra.sweep.subdir``). Runs at import, so every process that unpickles a
+    tor_exp job (submitit) has them before Hydra resolves the job's folder."""
+    from tor_exp.records.keys import dirname_exclude_keys
+
+    if not OmegaConf.has_resolver("tor_exp_exclude_keys"):
+        OmegaConf.register_new_resolver("tor_exp_exclude_keys", dirname_exclude_keys)
     if not OmegaConf.has_resolver("tor_exp_dirname"):
-        OmegaConf.register_new_resolver("tor_exp_dirname", job_dirname)
+        OmegaConf.register_new_resolver("tor_exp_dirname", _job_dirname)
+
+
+def _job_dirname(*args: Any, _root_: DictConfig) -> str:
+    """``${tor_exp_dirname:}``: the folder name of the job whose config this is (its ``hydra.overrides.task``
+    without its ``hydra.job.config.override_dirname.exclude_keys``); explicit arguments (overrides, exclude keys)
+    are still accepted."""
+    from tor_exp.records.keys import job_dirname
+
+    if args:
+        return job_dirname(*args)
+    return job_dirname(list(OmegaConf.select(_root_, "hydra.overrides.task") or []),
+                       list(OmegaConf.select(_root_, "hydra.job.config.override_dirname.exclude_keys") or []))
 
 
 register_resolvers()
@@ -170,7 +160,7 @@ def register_configs() -> None:
         return
     from tor_exp.bench.config import BenchConfig
     from tor_exp.evaluation.config import EvalConfig
-    from tor_exp.logging.config import LoggerConfig
+    from tor_exp.records.config import LoggerConfig
     from tor_exp.models.config import ModelConfig
     from tor_exp.reduction import registered_methods
 

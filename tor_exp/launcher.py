@@ -5,7 +5,7 @@ body (``__call__``) and requeue hook (``checkpoint``); they replace its ``launch
 waits for them in order and stops at the first failure. Each addition lives in one place:
 
 * nothing finished is submitted again: :func:`plan_job` (the job's own output dir and resolved config, the job's
-  own resume rule :func:`tor_exp.logging.results.is_complete`); the other jobs keep their ``hydra.job.num``;
+  own resume rule :func:`tor_exp.records.results.is_complete`); the other jobs keep their ``hydra.job.num``;
 * timed-out Slurm jobs are requeued: :class:`SlurmConf`'s ``max_num_timeout`` (submitit requeues);
 * a GPU set per local job, never all on GPU 0, never silently the CPU: :meth:`LocalLauncher.submit`;
 * a Slurm refusal is one line naming the ``hydra.launcher`` key, exit code 2: :func:`refusal_message` (sbatch
@@ -118,7 +118,7 @@ def _hydra_config(cfg: DictConfig) -> Iterator[None]:
 def plan_job(config_loader: Any, master_config: DictConfig, overrides: Sequence[str], num: int) -> PlannedJob:
     """Job ``num`` composed as the job body and Hydra's ``run_job`` will compose it (same config, same output
     dir, same resolution), and whether the job's own resume rule would skip it."""
-    from tor_exp.logging.results import is_complete
+    from tor_exp.records.results import is_complete
 
     cfg = config_loader.load_sweep_config(master_config, list(overrides))
     with open_dict(cfg.hydra.job):
@@ -141,7 +141,7 @@ def plan_job(config_loader: Any, master_config: DictConfig, overrides: Sequence[
 
 def completed_return(job: PlannedJob) -> JobReturn:
     """What Hydra gets for a job left out because it is complete: its recorded headline, as the job returns."""
-    from tor_exp.logging.results import load_results
+    from tor_exp.records.results import load_results
 
     ret = JobReturn(overrides=filter_overrides(job.overrides), status=JobStatus.COMPLETED)
     ret.return_value = (load_results(job.out_dir) or {}).get("headline") if job.out_dir else None

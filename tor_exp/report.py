@@ -53,7 +53,8 @@ def render_markdown(rows: list[ReportRow], *, title: str = "tor_exp report", not
     data = load_paper_results()
     titles = data["column_titles"]
     show_variant = any(r.variant for r in rows)
-    header = ["Model", "Method"] + (["Variant"] if show_variant else []) + ["FLOPs ↓ target", "realised", "ρ"]
+    extra = list(rows[0].extra) if rows else []  # config keys that tell otherwise identical rows apart
+    header = ["Model", "Method"] + (["Variant"] if show_variant else []) + extra + ["FLOPs ↓ target", "realised", "ρ"]
     header += [titles[c] for c in COLUMNS] + ["paper"]
     lines = [f"# {title}", "",
              "Each metric cell: **ours / paper** (paper = the published number for the same setting, "
@@ -72,6 +73,7 @@ def render_markdown(rows: list[ReportRow], *, title: str = "tor_exp report", not
         cells = [data["model_titles"].get(canonical_model(r.model), r.model), method]
         if show_variant:
             cells.append(r.variant or "")
+        cells += [_extra_value(r.extra.get(k)) for k in extra]
         cells += [_pct(r.target_flops), _pct(r.realised_flops),
                   _MISSING if r.keep_ratio is None else f"{r.keep_ratio:.4f}"]
         cells += [f"{format_value(c, r.ours.get(c))} / {format_value(c, r.paper.get(c))}" for c in COLUMNS]
@@ -85,6 +87,12 @@ def render_markdown(rows: list[ReportRow], *, title: str = "tor_exp report", not
               "acc_norm, WinoGrande acc (the Mamba papers' convention)."]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _extra_value(value: Any) -> str:
+    if value is None:
+        return _MISSING
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
 def _bench_markdown(brows: list[dict[str, Any]]) -> str:

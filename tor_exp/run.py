@@ -1,7 +1,10 @@
-"""One job: validate → load the model → its task (eval | bench | generate) → results.json (+ W&B).
+"""One job: validate → hold its output folder → load the model → its task (eval | bench | generate) →
+results.json (+ W&B).
 
 :func:`run` returns the job's results dict, like lightning-hydra-template's ``train(cfg)``; each task is one
-function in :data:`TASKS` that receives the loaded :class:`Job` and returns its part of the results.
+function in :data:`TASKS` that receives the loaded :class:`Job` and returns its part of the results. Every file a
+job writes goes through its :class:`~tor_exp.records.folder.RunFolder` (``job.folder``): locked, atomic, with a
+fallback when the folder refuses a write.
 """
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -18,7 +21,9 @@ from torch import nn
 
 from tor_exp.config import ValidatedConfig, validate
 from tor_exp.errors import ConfigError
-from tor_exp.logging.results import config_hash, is_complete, read_results, run_metadata, set_aside, write_results
+from tor_exp.records.folder import RunFolder, refusal
+from tor_exp.records.keys import job_dirname
+from tor_exp.records.results import SAMPLES_DIR, is_complete, load_results, run_metadata
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,8 @@ class Job:
     method: Any
     schedule: Any
     timings: dict[str, float] = field(default_factory=dict)
+    #: where the job's files go (the held output folder)
+    folder: Optional[RunFolder] = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,8 +68,6 @@ def job_overrides() -> str:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        from tor_exp.config import job_dirname
-
         hc = HydraConfig.get()
         return job_dirname(list(hc.overrides.task), list(hc.job.config.override_dirname.exclude_keys))
     except (ValueError, AttributeError):
@@ -70,8 +75,8 @@ def job_overrides() -> str:
 
 
 def run_label(v: ValidatedConfig) -> str:
-    """``run_name``, else model-method-amount plus every other overridden key: jobs of one sweep never share
-    a name (W&B), whatever its axes."""
+    """``run_name``, else model-method-amount plus the overrides its folder name shows (an experiment's axes are
+    shown by its folder prefix, not here; the W&B run also carries its whole config)."""
     if v.root.run_name:
         return v.root.run_name
     red = v.reduction
@@ -95,60 +100,29 @@ def sweep_group() -> str | None:
     return None
 
 
-def ensure_writable(out_dir: Path) -> None:
-    """Create ``out_dir`` and prove it takes a file, before hours of work go into it."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".tor_exp_write_probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"output dir {out_dir}: not writable ({err.strerror or err}); "
-                          "choose another hydra.run.dir / hydra.sweep.dir") from None
-
-
-def previous_record(out_dir: Path, resolved: dict[str, Any], v: ValidatedConfig) -> dict[str, Any] | None:
-    """Resume, or make room for this job's record without ever losing another one.
-
-    Returns the record to reuse (``resume`` and a complete record of this config), else None after setting aside
-    what would be replaced: an unreadable results.json (``.corrupt-<time>``), a record of this config that is
-    recomputed (``.previous-<time>``) or, with ``overwrite=true``, a complete record of another config
-    (``.replaced-<time>``; without ``overwrite`` that is a one-line error).
-    """
-    record, problem = read_results(out_dir)
-    if problem is not None:
-        moved = set_aside(out_dir, "corrupt")
-        log.warning("results.json in %s is %s: moved to %s; recomputing", out_dir, problem, moved.name)
-        return None
-    if record is None:
-        return None
-    if v.root.resume and is_complete(out_dir, resolved):  # the launchers' pre-submission filter uses the same rule
-        return record
-    same, complete = record.get("config_hash") == config_hash(resolved), record.get("status") == "complete"
-    if complete and not same:
-        if not v.root.overwrite:
-            raise ConfigError(f"{out_dir / 'results.json'} holds a complete result of another config "
-                              f"({record.get('run_name', '?')}); use another output dir, or overwrite=true to replace "
-                              "it (the old record is kept as results.json.replaced-<time>)")
-        log.warning("replacing %s (overwrite=true): kept as %s", out_dir / "results.json",
-                    set_aside(out_dir, "replaced").name)
-    elif complete:
-        log.info("recomputing (resume=false); the previous record is kept as %s", set_aside(out_dir, "previous").name)
+def first_look(out_dir: Path, resolved: dict[str, Any], v: ValidatedConfig) -> dict[str, Any] | None:
+    """Before the folder is touched: the complete record of this config to reuse (``resume``), or a one-line
+    refusal when it holds a complete result of another config (without ``overwrite``). Reads only, so a refused or
+    skipped job leaves the folder byte-identical; the launchers' pre-submission filter uses the same rule."""
+    why = refusal(out_dir, resolved, overwrite=v.root.overwrite)
+    if why is not None:
+        raise ConfigError(why)
+    if v.root.resume and is_complete(out_dir, resolved):
+        return load_results(out_dir)
     return None
 
 
-def save(out_dir: Path, results: dict[str, Any]) -> Path:
-    """Write results.json; if the output dir refuses it (full, removed, read-only) the numbers still land in a
-    fallback file and the job fails with a one-line error naming both."""
-    try:
-        return write_results(out_dir, results)
-    except OSError as err:
-        import tempfile
+def write_hydra_record(folder: RunFolder, cfg: DictConfig) -> None:
+    """What Hydra would write into ``.hydra/`` (it is told not to: conf/hydra/default.yaml), written once the job
+    holds its folder, so a refused job never rewrites another run's ``.hydra/``."""
+    from hydra.core.hydra_config import HydraConfig
 
-        fallback = Path(tempfile.gettempdir()) / "tor_exp-unsaved" / f"{results['config_hash']}"
-        path = write_results(fallback, results)
-        raise ConfigError(f"could not write {out_dir / 'results.json'} ({err.strerror or err}); the results were "
-                          f"saved to {path} instead") from None
+    hydra_cfg = HydraConfig.instance().cfg
+    if hydra_cfg is None:  # outside a Hydra app (tests, notebooks)
+        return
+    folder.write(".hydra/config.yaml", OmegaConf.to_yaml(cfg))
+    folder.write(".hydra/hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
+    folder.write(".hydra/overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
 
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -162,7 +136,7 @@ def evaluate_task(job: Job) -> dict[str, Any]:
 
     v, method, schedule = job.config, job.method, job.schedule
     compare = v.eval.compare_baseline and method is not None
-    paired = compare and v.eval.interval_iters > 0
+    paired = compare and v.eval.bootstrap_iters > 0
     rows: list[tuple[str, dict[str, Any]]] = []
     results: dict[str, Any] = {}
     if compare:
@@ -188,41 +162,46 @@ def evaluate_task(job: Job) -> dict[str, Any]:
         "headline": mean_accuracy(out["metrics"]),
     })
     if paired:
-        results["differences"] = task_differences(rows[0][1], out, iters=v.eval.interval_iters, seed=v.root.seed)
+        results["differences"] = task_differences(rows[0][1], out, iters=v.eval.bootstrap_iters)
     if v.eval.log_samples:
-        results["samples"] = {name: write_samples(job.out_dir, name, evaluated) for name, evaluated in rows}
+        results["samples"] = {name: write_samples(job.folder, name, evaluated) for name, evaluated in rows}
     print_comparison(rows, {"model": v.model.name, "target_flops": _target(v), "keep_ratio": schedule.keep_ratio,
                             "locations": list(schedule.locations), "differences": results.get("differences")})
     return results
 
 
-def write_samples(out_dir: Path, method: str, evaluated: dict[str, Any]) -> dict[str, str]:
+def write_samples(folder: RunFolder, method: str, evaluated: dict[str, Any]) -> dict[str, str]:
     """lm-eval's per-request records (its ``samples`` format, one JSON object per line) of one evaluation pass,
-    as ``samples/<method>/<task>.jsonl``; returns task → path relative to ``out_dir``."""
+    as ``samples/<method>/<task>.jsonl``; returns task → path relative to the folder (where results.json is, also
+    when both went to the fallback folder)."""
     import json
 
     from lm_eval.utils import handle_non_serializable
 
     written = {}
-    folder = out_dir / "samples" / method
-    folder.mkdir(parents=True, exist_ok=True)
     for task, samples in (evaluated.get("samples") or {}).items():
-        path = folder / f"{task}.jsonl"
-        path.write_text("".join(json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n"
-                                for s in samples))
-        written[task] = str(path.relative_to(out_dir))
+        name = f"{SAMPLES_DIR}/{method}/{task}.jsonl"
+        folder.write(name, "".join(json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n"
+                                   for s in samples))
+        written[task] = name
     return written
 
 
 def bench_task(job: Job) -> dict[str, Any]:
-    """Speed / memory presets: ``none`` and the method at each of the preset's FLOPs targets."""
+    """Speed / memory presets: ``none`` and the method at each of the preset's FLOPs targets; the table
+    (``bench_<kind>.md``) and plot (``bench_<kind>.png``) go through the job's folder."""
     from tor_exp.bench import run_benchmark
+    from tor_exp.bench.report import plot_png
 
     t0 = time.perf_counter()
     v = job.config
-    out = run_benchmark(job.model, job.tokenizer, v.model, v.reduction, v.bench, out_dir=job.out_dir,
-                        device=job.device)
+    out = run_benchmark(job.model, job.tokenizer, v.model, v.reduction, v.bench, device=job.device)
     job.timings["bench_s"] = time.perf_counter() - t0
+    bench = out["bench"]
+    job.folder.write(f"bench_{bench['kind']}.md", bench["markdown"] + "\n")
+    png = plot_png(bench["kind"], bench["rows"]) if v.bench.plot else None
+    if png is not None:
+        bench["plot"] = str(job.folder.write(f"bench_{bench['kind']}.png", png))
     return out
 
 
@@ -255,19 +234,28 @@ def _target(v: ValidatedConfig) -> float | None:
 def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     """Run the job ``cfg`` describes and return its results (also written to ``<out_dir>/results.json``).
 
-    With ``resume`` a complete record of the same config in ``out_dir`` is returned instead of recomputed.
+    With ``resume`` a complete record of the same config in ``out_dir`` is returned instead of recomputed. The job
+    holds ``out_dir`` (:class:`RunFolder`) from its check that the folder is free to its record's final rename.
     """
     v = validate(cfg)
     out_dir = Path(out_dir) if out_dir is not None else output_dir()
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    chash = config_hash(resolved)
-    ensure_writable(out_dir)
-    previous = previous_record(out_dir, resolved, v)
-    if previous is not None:
-        log.info("results for this config already in %s: skipped (resume=true)", out_dir / "results.json")
-        return previous
+    previous = first_look(out_dir, resolved, v)
+    if previous is None:
+        with RunFolder(out_dir, resolved) as folder:
+            previous = folder.make_room(resolved, resume=v.root.resume, overwrite=v.root.overwrite)
+            if previous is None:
+                folder.start_log()
+                write_hydra_record(folder, cfg)
+                return _run_in(folder, v, resolved)
+    log.info("results for this config already in %s: skipped (resume=true)", out_dir / "results.json")
+    return previous
 
-    from tor_exp.models import load_model, model_shape
+
+def _run_in(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any]) -> dict[str, Any]:
+    """The job proper, in the folder it holds: load, run the task, write the record, then W&B."""
+    out_dir, chash = folder.path, folder.config_hash
+    from tor_exp.models import load_model, model_shape, partial_weights
     from tor_exp.models.schedule import build_reduction
 
     label = run_label(v)
@@ -282,6 +270,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     method, schedule = build_reduction(v.reduction, v.model, shape=model_shape(model))
     job = Job(v, model, tokenizer, device, out_dir, method, schedule, {"load_s": load_s})
+    job.folder = folder
     log.info("model %s on %s (%s), loaded in %.1f s; keep ratio %.4f at locations %s", v.model.name, device,
              v.model.dtype, job.timings["load_s"], schedule.keep_ratio, list(schedule.locations))
 
@@ -298,8 +287,8 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
         "dtype": v.model.dtype,
         "headline": None,
     }
-    from tor_exp.models import partial_weights
-
+    if schedule.keep_ratios:  # a chunk-aligned schedule: one ratio per location
+        results["keep_ratios"] = list(schedule.keep_ratios)
     if partial_weights(model) is not None:
         results["partial_weights"] = partial_weights(model)
     results.update(TASKS[v.root.task](job))
@@ -311,10 +300,11 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
         log.info("realised backbone FLOPs reduction %.4f (target %s) per task: %s",
                  results["realised_flops_reduction"], results["target_flops"],
                  {t: round(f, 4) for t, f in (results.get("flops_per_task") or {}).items()})
-    path = save(out_dir, results)
+    path = folder.write_record(results)
+    folder.check_saved()
     log.info("results: %s", path)
     if v.logger.backend == "wandb":
-        from tor_exp.logging.wandb_logger import log_to_wandb
+        from tor_exp.records.wandb_logger import log_to_wandb
 
         log_to_wandb(v.logger, results, out_dir, results["run_name"], sweep_group())
     return results

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tor_exp.errors import ConfigError
-from tor_exp.logging.config import LoggerConfig
-from tor_exp.logging.wandb_logger import TABLE_COLUMNS, log_to_wandb, task_rows
+from tor_exp.records.config import LoggerConfig
+from tor_exp.records.wandb_logger import TABLE_COLUMNS, log_to_wandb, task_rows
 
 RESULTS = {
     "task": "eval", "method": "utrc", "model": "tiny_mamba2", "headline": 0.55,

@@ -14,37 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from entry_helpers import FAST, assert_one_line_error, run_main
+
 REFERENCE = Path(__file__).resolve().parents[2] / "tor_exp" / "reference" / "assets"
-FAST = ["model=tiny_mamba2", "eval=smoke", "eval.limit=2", "device=cpu"]
-
-
-def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from hydra.core.global_hydra import GlobalHydra
-
-    import tor_exp.__main__ as entry
-
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", ["tor_exp", *args])
-    code = 0
-    try:
-        entry.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        GlobalHydra.instance().clear()
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    """Exit 2 and, apart from the scoring progress bar of work that ran before the failure, one line."""
-    lines = [line for line in err.strip().replace("\r", "\n").splitlines()
-             if line.strip() and "tor_exp scoring" not in line]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 @pytest.fixture()
@@ -89,6 +61,30 @@ def test_bad_values_incl_one_bad_job_of_a_multirun(args, needles, tmp_path, monk
     assert not list(tmp_path.rglob("results.json"))  # nothing ran
 
 
+@pytest.mark.parametrize("args, needles", [
+    (("reduction=UTRC",), ("reduction=UTRC", "no such option", "utrc, utrc_official")),
+    (("model=mamba3",), ("model=mamba3", "tiny_mamba2")),
+    (("+experiment/cell=[utrc,f25]",), ("experiment/cell=f25", "f20")),
+])
+def test_an_unknown_group_option_names_the_key_and_the_choices(args, needles, tmp_path, monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(code, err, *needles)
+    assert "_schema" not in err  # tor_exp's stored schemas are not options to pick
+
+
+@pytest.mark.parametrize("where", ["run dir", "cwd"])
+def test_a_place_that_takes_no_file_is_one_line_before_anything_runs(where, monkeypatch, capsys):
+    """/proc lets root pass every permission check and still refuses every new file."""
+    if where == "cwd":
+        monkeypatch.chdir("/proc")  # the default run dir outputs/... is relative
+        args = FAST
+    else:
+        args = [*FAST, "hydra.run.dir=/proc/x"]
+    code, out, err = run_main(monkeypatch, capsys, *args)
+    assert_one_line_error(code, err, "hydra.run.dir=", "cannot write in /proc")
+    assert "loaded in" not in out
+
+
 def test_run_dir_under_a_file(tmp_path, monkeypatch, capsys):
     (tmp_path / "a_file").write_text("x")
     code, _, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={tmp_path / 'a_file' / 'run'}")
@@ -107,19 +103,31 @@ def test_long_overrides_in_a_multirun_get_a_short_job_folder(tmp_path, monkeypat
     assert len({p.name for p in folders}) == 2
 
 
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` (hidden ones too) → the SHA-256 of its bytes."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_a_different_config_never_replaces_a_complete_record(tmp_path, monkeypatch, capsys):
+    """A refused run leaves the folder byte-identical: results.json, the log and .hydra/ (which must keep naming
+    the config that produced results.json), no file added."""
     out = tmp_path / "run"
     code, _, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={out}")
     assert code == 0, err
-    first = (out / "results.json").read_text()
+    first, before = (out / "results.json").read_text(), snapshot(out)
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "results.json", "tor_exp.log"} <= set(before)
     code, _, err = run_main(monkeypatch, capsys, *FAST, "reduction.q=0.3", f"hydra.run.dir={out}")
     assert_one_line_error(code, err, "another config", "overwrite=true")
-    assert (out / "results.json").read_text() == first
+    assert snapshot(out) == before
     code, _, err = run_main(monkeypatch, capsys, *FAST, "reduction.q=0.3", "overwrite=true", f"hydra.run.dir={out}")
     assert code == 0, err
     (kept,) = out.glob("results.json.replaced-*")
     assert kept.read_text() == first
     assert json.loads((out / "results.json").read_text())["config"]["reduction"]["q"] == 0.3
+    assert "q: 0.3" in (out / ".hydra" / "config.yaml").read_text()
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b"[1, 2, 3]", b'{"status": "compl'])
@@ -136,32 +144,41 @@ def test_a_damaged_record_is_moved_aside_and_the_job_recomputes(content, tmp_pat
 
 
 def test_an_unwritable_results_file_still_saves_the_numbers(tmp_path, monkeypatch, capsys):
-    """The output dir turns unwritable at the end: the results land in a fallback file named in the error."""
-    import tor_exp.run as job
-
-    real = job.write_results
-
-    def refuse(out_dir, results):
-        if Path(out_dir) == tmp_path / "run":
-            raise OSError(28, "No space left on device")
-        return real(out_dir, results)
-
-    monkeypatch.setattr(job, "write_results", refuse)
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
+    """The output dir refuses results.json at the end: the record lands in a fallback file named in the error."""
     import tempfile
 
+    import tor_exp.records.folder as folder
+    from tor_exp.records.files import atomic_write
+
+    def refuse(path, data):
+        if Path(path) == tmp_path / "run" / "results.json":
+            raise OSError(28, "No space left on device")
+        return atomic_write(path, data)
+
+    monkeypatch.setattr(folder, "atomic_write", refuse)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", None)
     code, _, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={tmp_path / 'run'}")
-    assert_one_line_error(code, err, "No space left on device", "saved to")
+    assert_one_line_error(code, err, "could not write results.json", "No space left on device", "saved to")
     (saved,) = (tmp_path / "tmp").rglob("results.json")
+    assert str(saved.parent) in err
     assert json.loads(saved.read_text())["status"] == "complete"
+    assert not list((tmp_path / "run").glob("*.tmp")) and not (tmp_path / "run" / "results.json").exists()
 
 
 def test_the_log_file_holds_what_ran_the_flops_and_where_results_went(tmp_path, monkeypatch, capsys):
+    """... and the run leaves the logging setup as it found it: Hydra binds its console handler to the sys.stdout
+    of the moment (here the test's capture, closed after the test); left on the root logger, it made every later
+    log call print "--- Logging error ---"."""
+    import logging
+
+    root = logging.getLogger()
+    before = root.handlers[:]
     out = tmp_path / "run"
     code, _, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={out}")
     assert code == 0, err
+    assert root.handlers == before
     log = (out / "tor_exp.log").read_text()
     assert "task=eval model=tiny_mamba2 reduction=utrc" in log
     assert "realised backbone FLOPs reduction" in log

@@ -22,6 +22,39 @@ def test_paired_difference_of_means_is_exact_and_its_interval_covers_it():
     assert paired_difference({1: 1.0}, {2: 1.0}, sum) is None  # no shared documents
 
 
+@pytest.mark.parametrize("name", ["mean", "perplexity", "weighted_perplexity", "bits_per_byte"])
+def test_the_fast_bootstrap_statistic_is_lm_evals_aggregation_on_every_resample(name):
+    """The resamples of lm-eval's common aggregations are computed on arrays; each must equal lm-eval's own function
+    applied to that resample's documents."""
+    import numpy as np
+
+    from tor_exp.reporting.intervals import _vectorised, aggregation
+
+    rng = np.random.default_rng(0)
+    if name.startswith(("weighted", "bits")):
+        values = [(float(-rng.uniform(1, 90)), int(rng.integers(5, 60))) for _ in range(30)]
+    else:
+        values = [float(-rng.uniform(0, 3)) for _ in range(30)]
+    idx = rng.integers(0, 30, size=(50, 30))
+    fast = _vectorised(aggregation(name))(np.asarray(values, dtype=np.float64)[idx])
+    slow = [aggregation(name)([values[i] for i in row]) for row in idx.tolist()]
+    assert fast == pytest.approx(slow, rel=1e-12)
+
+
+def test_a_jobs_intervals_depend_on_its_outputs_not_on_its_seed(tmp_path):
+    """``seed`` seeds the model's run; the tiny model's outputs do not depend on it, so neither may the paired
+    intervals (they flipped their ``*`` between seeds before); they draw ``eval.bootstrap_iters`` resamples."""
+    from tor_exp.config import compose_dict
+    from tor_exp.run import run
+
+    base = ["model=tiny_mamba2", "eval=smoke", "eval.limit=3", "device=cpu", "eval.bootstrap_iters=300"]
+    jobs = [run(compose_dict(base + [f"seed={seed}"]), out_dir=tmp_path / str(seed)) for seed in (0, 1)]
+    assert jobs[0]["metrics"] == jobs[1]["metrics"]
+    assert jobs[0]["differences"] == jobs[1]["differences"]
+    diffs = [d for per_task in jobs[0]["differences"].values() for d in per_task.values()]
+    assert diffs and all(d["iters"] == 300 for d in diffs)
+
+
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
     """none, utrc@20 % and evit@20 % on the tiny model, through the normal job with samples logged."""

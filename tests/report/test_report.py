@@ -189,6 +189,29 @@ def test_ablation_rows_get_variants_and_their_table(tmp_path):
     assert {r.variant: r.paper["lambada_ppl"] for r in rows}["q=0.5 / M-only"] == 42.61
 
 
+def test_rows_that_differ_only_in_a_config_key_get_a_column_for_it(tmp_path):
+    """A ``seed=0,1`` sweep: two rows per setting that the paper's columns show alike get a ``seed`` column; a key
+    that does not change a result (here the W&B project) gets none, nor do rows that differ anyway."""
+    sweep = tmp_path / "sw"
+    for seed in (0, 1):
+        for method, flops in (("none", 0.0), ("utrc", 0.2)):
+            res = write_run(sweep, f"{method}/seed={seed}", method=method, flops=flops,
+                            metrics=fake_metrics(flops * 10 + seed))
+            res["config"].update(seed=seed, logger={"group": "table1_mamba2", "project": f"p{seed}"})
+            (sweep / method / f"seed={seed}" / "results.json").write_text(json.dumps(res))
+    built = build_report(sweep, tmp_path / "out", plots=False)
+    table = parse_table(built["markdown"])
+    assert [(r["Method"], r["seed"]) for r in table] == [("baseline", "0"), ("baseline", "1"), ("Ours (UTRC)", "0"),
+                                                         ("Ours (UTRC)", "1")]
+    assert not any(k.startswith("logger") for k in table[0])
+    assert [r.extra for r in built["rows"]] == [{"seed": 0}, {"seed": 1}] * 2
+    # one seed: the rows differ in their method anyway, no extra column
+    for method in ("none", "utrc"):
+        (sweep / method / "seed=1" / "results.json").unlink()
+    single = build_report(sweep, tmp_path / "out1", plots=False)
+    assert "seed" not in parse_table(single["markdown"])[0] and len(single["rows"]) == 2
+
+
 def test_wandb_runs_become_the_same_rows(tmp_path):
     res = write_run(tmp_path, "r", method="evit", flops=0.1)
     res["config"]["model"].update(n_layer=64, locations=L64)

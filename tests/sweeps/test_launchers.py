@@ -18,7 +18,7 @@ from tor_exp.config import register_configs
 from tor_exp.launcher import (NEVER_STARTS, LocalLauncher, PlannedJob, check_gpus_usable, failure_reason,
                               gpus_per_job, job_slots, never_starts_message, refusal_message, results_or_exit,
                               visible_gpus)
-from tor_exp.logging.results import config_hash
+from tor_exp.records.results import config_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = Path(config_dir())

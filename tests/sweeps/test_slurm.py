@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tor_exp.logging.results import config_hash
+from tor_exp.records.results import config_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent

@@ -1,4 +1,5 @@
-"""Markdown table and PNG plot of one preset's rows (matplotlib, Agg backend: no display needed)."""
+"""Markdown table and PNG plot of one preset's rows (matplotlib, Agg backend: no display needed); the plot is
+made in memory, so a job writes it through its output folder like every other file."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,7 +53,20 @@ def markdown_table(kind: str, rows: list[dict[str, Any]]) -> str:
 
 
 def plot_rows(kind: str, rows: list[dict[str, Any]], path: str | Path) -> Optional[str]:
-    """Measured ratio vs target FLOPs reduction per (B, N), with the ideal as a dashed line; returns the path."""
+    """:func:`plot_png` written to ``path`` (atomically: a failed write leaves no partial file); returns the path."""
+    from tor_exp.records.files import atomic_write
+
+    png = plot_png(kind, rows)
+    if png is None:
+        return None
+    return str(atomic_write(path, png))
+
+
+def plot_png(kind: str, rows: list[dict[str, Any]]) -> Optional[bytes]:
+    """Measured ratio vs target FLOPs reduction per (B, N), with the ideal as a dashed line, as PNG bytes (None
+    without matplotlib); the caller decides where they go (a job writes them through its folder)."""
+    import io
+
     try:
         import matplotlib
 
@@ -87,6 +101,7 @@ def plot_rows(kind: str, rows: list[dict[str, Any]], path: str | Path) -> Option
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    return str(path)
+    return buffer.getvalue()

@@ -37,10 +37,9 @@ class EvalConfig:
     log_samples: bool = False
     compare_baseline: bool = True
     verbose: bool = False
-    # lm-eval's resamples for the stderr of non-mean metrics (its own default); 0 skips them
+    # bootstrap resamples, for lm-eval's stderr of non-mean metrics (its own default) and for the paired interval
+    # of each method-vs-none difference; 0 skips both
     bootstrap_iters: int = 100000
-    # resamples of the paired bootstrap interval of each method-vs-none difference (0: no intervals)
-    interval_iters: int = 1000
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str):
@@ -60,10 +59,8 @@ class EvalConfig:
             raise ConfigError(f"eval.alignment={self.alignment!r}: must be one of {', '.join(ALIGNMENTS)}")
         if isinstance(self.num_fewshot, bool) or not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
             raise ConfigError(f"eval.num_fewshot={self.num_fewshot!r}: must be an integer >= 0")
-        for key in ("bootstrap_iters", "interval_iters"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"eval.{key}={value!r}: must be an integer >= 0")
+        if isinstance(self.bootstrap_iters, bool) or not isinstance(self.bootstrap_iters, int) or self.bootstrap_iters < 0:
+            raise ConfigError(f"eval.bootstrap_iters={self.bootstrap_iters!r}: must be an integer >= 0")
         for key in ("log_samples", "compare_baseline", "verbose"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"eval.{key}={getattr(self, key)!r}: must be true or false")

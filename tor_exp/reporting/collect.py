@@ -1,7 +1,7 @@
 """Runs → table rows in the paper's layout (model × method × FLOPs; LAMBADA PPL/acc, five tasks, Avg.).
 
 Sources: every ``results.json`` under a sweep dir, or the runs of a W&B group (rebuilt from their config and the
-``metrics/<task>/<metric>`` summary keys that :func:`tor_exp.logging.wandb_logger.flatten_metrics` writes).
+``metrics/<task>/<metric>`` summary keys that :func:`tor_exp.records.wandb_logger.flatten_metrics` writes).
 """
 from __future__ import annotations
 
@@ -97,6 +97,8 @@ class ReportRow:
     design: dict[str, Any] = field(default_factory=dict)
     locations: list[int] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
+    #: config keys (dotted) that vary between rows the other columns show alike, with this row's value
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -106,7 +108,7 @@ class ReportRow:
 def scan_sweep(path: str | Path, *, include_incomplete: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
     """(records, unreadable): every usable ``results.json`` below ``path`` (sorted, each with ``_path`` = its
     folder) and one ``"<file>: <why>"`` line per file that could not be used (damaged, not a record)."""
-    from tor_exp.logging.results import read_results
+    from tor_exp.records.results import read_results
 
     root = Path(path)
     if not root.exists():
@@ -288,10 +290,42 @@ def collect_rows(results: list[dict[str, Any]], *, prefer_table: Optional[str] =
             alignment=_alignment_of(r), source=str(r.get("_path", "")),
             design=design, locations=locations, tasks=sorted((r.get("metrics") or {}).keys()),
         ))
+    _tell_apart(rows, [(r.get("config") or {}) for r in evals])
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     rows.sort(key=lambda x: (x.model, x.target_flops if x.target_flops is not None else -1.0,
-                             order.get(x.method, len(order)), x.method, x.variant))
+                             order.get(x.method, len(order)), x.method, x.variant,
+                             [json.dumps(v, sort_keys=True, default=str) for v in x.extra.values()]))
     return rows
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A resolved config as ``{"eval.limit": 4, "seed": 1, ...}`` (lists stay values)."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _tell_apart(rows: list[ReportRow], configs: list[dict[str, Any]]) -> None:
+    """Give every row, in ``extra``, its value of each result-changing config key (:mod:`tor_exp.records.keys`)
+    that differs between rows the table would otherwise show alike (same model, method, FLOPs, variant and
+    alignment; e.g. the jobs of a ``seed=0,1`` sweep)."""
+    from tor_exp.records.keys import result_config
+
+    flat = [_flatten(result_config(c)) for c in configs]
+    alike: dict[tuple[Any, ...], list[int]] = {}
+    for i, r in enumerate(rows):
+        alike.setdefault((r.model, r.method, r.target_flops, r.variant, r.alignment), []).append(i)
+    varying: set[str] = set()
+    for members in alike.values():
+        if len(members) > 1:
+            keys = set().union(*(flat[i] for i in members))
+            varying |= {k for k in keys
+                        if len({json.dumps(flat[i].get(k), sort_keys=True, default=str) for i in members}) > 1}
+    for i, r in enumerate(rows):
+        r.extra = {k: flat[i].get(k) for k in sorted(varying)}
 
 
 def bench_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

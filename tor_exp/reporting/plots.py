@@ -31,6 +31,7 @@ def series(rows: list[ReportRow], column: str, *, which: str = "ours") -> dict[s
         if value is None:
             continue
         label = f"{r.model} {r.method}" + (f" [{r.variant}]" if r.variant else "")
+        label += "".join(f" {k}={v}" for k, v in r.extra.items())
         points = lines.setdefault(label, [])
         if not points and baselines.get(r.model) is not None:
             points.append((0.0, float(baselines[r.model])))

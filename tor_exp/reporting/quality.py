@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from tor_exp.reporting.console import task_columns
-from tor_exp.reporting.intervals import aggregation, paired_difference, per_document
+from tor_exp.reporting.intervals import aggregation, interval_seed, paired_difference, per_document
 
 #: the method every other one is also compared with, at the same FLOPs target
 REFERENCE_METHOD = "utrc"
@@ -45,9 +45,10 @@ def offset_counts(record: dict[str, Any]) -> dict[str, dict[str, int]]:
             for task, c in alignment.items() if isinstance(c, dict)}
 
 
-def quality_rows(records: Sequence[dict[str, Any]], *, iters: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+def quality_rows(records: Sequence[dict[str, Any]], *, iters: int = 1000) -> list[dict[str, Any]]:
     """One row per job: method, target, realised FLOPs, each (task, metric) value and its differences to ``none``
-    and to UTRC at the same target (``{"delta", "low", "high", "n", ...}``)."""
+    and to UTRC at the same target (``{"delta", "low", "high", "n", ...}``; resampled with the seed of that task
+    and metric, :func:`~tor_exp.reporting.intervals.interval_seed`, as the jobs' own intervals are)."""
     records = sorted(records, key=lambda r: (r["method"] != "none", r["method"], r.get("target_flops") or 0.0))
     if not records or records[0]["method"] != "none":
         raise ValueError("the sweep has no `none` job to compare with")
@@ -72,7 +73,8 @@ def quality_rows(records: Sequence[dict[str, Any]], *, iters: int = 1000, seed: 
                 if other is None or other is r:
                     continue
                 diff = paired_difference(per_document(samples[id(other)].get(task, []), metric), mine,
-                                         aggregation(agg_name), iters=iters, seed=seed)
+                                         aggregation(agg_name), iters=iters,
+                                         seed=interval_seed(task, metric))
                 if diff is not None:
                     row[label][key] = diff.to_dict()
         rows.append(row)

@@ -1,7 +1,10 @@
-"""results.json: the durable record of a run, written before (and independently of) any W&B upload."""
+"""results.json: the durable record of a run, written before (and independently of) any W&B upload.
+
+Its format and the rules that read it (resume, damaged files, setting a record aside); the writing itself goes
+through :mod:`tor_exp.records.folder`.
+"""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -10,12 +13,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RESULTS_FILE = "results.json"
-_VERSIONED = ("torch", "transformers", "lm_eval", "hydra-core", "omegaconf", "wandb", "mamba_ssm", "causal_conv1d", "tor_exp")
+from tor_exp.records.files import atomic_write
+from tor_exp.records.keys import config_hash
 
-# keys that do not change what a run computes: excluded from the resume hash (`local`: the machine's launcher
-# settings from the optional conf/local/ group, e.g. the Slurm partition)
-_VOLATILE_KEYS = ("logger", "resume", "run_name", "overwrite", "local")
+RESULTS_FILE = "results.json"
+#: folder of the per-request samples a record lists (``eval.log_samples``); set aside with its record
+SAMPLES_DIR = "samples"
+_VERSIONED = ("torch", "transformers", "lm_eval", "hydra-core", "omegaconf", "wandb", "mamba_ssm", "causal_conv1d", "tor_exp")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -51,13 +55,6 @@ def run_metadata() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads()}
 
 
-def config_hash(resolved_config: dict[str, Any]) -> str:
-    """Stable hash of what a run computes, so an identical finished run can be skipped on resume."""
-    relevant = {k: v for k, v in resolved_config.items() if k not in _VOLATILE_KEYS}
-    blob = json.dumps(relevant, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def is_complete(out_dir: str | os.PathLike, job_config: Any) -> bool:
     """The resume rule: ``out_dir`` holds a complete results.json of exactly this config (same hash).
 
@@ -74,14 +71,15 @@ def is_complete(out_dir: str | os.PathLike, job_config: Any) -> bool:
         previous.get("config_hash") == config_hash(job_config)
 
 
+def to_json(results: dict[str, Any]) -> str:
+    """A record as results.json holds it (tensors and numpy scalars as numbers)."""
+    return json.dumps(results, indent=2, sort_keys=False, default=_json_default)
+
+
 def write_results(out_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
-    """Atomic write: a killed run never leaves a half-written results.json that resume would trust."""
-    path = Path(out_dir) / RESULTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=False, default=_json_default))
-    os.replace(tmp, path)
-    return path
+    """Atomic write: a killed run never leaves a half-written results.json that resume would trust (no lock, no
+    fallback: for scripts; a job writes through :class:`tor_exp.records.folder.RunFolder`)."""
+    return atomic_write(Path(out_dir) / RESULTS_FILE, to_json(results))
 
 
 def read_results(out_dir: str | os.PathLike) -> tuple[dict[str, Any] | None, str | None]:
@@ -109,18 +107,21 @@ def load_results(out_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def set_aside(out_dir: str | os.PathLike, why: str) -> Path:
-    """Move ``out_dir``/results.json to ``results.json.<why>-<UTC time>`` (never overwriting another) and return
-    the new path: records are moved, never deleted."""
+    """Move ``out_dir``/results.json to ``results.json.<why>-<UTC time>`` (never overwriting another) and its
+    samples folder to ``samples.<why>-<UTC time>`` (so the next run's samples never stand beside a record they do
+    not belong to); returns the record's new path: records are moved, never deleted."""
     import datetime as dt
 
-    path = Path(out_dir) / RESULTS_FILE
+    folder = Path(out_dir)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{RESULTS_FILE}.{why}-{stamp}")
-    n = 1
-    while target.exists():
+    suffix, n = f"{why}-{stamp}", 1
+    while (folder / f"{RESULTS_FILE}.{suffix}").exists() or (folder / f"{SAMPLES_DIR}.{suffix}").exists():
         n += 1
-        target = path.with_name(f"{RESULTS_FILE}.{why}-{stamp}-{n}")
-    os.replace(path, target)
+        suffix = f"{why}-{stamp}-{n}"
+    if (folder / SAMPLES_DIR).is_dir():
+        os.replace(folder / SAMPLES_DIR, folder / f"{SAMPLES_DIR}.{suffix}")
+    target = folder / f"{RESULTS_FILE}.{suffix}"
+    os.replace(folder / RESULTS_FILE, target)
     return target
 
 

@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from tor_exp.logging.config import LoggerConfig
-from tor_exp.logging.results import RESULTS_FILE
+from tor_exp.records.config import LoggerConfig
+from tor_exp.records.results import RESULTS_FILE
 
 TABLE_COLUMNS = ["method", "task", "metric", "value", "stderr", "none", "difference", "low", "high"]
 JOB_TYPES = ("eval", "bench", "generate")
