@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from tor_exp.models.adapter import DecodeState, LayerInput, decode_state, first_real_column
 from tor_exp.models.families import adapter_of, model_shape
-from tor_exp.models.schedule import location_keep
+from tor_exp.models.locations import importance_sources, location_keep
 from tor_exp.models.tokens import gather_last, last_index
 from tor_exp.reduction.base import ReductionObserver, run_reduction
 from tor_exp.reduction.state import TokenState
@@ -69,8 +69,6 @@ def drive_backbone(
     order = sorted(locations)
     sources: dict[int, int] = {}
     if locations and "ssm_out" in (getattr(method, "needed_features", None) or set()):
-        from tor_exp.models.schedule import importance_sources
-
         sources = importance_sources(method, schedule, model_shape(model) if adapter.hybrid else None)
     capture_at = set(sources.values())
     bookkeeping = None

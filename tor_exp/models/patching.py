@@ -21,6 +21,7 @@ from tor_exp.errors import ConfigError
 from tor_exp.models.backbone import decode, forward
 from tor_exp.models.families import adapter_of, model_shape
 from tor_exp.models.flops import realised_flops_reduction
+from tor_exp.models.locations import importance_sources
 from tor_exp.models.tokens import protect_last
 from tor_exp.reduction.base import ReductionObserver
 
@@ -197,8 +198,6 @@ def patch(model: nn.Module, method: Any, schedule: Any) -> nn.Module:
     if bad:
         raise ConfigError(f"reduction.locations={schedule.locations}: {bad} outside [0, {n_layer - 2}]")
     if adapter.hybrid:
-        from tor_exp.models.schedule import importance_sources
-
         importance_sources(method, schedule, adapter.shape(model))
     info = get_patch(model)
     original = info.original_class if info is not None else model.__class__
