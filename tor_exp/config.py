@@ -214,6 +214,10 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
     from tor_exp.evaluation.config import resolve_alignment
 
     validated.eval.alignment = resolve_alignment(validated.eval.alignment, validated.reduction.method)
+    if getattr(validated.reduction, "parity", False) and validated.model.family not in ("mamba", "mamba2", "auto"):
+        raise ConfigError(f"reduction={validated.reduction.method}: parity mode reproduces the released code, which "
+                          f"runs Mamba and Mamba-2 only, not model.family={validated.model.family}; use "
+                          "the paper-mode method (utrc, evit, pumer)")
     # locations must lie inside the model's depth; ρ must be solvable (total scope needs the loaded model's
     # shape unless the config gives it, so that case is solved after loading).
     from tor_exp.models.schedule import build_reduction, needs_shape

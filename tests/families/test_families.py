@@ -173,6 +173,8 @@ def test_reduced_prefill_decodes_like_a_prefill_of_the_longer_prompt(tiny_family
 def test_unsupported_combinations_are_one_line_errors(compose, family):
     with pytest.raises(ConfigError, match="model.backend=mamba_ssm"):
         compose(f"model=tiny_{family}", "model.backend=mamba_ssm", "model.source=mamba_ssm", "model.path=x/y")
+    with pytest.raises(ConfigError, match=rf"^reduction=utrc_official: parity mode .* not model.family={family}"):
+        compose(f"model=tiny_{family}", "reduction=utrc_official")
 
 
 def test_a_location_whose_mamba_mixer_is_a_location_too_is_refused(compose):
