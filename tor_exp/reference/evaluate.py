@@ -1,7 +1,8 @@
 """Evaluate the trained reference model against n-gram baselines, assemble the shipped assets, plot the loss.
 
 ``python -m tor_exp.reference.evaluate --data /tmp/refdata --run /tmp/reftrain`` copies ``<run>/export`` (fp16
-safetensors + config) into ``tor_exp/reference/assets/``, saves the tokenizer there, reloads the shipped weights
+safetensors + config) into ``tor_exp/reference/assets/`` (``--assets`` another folder: the hybrid reference goes to
+``tor_exp/reference/hybrid/``), saves the tokenizer there, reloads the shipped weights
 in fp32 (so the numbers are those of the shipped files), and writes ``assets/metrics.json``,
 ``assets/bigram_counts.npy`` (training-split byte-bigram counts, for the tests), ``assets/train_log.jsonl`` and
 ``assets/loss_curve.png``. ``metrics.json`` also records the full ``reference_heldout_mc`` accuracy through the
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Mamba2ForCausalLM
+from transformers import AutoModelForCausalLM
 
 from tor_exp.reference import ASSETS_DIR, TASK_DIR
 from tor_exp.reference.data import read_split
@@ -109,7 +110,7 @@ def summary(total: float, count: int) -> dict[str, float]:
             "n_bytes": count}
 
 
-def write_calibration(data_dir: Path, max_bytes: int = 32_000) -> None:
+def write_calibration(data_dir: Path, assets: Path = ASSETS_DIR, max_bytes: int = 32_000) -> None:
     """Ship a small slice of the calib split (documents disjoint from train and held-out) for LTMP calibration."""
     out, total = [], 0
     for d in read_split(data_dir, "calib"):
@@ -120,7 +121,7 @@ def write_calibration(data_dir: Path, max_bytes: int = 32_000) -> None:
         total += len(text)
         if total >= max_bytes:
             break
-    (ASSETS_DIR / "calibration.jsonl").write_text("\n".join(out) + "\n")
+    (assets / "calibration.jsonl").write_text("\n".join(out) + "\n")
 
 
 def read_log(path: Path, until_step: int | None = None) -> list[dict]:
@@ -143,7 +144,8 @@ def merge_logs(history: list[dict], run: list[dict], offset: int | None = None) 
                    for r in run]
 
 
-def plot_curve(recs: list[dict], out_png: Path, baselines: dict[str, float]) -> None:
+def plot_curve(recs: list[dict], out_png: Path, baselines: dict[str, float],
+               title: str = "Reference Mamba-2 (24 layers, byte-level) on Python 3.11 docs prose") -> None:
     """Train loss (EMA) and validation loss vs step, with held-out n-gram baselines as reference lines."""
     import matplotlib
 
@@ -171,26 +173,27 @@ def plot_curve(recs: list[dict], out_png: Path, baselines: dict[str, float]) -> 
         ax.axvline(x, ls=":", lw=1, color="black")
         ax.text(x, 0.97, " warm restart\n (new optimizer + schedule)", transform=ax.get_xaxis_transform(), va="top",
                 fontsize=8)
-    ax.set_title("Reference Mamba-2 (24 layers, byte-level) on Python 3.11 docs prose")
+    ax.set_title(title)
     ax.legend(loc="center right")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
 
 
-def load_shipped(assets: Path = ASSETS_DIR) -> Mamba2ForCausalLM:
-    """The shipped fp16 weights, upcast to fp32."""
-    return Mamba2ForCausalLM.from_pretrained(assets, dtype=torch.float32).eval()
+def load_shipped(assets: Path = ASSETS_DIR) -> torch.nn.Module:
+    """The shipped fp16 weights (their own HF class, from config.json), upcast to fp32."""
+    return AutoModelForCausalLM.from_pretrained(assets, dtype=torch.float32).eval()
 
 
-def mc_accuracy(limit: int | None) -> dict:
+def mc_accuracy(limit: int | None, assets: Path = ASSETS_DIR) -> dict:
     """``reference_heldout_mc`` on the shipped weights through the evaluation runner (lm-eval), no reduction."""
     from tor_exp.evaluation.config import EvalConfig
     from tor_exp.evaluation.runner import evaluate as run_eval
 
     cfg = EvalConfig(tasks=["reference_heldout_mc"], include_paths=["pkg://tor_exp/reference/task"], limit=limit,
                      batch_size=8, compare_baseline=False)
-    m = run_eval(load_shipped(), build_byte_tokenizer(), cfg, reduction_label="none")["metrics"]["reference_heldout_mc"]
+    m = run_eval(load_shipped(assets), build_byte_tokenizer(), cfg,
+                 reduction_label="none")["metrics"]["reference_heldout_mc"]
     n = sum(1 for _ in (TASK_DIR / "reference_heldout_mc.jsonl").open()) if limit is None else limit
     return {"acc": m["acc"], "acc_norm": m["acc_norm"], "acc_stderr": m["acc_stderr"], "n_items": n}
 
@@ -209,13 +212,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--until-step", type=int, default=None,
                     help="the exported checkpoint's step: later log records (a run stopped by hand) are left out")
     ap.add_argument("--mc-limit", type=int, default=None, help="reference_heldout_mc items to score (default all)")
+    ap.add_argument("--assets", type=Path, default=ASSETS_DIR,
+                    help="where the shipped files go (the Mamba-2's folder by default; the hybrid's is "
+                         "tor_exp/reference/hybrid); only the default folder also gets calibration text and bigram "
+                         "counts, which both models share")
+    ap.add_argument("--title", default=None, help="loss-curve title (default: the Mamba-2's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    ASSETS_DIR.mkdir(parents=True, exist_ok=True)
+    assets = args.assets
+    shared = assets.resolve() == ASSETS_DIR.resolve()
+    assets.mkdir(parents=True, exist_ok=True)
     for f in ("config.json", "model.safetensors", "generation_config.json"):
         if (args.run / "export" / f).exists():
-            shutil.copy(args.run / "export" / f, ASSETS_DIR / f)
-    build_byte_tokenizer().save_pretrained(ASSETS_DIR)
+            shutil.copy(args.run / "export" / f, assets / f)
+    build_byte_tokenizer().save_pretrained(assets)
     log = read_log(args.run / "train_log.jsonl", args.until_step)
     train_args = {p.name: json.loads(p.read_text()) for p in sorted(args.run.glob("train_args*.json"))}
     if args.history is not None:
@@ -223,15 +233,16 @@ def main(argv: list[str] | None = None) -> None:
         log = merge_logs(read_log(args.history / "train_log.jsonl"), log, args.history_steps or old.get("train_steps"))
         phases = old.get("train_phases", {"phase1": old["train_args"]})
         train_args = {**phases, f"phase{len(phases) + 1}": train_args}
-    (ASSETS_DIR / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    (assets / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
 
-    write_calibration(args.data)
     train_stream = encode_docs(read_split(args.data, "train"))
     counts = bigram_counts(train_stream)
-    np.save(ASSETS_DIR / "bigram_counts.npy", counts.astype(np.uint32))
+    if shared:
+        write_calibration(args.data)
+        np.save(ASSETS_DIR / "bigram_counts.npy", counts.astype(np.uint32))
     tables = ngram_logprobs(counts)
     wins = windows(encode_docs(read_split(args.data, "heldout")), args.seq)
-    model = load_shipped()
+    model = load_shipped(assets)
     results = {"model": summary(*model_nll(model, wins, args.batch))}
     for name, table in tables.items():
         results[name] = summary(*ngram_nll(table, wins))
@@ -245,11 +256,11 @@ def main(argv: list[str] | None = None) -> None:
                             "nll_per_byte": sequence_nll_per_byte(model, ref_texts)},
         ("train_phases" if args.history is not None else "train_args"): train_args,
         "train_steps": log[-1]["step"],
-        "reference_heldout_mc": mc_accuracy(args.mc_limit),
+        "reference_heldout_mc": mc_accuracy(args.mc_limit, assets),
     }
-    (ASSETS_DIR / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_curve(log, ASSETS_DIR / "loss_curve.png",
-               {k: results[k]["nats_per_byte"] for k in ("unigram_add1", "bigram_kn")})
+    (assets / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_curve(log, assets / "loss_curve.png", {k: results[k]["nats_per_byte"] for k in ("unigram_add1", "bigram_kn")},
+               **({"title": args.title} if args.title else {}))
     print(json.dumps(results, indent=2))
 
 
