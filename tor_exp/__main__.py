@@ -11,10 +11,9 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Iterator
 
-from tor_exp.errors import fail, one_line
+from tor_exp.errors import fail
 
 _INFO_FLAGS = ("-h", "--help", "--hydra-help", "--info", "--cfg", "-c", "--shell-completion", "-sc")
 #: exit status of a run ended by SIGINT / SIGTERM (the shell's 128 + signal number)
@@ -40,7 +39,7 @@ def check_output_dir(path: str, key: str) -> None:
 def precheck(argv: list[str]) -> None:
     """Compose and validate every job before Hydra starts, so errors are one line (Hydra would print several,
     and a bad job of a multirun would fail inside a launcher, buried in its log) and nothing runs."""
-    from tor_exp.config import compose_dict, sweep_jobs, validate
+    from tor_exp.config import compose_dict, config_error_line, sweep_jobs, validate
     from tor_exp.errors import ConfigError
 
     overrides, multirun = _split_argv(argv)
@@ -59,35 +58,12 @@ def precheck(argv: list[str]) -> None:
     except ConfigError as err:
         fail(_in_job(job, str(err), multirun))
     except Exception as err:  # hydra / omegaconf composition errors
-        fail(_in_job(job, _one_line(err), multirun))
+        fail(_in_job(job, config_error_line(err), multirun))
 
 
 def _in_job(job: list[str], message: str, multirun: bool) -> str:
     shown = " ".join(o for o in job if not o.startswith("hydra."))
     return f"job [{shown}]: {message}" if multirun else message
-
-
-def _one_line(err: BaseException) -> str:
-    """:func:`tor_exp.errors.one_line`, except that an unknown config group option is named with the options
-    there are."""
-    from hydra.errors import MissingConfigException
-
-    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
-        return _missing_option(err.missing_cfg_file, err.options)
-    return one_line(err)
-
-
-def _missing_option(missing: str, options: list[str] | None) -> str:
-    """``reduction/UTRC`` → ``reduction=UTRC: no such option (choose one of evit, ..., utrc_official)``; the
-    schemas tor_exp stores for each group (``*_schema``) are not options a user picks."""
-    from tor_exp.config import config_dir
-
-    group, _, name = missing.rpartition("/")
-    if options is None:  # Hydra lists none for a nested group such as experiment/cell
-        options = [p.stem for p in Path(config_dir(), group).glob("*.yaml")]
-    choices = sorted(o for o in options if not o.endswith("_schema"))
-    listed = f"choose one of {', '.join(choices)}" if choices else f"conf/{group}/ has no options"
-    return f"{group}={name}: no such option ({listed})"
 
 
 # ------------------------------------------------------------------------------------------------ interrupts

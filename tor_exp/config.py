@@ -84,6 +84,29 @@ def _job_dirname(*args: Any, _root_: DictConfig) -> str:
 register_resolvers()
 
 
+def config_error_line(err: BaseException) -> str:
+    """One line for an error of composing a config (every entry point words it the same): an unknown group option
+    is named with the options there are, anything else as :func:`tor_exp.errors.one_line`."""
+    from hydra.errors import MissingConfigException
+
+    from tor_exp.errors import one_line
+
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        return _missing_option(err.missing_cfg_file, err.options)
+    return one_line(err)
+
+
+def _missing_option(missing: str, options: Optional[list[str]]) -> str:
+    """``reduction/UTRC`` → ``reduction=UTRC: no such option (choose one of evit, ..., utrc_official)``; the
+    schemas tor_exp stores for each group (``*_schema``) are not options a user picks."""
+    group, _, name = missing.rpartition("/")
+    if options is None:  # Hydra lists none for a nested group such as experiment/cell
+        options = [p.stem for p in Path(config_dir(), group).glob("*.yaml")]
+    choices = sorted(o for o in options if not o.endswith("_schema"))
+    listed = f"choose one of {', '.join(choices)}" if choices else f"conf/{group}/ has no options"
+    return f"{group}={name}: no such option ({listed})"
+
+
 def config_dir() -> str:
     """The repo's conf/ in a source checkout, the packaged copy (tor_exp/conf) in a wheel install."""
     here = Path(__file__).resolve().parent

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import lm_eval.models  # noqa: F401  (fills lm-eval's lazy model registry before ours is added)
 from lm_eval.api.registry import register_model
 
-from tor_exp.errors import ConfigError, fail, one_line
+from tor_exp.errors import ConfigError, fail
 from tor_exp.evaluation.lm import TorExpLM
 
 if TYPE_CHECKING:
@@ -70,12 +70,12 @@ def compose_model_args(model: str, reduction: Any, dotted: dict[str, Any]) -> "V
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from tor_exp.config import compose
+    from tor_exp.config import compose, config_error_line
 
     try:
         return compose(model_overrides(model, reduction, dotted))
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(one_line(err)) from err
+        raise ConfigError(config_error_line(err)) from err
 
 
 def check_model_args(model_args: dict[str, Any]) -> None:
