@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 from tor_exp.errors import ConfigError
 from tor_exp.models.config import ModelConfig
 from tor_exp.models.families import adapter_for, family_of_model_type
-from tor_exp.models.families.mamba_ssm import hf_config_from_mamba_ssm
+from tor_exp.models.families.mamba_ssm import hf_config_from_mamba_ssm, hf_state_dict_from_mamba_ssm
 from tor_exp.models.flops import ModelShape
 from tor_exp.models.tokenizer import byte_tokenizer
 from tor_exp.paths import resolve_pkg_path
@@ -96,19 +96,6 @@ def shape_from_model_config(cfg: ModelConfig) -> Optional[ModelShape]:
     if config is None:
         return None
     return adapter_for(resolve_family(cfg, config)).config_shape(config)
-
-
-def hf_state_dict_from_mamba_ssm(state_dict: dict[str, torch.Tensor], tie: bool) -> dict[str, torch.Tensor]:
-    """Rename mamba_ssm keys to HF keys. Mixer parameter names already agree; only the embedding differs."""
-    out = {}
-    for key, value in state_dict.items():
-        key = key.replace("backbone.embedding.", "backbone.embeddings.")
-        out[key] = value
-    if "lm_head.weight" not in out:
-        if not tie:
-            raise ConfigError("model.path: checkpoint has no lm_head.weight and tie_embeddings is false")
-        out["lm_head.weight"] = out["backbone.embeddings.weight"]
-    return out
 
 
 def _read_mamba_ssm(path: str) -> tuple[dict, dict[str, torch.Tensor]]:

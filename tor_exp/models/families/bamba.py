@@ -16,16 +16,11 @@ from torch import Tensor, nn
 from transformers import BambaConfig, BambaForCausalLM
 
 from tor_exp.errors import ConfigError
-from tor_exp.models.families.hybrid import HybridFamily, LayerCall
+from tor_exp.models.families.hybrid import HybridFamily, LayerCall, mamba_shape_keys, mamba_tiny_keys
 from tor_exp.models.flops import ModelShape
 
 #: HF layer type → the FLOP-model parts of the layer (every layer ends with the SwiGLU MLP)
 _PARTS = {"linear_attention": ("ssm", "mlp"), "full_attention": ("attention", "mlp")}
-
-
-def attention_head_dim(config: Any) -> int:
-    """Attention head width as HF's ``BambaAttention`` / ``GraniteMoeHybridAttention`` read it."""
-    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
 
 
 class BambaFamily(HybridFamily):
@@ -44,27 +39,16 @@ class BambaFamily(HybridFamily):
         if outside:
             raise ConfigError(f"model.tiny.config.attn_layer_indices={attention}: {outside} not layers of a "
                               f"model.tiny.n_layer={tiny.n_layer} model")
-        return BambaConfig(
-            **vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer,
-            mamba_n_heads=tiny.d_model * tiny.expand // tiny.head_dim, mamba_d_head=tiny.head_dim,
-            mamba_d_state=tiny.state_size, mamba_n_groups=tiny.n_groups, mamba_d_conv=tiny.conv_kernel,
-            mamba_expand=tiny.expand, mamba_chunk_size=tiny.chunk_size, tie_word_embeddings=False, use_cache=True,
-            **keys,
-        )
+        return BambaConfig(**vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer, **mamba_tiny_keys(tiny),
+                           tie_word_embeddings=False, use_cache=True, **keys)
 
     def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
         return _PARTS[config.layers_block_type[index]]
 
     def config_shape(self, config: Any) -> ModelShape:
-        n_layer = config.num_hidden_layers
-        return ModelShape(
-            family="mamba2", d_model=config.hidden_size, n_layer=n_layer, vocab_size=config.vocab_size,
-            state_size=config.mamba_d_state, expand=int(config.mamba_expand), conv_kernel=config.mamba_d_conv,
-            head_dim=int(config.mamba_d_head), n_groups=config.mamba_n_groups, chunk_size=config.mamba_chunk_size,
-            ssm_heads=config.mamba_n_heads, layers=tuple(self.layer_parts(config, i) for i in range(n_layer)),
-            attn_heads=config.num_attention_heads, attn_kv_heads=config.num_key_value_heads,
-            attn_head_dim=attention_head_dim(config), mlp_size=config.intermediate_size, mlp_gated=True,
-        )
+        layers = tuple(self.layer_parts(config, i) for i in range(config.num_hidden_layers))
+        return ModelShape(**mamba_shape_keys(config), layers=layers, mlp_size=config.intermediate_size,
+                          mlp_gated=True)
 
     def final_norm(self, model: nn.Module, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
         return self.base(model).final_layernorm(hidden if residual is None else residual + hidden)

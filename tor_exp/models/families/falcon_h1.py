@@ -18,17 +18,11 @@ from typing import Any, Optional
 from torch import Tensor, nn
 from transformers import FalconH1Config, FalconH1ForCausalLM
 
-from tor_exp.models.families.hybrid import HybridFamily, LayerCall
+from tor_exp.models.families.hybrid import HybridFamily, LayerCall, mamba_shape_keys, mamba_tiny_keys
 from tor_exp.models.flops import ModelShape
 
 #: every Falcon-H1 layer: a Mamba-2 mixer and attention in parallel, then an MLP
 _PARTS = ("ssm", "attention", "mlp")
-
-
-def attention_head_dim(config: Any) -> int:
-    """HF's attention head size: ``config.head_dim`` when the checkpoint gives one (Falcon-H1's need not equal
-    hidden_size / num_attention_heads), else that quotient."""
-    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
 
 
 class FalconH1Family(HybridFamily):
@@ -41,27 +35,17 @@ class FalconH1Family(HybridFamily):
     def tiny_config(self, tiny: Any, vocab: dict[str, int]) -> Any:
         keys = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=4 * tiny.d_model)
         keys.update(tiny.config)
-        inner = tiny.d_model * tiny.expand
-        return FalconH1Config(
-            **vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer, mamba_expand=tiny.expand,
-            mamba_d_ssm=inner, mamba_n_heads=inner // tiny.head_dim, mamba_d_head=tiny.head_dim,
-            mamba_d_state=tiny.state_size, mamba_n_groups=tiny.n_groups, mamba_d_conv=tiny.conv_kernel,
-            mamba_chunk_size=tiny.chunk_size, tie_word_embeddings=False, use_cache=True, **keys,
-        )
+        return FalconH1Config(**vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer,
+                              mamba_d_ssm=tiny.d_model * tiny.expand, **mamba_tiny_keys(tiny),
+                              tie_word_embeddings=False, use_cache=True, **keys)
 
     def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
         return _PARTS
 
     def config_shape(self, config: Any) -> ModelShape:
-        n_layer = int(config.num_hidden_layers)
-        return ModelShape(
-            family="mamba2", d_model=config.hidden_size, n_layer=n_layer, vocab_size=config.vocab_size,
-            state_size=config.mamba_d_state, expand=int(config.mamba_expand), conv_kernel=config.mamba_d_conv,
-            head_dim=int(config.mamba_d_head), n_groups=config.mamba_n_groups, chunk_size=config.mamba_chunk_size,
-            ssm_heads=config.mamba_n_heads, layers=tuple(self.layer_parts(config, i) for i in range(n_layer)),
-            attn_heads=config.num_attention_heads, attn_kv_heads=config.num_key_value_heads,
-            attn_head_dim=attention_head_dim(config), mlp_size=config.intermediate_size, mlp_gated=True,
-        )
+        layers = tuple(self.layer_parts(config, i) for i in range(int(config.num_hidden_layers)))
+        return ModelShape(**mamba_shape_keys(config), layers=layers, mlp_size=config.intermediate_size,
+                          mlp_gated=True)
 
     def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
         base = self.base(model)

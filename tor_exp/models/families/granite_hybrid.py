@@ -22,8 +22,7 @@ from torch import Tensor, nn
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
 
 from tor_exp.errors import ConfigError
-from tor_exp.models.families.bamba import attention_head_dim
-from tor_exp.models.families.hybrid import HybridFamily, LayerCall
+from tor_exp.models.families.hybrid import HybridFamily, LayerCall, mamba_shape_keys, mamba_tiny_keys
 from tor_exp.models.flops import ModelShape
 
 #: HF layer type → the layer's sequence mixer part in the FLOP model
@@ -47,27 +46,17 @@ class GraniteHybridFamily(HybridFamily):
         if pattern is not None and len(pattern) != tiny.n_layer:
             raise ConfigError(f"model.tiny.config.layer_types: {len(pattern)} layer types, "
                               f"model.tiny.n_layer={tiny.n_layer}")
-        return GraniteMoeHybridConfig(
-            **vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer,
-            mamba_n_heads=tiny.d_model * tiny.expand // tiny.head_dim, mamba_d_head=tiny.head_dim,
-            mamba_d_state=tiny.state_size, mamba_n_groups=tiny.n_groups, mamba_d_conv=tiny.conv_kernel,
-            mamba_expand=tiny.expand, mamba_chunk_size=tiny.chunk_size, tie_word_embeddings=False, use_cache=True,
-            **keys,
-        )
+        return GraniteMoeHybridConfig(**vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer,
+                                      **mamba_tiny_keys(tiny), tie_word_embeddings=False, use_cache=True, **keys)
 
     def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
         feed_forward = "moe" if (config.num_local_experts or 0) > 0 else "mlp"
         return _MIXER_PART[config.layers_block_type[index]], feed_forward
 
     def config_shape(self, config: Any) -> ModelShape:
-        n_layer = config.num_hidden_layers
+        layers = tuple(self.layer_parts(config, i) for i in range(config.num_hidden_layers))
         return ModelShape(
-            family="mamba2", d_model=config.hidden_size, n_layer=n_layer, vocab_size=config.vocab_size,
-            state_size=config.mamba_d_state, expand=int(config.mamba_expand), conv_kernel=config.mamba_d_conv,
-            head_dim=int(config.mamba_d_head), n_groups=config.mamba_n_groups, chunk_size=config.mamba_chunk_size,
-            ssm_heads=config.mamba_n_heads, layers=tuple(self.layer_parts(config, i) for i in range(n_layer)),
-            attn_heads=config.num_attention_heads, attn_kv_heads=config.num_key_value_heads,
-            attn_head_dim=attention_head_dim(config),
+            **mamba_shape_keys(config), layers=layers,
             # every SwiGLU: the shared MLP (an ``mlp`` part when there are no experts) and each expert
             mlp_size=config.shared_intermediate_size, mlp_gated=True,
             moe_experts=config.num_local_experts or 0, moe_top_k=config.num_experts_per_tok or 0,

@@ -53,6 +53,30 @@ class LayerCall:
     streams: dict[str, Tensor] = field(default_factory=dict)
 
 
+def mamba_tiny_keys(tiny: Any) -> dict[str, Any]:
+    """The Mamba-2 mixer keys of a tiny ``model.tiny`` config in the ``mamba_*`` names that Bamba, Granite-4.0-H and
+    Falcon-H1 share."""
+    return dict(mamba_n_heads=tiny.d_model * tiny.expand // tiny.head_dim, mamba_d_head=tiny.head_dim,
+                mamba_d_state=tiny.state_size, mamba_n_groups=tiny.n_groups, mamba_d_conv=tiny.conv_kernel,
+                mamba_expand=tiny.expand, mamba_chunk_size=tiny.chunk_size)
+
+
+def mamba_shape_keys(config: Any) -> dict[str, Any]:
+    """The :class:`ModelShape` fields of a config in those ``mamba_*`` names, with its attention heads."""
+    return dict(family="mamba2", d_model=config.hidden_size, n_layer=int(config.num_hidden_layers),
+                vocab_size=config.vocab_size, state_size=config.mamba_d_state, expand=int(config.mamba_expand),
+                conv_kernel=config.mamba_d_conv, head_dim=int(config.mamba_d_head), n_groups=config.mamba_n_groups,
+                chunk_size=config.mamba_chunk_size, ssm_heads=config.mamba_n_heads,
+                attn_heads=config.num_attention_heads, attn_kv_heads=config.num_key_value_heads,
+                attn_head_dim=attention_head_dim(config))
+
+
+def attention_head_dim(config: Any) -> int:
+    """HF's attention head size: ``config.head_dim`` when the checkpoint gives one (Falcon-H1's need not equal
+    hidden_size / num_attention_heads), else that quotient."""
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+
 def allowed_keys(valid: Tensor, key_valid: Optional[Tensor] = None) -> Tensor:
     """[B, 1, Q, K] bool: query i may attend key j.
 
