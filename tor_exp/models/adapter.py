@@ -180,8 +180,8 @@ class ModelAdapter:
             return False
         try:
             return bool(cache.has_previous_state())
-        except (ValueError, IndexError, AttributeError):
-            return False
+        except (ValueError, IndexError, AttributeError):  # a cache without SSM layers: its keys say it
+            return cache.get_seq_length() > 0 if hasattr(cache, "get_seq_length") else False
 
     def decode_step(self, model: nn.Module, original_class: type, input_ids: Tensor, cache: Any,
                     **kwargs: Any) -> Any:

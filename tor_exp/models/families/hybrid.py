@@ -188,12 +188,3 @@ class HybridFamily(ModelAdapter):
                 book.key_valid[index] = valid
         dtype = next(model.parameters()).dtype
         return mask_format(allowed, implementation, dtype)
-
-    # ---------------------------------------------------------------------------- decoding
-    def cache_has_state(self, cache: Any) -> bool:
-        if cache is None:
-            return False
-        try:
-            return bool(cache.has_previous_state())
-        except (ValueError, IndexError, AttributeError):
-            return cache.get_seq_length() > 0 if hasattr(cache, "get_seq_length") else False
