@@ -111,3 +111,34 @@ def test_offset_counts_come_from_the_record_and_only_for_offset_alignment():
     assert offset_counts(record) == {"t": {"misaligned": 5, "short": 2, "requests": 40}}
     assert offset_counts({"alignment": {"mode": "exact"}, "num_requests": {"t": 40}}) == {}
     assert offset_counts({}) == {}
+
+
+def test_two_models_get_a_section_each_and_an_agreement_table(tiny_sweep, tmp_path):
+    """A sweep over two architectures (here the tiny Mamba-2 and the tiny Nemotron-H): one section and plot per model,
+    then per method and target whether they agree."""
+    import shutil
+
+    from tor_exp.config import compose_dict
+    from tor_exp.report import main
+    from tor_exp.reporting.quality import agreement
+    from tor_exp.run import run
+
+    both = tmp_path / "both"
+    shutil.copytree(tiny_sweep, both / "tiny_mamba2")
+    base = ["model=tiny_nemotron_h", "eval=reference", "eval.limit=6", "eval.log_samples=true",
+            "eval.compare_baseline=false", "device=cpu", "eval.bootstrap_iters=0"]
+    for name, extra in (("none", ["reduction=none"]), ("utrc", ["reduction=utrc", "reduction.target_flops=0.2"]),
+                        ("evit", ["reduction=evit", "reduction.target_flops=0.2"])):
+        run(compose_dict(base + extra), out_dir=both / "tiny_nemotron_h" / name)
+    assert main([str(both), "--quality", str(tmp_path / "q"), "--iters", "100"]) == 0
+    text = (tmp_path / "q.md").read_text()
+    assert "## Model `tiny_mamba2`" in text and "## Model `tiny_nemotron_h`" in text
+    assert "## Do the two architectures agree?" in text and "| evit | 20 % |" in text
+    assert (tmp_path / "q.png").is_file() and (tmp_path / "q.tiny_nemotron_h.png").is_file()
+    assert set(json.loads((tmp_path / "q.json").read_text())["models"]) == {"tiny_mamba2", "tiny_nemotron_h"}
+    resolved_up, resolved_down = {"low": 0.1, "high": 0.3}, {"low": -0.3, "high": -0.1}
+    unresolved = {"low": -0.1, "high": 0.1}
+    assert agreement(resolved_up, resolved_up) == "agree"
+    assert agreement(unresolved, unresolved) == "agree (neither resolved)"
+    assert agreement(resolved_up, unresolved) == "only first resolved"
+    assert agreement(resolved_up, resolved_down) == "**disagree**"

@@ -179,15 +179,76 @@ def provenance(records: Sequence[dict[str, Any]], rows: list[dict[str, Any]], it
             f"- {len(records)} jobs, {wall / 60:.0f} min of model time in all; {iters} bootstrap resamples per interval"]
 
 
+def agreement(a: Optional[dict[str, Any]], b: Optional[dict[str, Any]]) -> str:
+    """Whether two models' paired differences say the same: both resolved with one sign, or both unresolved
+    (``agree``); resolved on one model only (``only <which>``); resolved with opposite signs (``disagree``)."""
+    if not a or not b:
+        return "–"
+
+    def sign(d: dict[str, Any]) -> int:
+        return 1 if d["low"] > 0 else (-1 if d["high"] < 0 else 0)
+
+    sa, sb = sign(a), sign(b)
+    if sa == sb:
+        return "agree" if sa else "agree (neither resolved)"
+    if sa and sb:
+        return "**disagree**"
+    return "only first resolved" if sa else "only second resolved"
+
+
+def render_agreement(rows_by_model: dict[str, list[dict[str, Any]]]) -> str:
+    """Per method and target, each metric's Δ vs none and vs UTRC on the first two models, and whether they agree."""
+    (first, rows_a), (second, rows_b) = list(rows_by_model.items())[:2]
+    by_key = {(r["method"], r["target"]): r for r in rows_b}
+    shared = [k for k in rows_a[0]["values"] if k in rows_b[0]["values"]]
+    lines = [f"## Do the two architectures agree? (`{first}` first, `{second}` second)", "",
+             "For each method and target: the difference to `none` and to UTRC on each model, and whether both "
+             "models resolve it with the same sign (*agree*), neither resolves it (*agree (neither resolved)*), only "
+             "one does, or they resolve it with opposite signs (**disagree**).", ""]
+    for key in shared:
+        task, metric = key.split("/", 1)
+        lines += [f"### {task}: {metric}", "",
+                  f"| method | target | Δ vs none `{first}` | Δ vs none `{second}` | vs none | Δ vs UTRC `{first}` | "
+                  f"Δ vs UTRC `{second}` | vs UTRC |", "|---|---|---|---|---|---|---|---|"]
+        for row in rows_a:
+            other = by_key.get((row["method"], row["target"]))
+            if row["method"] == "none" or other is None:
+                continue
+            ref = f"vs_{REFERENCE_METHOD}"
+            a_none, b_none = row["vs_none"].get(key), other["vs_none"].get(key)
+            a_ref, b_ref = row[ref].get(key), other[ref].get(key)
+            lines.append(f"| {row['method']} | {100 * row['target']:.0f} % | {_cell(a_none)} | {_cell(b_none)} | "
+                         f"{agreement(a_none, b_none)} | {_cell(a_ref)} | {_cell(b_ref)} | {agreement(a_ref, b_ref)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_quality(records: Sequence[dict[str, Any]], prefix: Path, *, title: str, notes: Sequence[str] = (),
                   iters: int = 1000) -> dict[str, Path]:
     """``<prefix>.md``, ``<prefix>.json`` and ``<prefix>.png`` for the sweep's records (with :func:`provenance`
-    notes after the given ones)."""
-    rows = quality_rows(records, iters=iters)
-    notes = [*notes, *provenance(records, rows, iters)]
+    notes after the given ones). A sweep over several models gets one section per model (and ``<prefix>.<model>.png``
+    beyond the first) and a section on whether the first two agree."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_model.setdefault(str(record.get("model")), []).append(record)
+    rows_by_model = {model: quality_rows(group, iters=iters) for model, group in by_model.items()}
     prefix.parent.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": prefix.with_suffix(".md"), "json": prefix.with_suffix(".json")}
-    paths["markdown"].write_text(render_quality_markdown(rows, title=title, notes=notes) + "\n")
-    paths["json"].write_text(json.dumps({"rows": rows, "iters": iters}, indent=1) + "\n")
-    paths["plot"] = plot_quality(rows, prefix.with_suffix(".png"))
+    if len(by_model) == 1:
+        ((model, rows),) = rows_by_model.items()
+        text = render_quality_markdown(rows, title=title, notes=[*notes, *provenance(by_model[model], rows, iters)])
+        paths["json"].write_text(json.dumps({"rows": rows, "iters": iters}, indent=1) + "\n")
+        paths["plot"] = plot_quality(rows, prefix.with_suffix(".png"))
+    else:
+        sections = []
+        for i, (model, rows) in enumerate(rows_by_model.items()):
+            plot = prefix.with_suffix(".png") if i == 0 else prefix.with_name(f"{prefix.name}.{model}.png")
+            paths["plot" if i == 0 else f"plot_{model}"] = plot_quality(rows, plot)
+            body = render_quality_markdown(rows, title=f"Model `{model}`", notes=provenance(by_model[model], rows,
+                                                                                            iters))
+            sections.append("\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines())
+                            + f"\n\n![Δ vs none against realised FLOPs, `{model}`]({plot.name})\n")
+        text = "\n".join([f"# {title}", "", *notes, "", *sections, render_agreement(rows_by_model)])
+        paths["json"].write_text(json.dumps({"models": rows_by_model, "iters": iters}, indent=1) + "\n")
+    paths["markdown"].write_text(text + "\n")
     return paths
