@@ -31,7 +31,8 @@ from tqdm import tqdm
 from tor_exp.errors import ConfigError
 from tor_exp.evaluation.config import AUTO, batch_size_setting, resolve_alignment
 from tor_exp.evaluation.scoring import PackedBatch, Scores, pack, protected_mask, score_continuations
-from tor_exp.models.families import adapter_of
+from tor_exp.models.families import adapter_of, model_shape
+from tor_exp.models.flops import backbone_flops_rows
 from tor_exp.models.patching import ReducedOutput, reduced_forward
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,9 @@ def per_row_layer_tokens(tokens_per_layer: torch.Tensor, batch: int, layers: int
 # ----------------------------------------------------------------------------------------------- statistics
 @dataclass
 class TaskStats:
-    """Per-task request accounting; ``realised_reduction`` = 1 − Σ real layer-tokens / Σ full layer-tokens."""
+    """Per-task request accounting. ``realised_reduction`` = 1 − Σ backbone FLOPs at the real per-layer token counts
+    / Σ backbone FLOPs unreduced (the model's FLOP shape: equal to the token ratio ``realised_tokens`` when every
+    layer costs the same per token, FLOP-weighted in a hybrid)."""
 
     requests: int = 0
     loglikelihood_requests: int = 0
@@ -66,18 +69,26 @@ class TaskStats:
     input_tokens: int = 0
     layer_tokens_full: float = 0.0
     layer_tokens_real: float = 0.0
+    flops_full: float = 0.0
+    flops_real: float = 0.0
     offset_short: int = 0
     offset_empty: int = 0
     offset_misaligned: int = 0
 
     @property
-    def realised_reduction(self) -> float:
+    def realised_tokens(self) -> float:
         if self.layer_tokens_full <= 0:
             return 0.0
         return 1.0 - self.layer_tokens_real / self.layer_tokens_full
 
+    @property
+    def realised_reduction(self) -> float:
+        if self.flops_full <= 0:
+            return self.realised_tokens
+        return 1.0 - self.flops_real / self.flops_full
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "realised_reduction": self.realised_reduction}
+        return {**asdict(self), "realised_reduction": self.realised_reduction, "realised_tokens": self.realised_tokens}
 
 
 # ----------------------------------------------------------------------------------------------- the backend
@@ -150,6 +161,7 @@ class TorExpLM(TemplateLM):
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = prefix_token_id
         self.layers = adapter_of(model).num_layers(model)
+        self.shape = model_shape(model)
         self.stats: dict[str, TaskStats] = {}
         self._task_names: Optional[list[str]] = None
 
@@ -279,7 +291,11 @@ class TorExpLM(TemplateLM):
     def _count(self, chunk, batch: PackedBatch, scores: Scores, tokens_per_layer: torch.Tensor,
                score_all: bool) -> None:
         """Per-task request accounting: layer-tokens for the realised FLOPs, the offset rule's flags."""
+        counts = torch.as_tensor(tokens_per_layer).detach().to("cpu", torch.float64)[:, :self.layers]
         real = per_row_layer_tokens(tokens_per_layer, len(chunk), self.layers)
+        lengths = torch.as_tensor([float(n) for n in batch.input_lengths[:len(chunk)]], dtype=torch.float64)
+        flops_real = backbone_flops_rows(self.shape, counts)
+        flops_full = backbone_flops_rows(self.shape, lengths[:, None].expand(-1, self.layers))
         for i, (_, _, task) in enumerate(chunk):
             st = self._stat(task)
             st.requests += 1
@@ -291,6 +307,8 @@ class TorExpLM(TemplateLM):
             st.input_tokens += n_input
             st.layer_tokens_full += float(self.layers * n_input)
             st.layer_tokens_real += float(real[i])
+            st.flops_full += float(flops_full[i])
+            st.flops_real += float(flops_real[i])
             if self.alignment == "offset" and not score_all:
                 short = bool(scores.short[i])
                 st.offset_short += int(short)

@@ -341,15 +341,8 @@ def realised_flops_reduction(
         m_full, m_red = n_in, final
     else:
         m_full = m_red = torch.ones_like(n_in)
-    if shape.uniform:
-        # every layer costs the same, linearly in its tokens (tested), so whole-batch sums suffice
-        per_token = layer_flops(shape, 1)
-        full_rows = per_token * n_layer * n_in
-        red_rows = per_token * counts.sum(dim=1)
-    else:
-        a, b = (torch.tensor(c, dtype=torch.float64) for c in zip(*(layer_cost(shape, l) for l in range(n_layer))))
-        full_rows = (a.sum() * n_in) + (b.sum() * n_in * n_in)
-        red_rows = (counts * a).sum(dim=1) + (counts * counts * b).sum(dim=1)
+    full_rows = backbone_flops_rows(shape, n_in[:, None].expand(-1, n_layer))
+    red_rows = backbone_flops_rows(shape, counts)
     full_bb = float(full_rows[real].sum())
     red_bb = float(red_rows[real].sum())
     full_tot = full_bb + float((head["norm_f"] * n_in + head["lm_head"] * m_full)[real].sum())
@@ -360,6 +353,14 @@ def realised_flops_reduction(
     if chunk:
         out["backbone_padded"] = padded_flops_reduction(counts, n_in, shape)
     return out
+
+
+def backbone_flops_rows(shape: ModelShape, counts: Tensor) -> Tensor:
+    """[B] ideal backbone FLOPs of each row whose layer l sees ``counts[b, l]`` tokens ([B, L] float64)."""
+    if shape.uniform:  # every layer costs the same, linearly in its tokens (tested): one product per row
+        return layer_flops(shape, 1) * counts.sum(dim=1)
+    a, b = (torch.tensor(c, dtype=torch.float64) for c in zip(*(layer_cost(shape, l) for l in range(counts.shape[1]))))
+    return (counts * a).sum(dim=1) + (counts * counts * b).sum(dim=1)
 
 
 def padded_work(shape: ModelShape, widths: Sequence[float] | Tensor, batch: int = 1) -> float:
