@@ -16,7 +16,7 @@ from tor_exp.reference.data import clean_rst, split_of
 from tor_exp.reference.evaluate import ngram_logprobs, sequence_nll_per_byte
 from tor_exp.reference.make_task import CONT_MAX, CONT_MIN, CTX_MAX, CTX_MIN, sampled, shingle_hashes
 from tor_exp.reference.tokenizer import EOS_ID, build_byte_tokenizer
-from tor_exp.reference.train import lm_loss, lr_at, make_optimizer, model_config, build_parser, train_step
+from tor_exp.reference.train import build_model, build_parser, lm_loss, lr_at, make_optimizer, model_config, train_step
 
 ITEMS = [json.loads(line) for line in (TASK_DIR / "reference_heldout.jsonl").read_text().splitlines()]
 # A paragraph of the *training* split (tutorial/appetite.rst, PSF licence): positive control for the fingerprint.
@@ -176,16 +176,19 @@ def test_lr_schedule() -> None:
     assert math.isclose(lr_at(50, args, time_frac=1.0), 1e-4)
 
 
-def test_train_step_lowers_loss_on_toy_model() -> None:
+@pytest.mark.parametrize("arch", ["mamba2", "nemotron_h"])
+def test_train_step_lowers_loss_on_toy_model(arch: str) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    args = build_parser().parse_args(["--data", "x", "--out", "y", "--d-model", "32", "--n-layer", "2",
-                                      "--head-dim", "16", "--state-size", "16", "--chunk-size", "16",
-                                      "--lr", "3e-3"])
-    from transformers import Mamba2ForCausalLM
-
-    model = Mamba2ForCausalLM(model_config(args))
-    assert model.config.num_heads == 4 and model.config.vocab_size == 258
+    args = build_parser().parse_args(["--data", "x", "--out", "y", "--arch", arch, "--d-model", "32",
+                                      "--n-layer", "2", "--head-dim", "16", "--state-size", "16", "--chunk-size", "16",
+                                      "--pattern", "M*-M", "--attn-heads", "2", "--attn-head-dim", "16",
+                                      "--mlp-size", "64", "--lr", "3e-3"])
+    model = build_model(args)
+    assert type(model).__name__ == {"mamba2": "Mamba2ForCausalLM", "nemotron_h": "NemotronHForCausalLM"}[arch]
+    assert model.config.vocab_size == 258
+    if arch == "nemotron_h":  # the pattern sets the depth: Mamba-2, attention, MLP, Mamba-2
+        assert model.config.layers_block_type == ["linear_attention", "full_attention", "mlp", "linear_attention"]
     opt = make_optimizer(model, args)
     batch = torch.tensor([list(b"the cat sat on the mat. " * 2)[:33]] * 2)
     with torch.no_grad():
