@@ -57,18 +57,19 @@ def test_absent_reduction_is_the_cli_default_and_the_dict_form_none_is_none():
                                                                         "reduction.q=null"]
 
 
-def test_python_api_cli_and_lm_eval_agree_on_a_reduced_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["tiny_mamba2", "tiny_nemotron_h"])
+def test_python_api_cli_and_lm_eval_agree_on_a_reduced_run(model, tmp_path, monkeypatch):
     """The same UTRC config through run() (the CLI's job) and through simple_evaluate(model="tor_exp") gives the
-    same metrics."""
+    same metrics, for the paper's Mamba-2 and for a hybrid."""
     import tor_exp.lm_eval  # noqa: F401
     from tor_exp.config import compose_dict
     from tor_exp.run import run
 
     monkeypatch.chdir(tmp_path)
-    overrides = ["model=tiny_mamba2", "reduction=utrc", "reduction.keep_ratio=0.6", "eval=fixtures",
+    overrides = [f"model={model}", "reduction=utrc", "reduction.keep_ratio=0.6", "eval=fixtures",
                  f"eval.limit={LIMIT}", "eval.batch_size=4", "eval.compare_baseline=false", "device=cpu"]
     job = run(compose_dict(overrides), out_dir=tmp_path / "job")
-    raw = _simple_evaluate("tor_exp", "model=tiny_mamba2,reduction=utrc,reduction.keep_ratio=0.6", batch_size=4)
+    raw = _simple_evaluate("tor_exp", f"model={model},reduction=utrc,reduction.keep_ratio=0.6", batch_size=4)
     for task in FIXTURE_TASKS:
         for key, value in raw["results"][task].items():
             metric = key.split(",")[0]
