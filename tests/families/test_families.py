@@ -259,3 +259,20 @@ def test_default_locations_of_a_hybrid_rank_by_their_own_mamba_mixer(depth):
     method = build_method(build_cfg("utrc", keep_ratio=0.8))
     sources = importance_sources(method, Schedule(locations, 0.8), shape)
     assert all(sources[l] == l for l in locations)
+
+
+@torch.no_grad()
+def test_the_solved_schedule_meets_a_flops_target_on_the_hybrid(tiny_family):
+    """ρ solved on the family's FLOP shape (attention quadratic, MLP/MoE linear) at the input length removes the target
+    share of the model's FLOPs, and a forward at that length realises it up to the per-location ceil."""
+    from tor_exp.models import build_reduction, model_shape, reducing
+    from tor_exp.models.flops import flops_reduction
+
+    model, tok, cfg = tiny_family
+    shape = model_shape(model)
+    reduction, schedule = build_reduction(build_cfg("utrc", target_flops=0.2), cfg, shape=shape, seq_len=96)
+    assert flops_reduction(shape.n_layer, schedule.locations, schedule.keep_ratio, shape=shape,
+                           seq_len=96) == pytest.approx(0.2, abs=1e-8)
+    with reducing(model, reduction, schedule, tokenizer=tok):
+        out = reduced_forward(model, random_ids(1, 96, seed=17))
+    assert abs(out.flops["backbone"] - 0.2) <= 0.03
