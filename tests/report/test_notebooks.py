@@ -70,6 +70,7 @@ def test_analysis_notebook_runs_on_a_sweep(tmp_path, monkeypatch):
     assert (tmp_path / "report" / "report.md").is_file() and (tmp_path / "report" / "lambada_acc_vs_flops.png").is_file()
 
 
+@pytest.mark.slow  # ~13 s; CI's second step runs it
 def test_token_flow_notebook_runs_on_the_tiny_model(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = execute("token_flow.ipynb", tmp_path, timeout=600)
