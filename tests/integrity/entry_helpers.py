@@ -53,7 +53,16 @@ def start(*args: str, cwd: Path, log: Path) -> subprocess.Popen:
     """``python -m tor_exp <args>`` as a real process; its stdout and stderr go to ``log``.out / ``log``.err."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "tor_exp", *args], cwd=cwd, env=env,
-                            stdout=open(f"{log}.out", "w"), stderr=open(f"{log}.err", "w"), text=True)
+                            stdout=open(f"{log}.out", "w"), stderr=open(f"{log}.err", "w"), text=True,
+                            preexec_fn=_sigint_as_at_a_terminal)
+
+
+def _sigint_as_at_a_terminal() -> None:
+    """Ctrl-C's default for the child: a shell runs background jobs (``cmd &`` in a script, as a CI step may) with
+    SIGINT ignored, the child inherits that, and Python then installs no KeyboardInterrupt handler at all."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(pattern: str, root: Path, proc: subprocess.Popen, timeout: float = 240.0) -> Path:
