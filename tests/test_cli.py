@@ -79,9 +79,9 @@ def test_generate_prints_a_continuation(tmp_path: Path, monkeypatch, capsys) -> 
     assert "Hello" + results["continuation"] in out and "\033[" not in out
 
 
-def _check_default_results(out: Path, limit: int | None) -> None:
+def _check_default_results(out: Path, limit: int | None, model: str = "reference") -> None:
     results = json.loads((out / "results.json").read_text())
-    assert results["model"] == "reference" and results["method"] == "utrc"
+    assert results["model"] == model and results["method"] == "utrc"
     assert results["target_flops"] == pytest.approx(0.2)
     tasks = {"reference_heldout", "reference_heldout_mc"}
     assert set(results["metrics"]) == tasks and set(results["baseline"]["metrics"]) == tasks
@@ -102,6 +102,15 @@ def test_default_job_end_to_end_on_a_few_items(tmp_path: Path) -> None:
     proc = _run("eval.limit=3", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_default_results(tmp_path, 3)
+
+
+def test_hybrid_reference_job_end_to_end_on_a_few_items(tmp_path: Path) -> None:
+    """The trained hybrid (Mamba-2, attention and MLP blocks) through the same default job, from another directory:
+    the shipped weights load from the package, UTRC 20 % realises its FLOPs, and the unreduced model is trained."""
+    proc = _run("model=reference_hybrid", "eval.limit=3", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_default_results(tmp_path, 3, model="reference_hybrid")
+    assert "reference_hybrid" in proc.stdout
 
 
 @pytest.mark.slow

@@ -60,6 +60,7 @@ def test_wheel_built_from_the_sdist_runs_from_another_directory(tmp_path: Path) 
     for needed in ("tor_exp/conf/config.yaml", "tor_exp/conf/eval/zero_shot.yaml", "tor_exp/conf/model/tiny_mamba2.yaml",
                    "tor_exp/evaluation/tasks/piqa_fixture.jsonl", "tor_exp/evaluation/tasks/task_data.py",
                    "tor_exp/reference/task/reference_heldout.jsonl", "tor_exp/reference/assets/model.safetensors",
+                   "tor_exp/reference/hybrid/model.safetensors", "tor_exp/conf/model/reference_hybrid.yaml",
                    "tor_exp/lm_eval/__main__.py"):
         assert needed in files, needed
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tor_exp.reference import ASSETS_DIR, TASK_DIR
+from tor_exp.reference import ASSETS_DIR, HYBRID_DIR, TASK_DIR
 from tor_exp.reference.data import clean_rst, split_of
 from tor_exp.reference.evaluate import ngram_logprobs, sequence_nll_per_byte
 from tor_exp.reference.make_task import CONT_MAX, CONT_MIN, CTX_MAX, CTX_MIN, sampled, shingle_hashes
@@ -25,19 +25,28 @@ TRAIN_SNIPPET = ("If you do much work on computers, eventually you find that the
                  "files, or rename and rearrange a bunch of photo files in a complicated way.")
 
 
-@pytest.fixture(scope="module")
-def metrics() -> dict:
-    return json.loads((ASSETS_DIR / "metrics.json").read_text())
+# Both shipped models: the Mamba-2 reference and the Nemotron-H-style hybrid, each with its model config
+SHIPPED = {"reference": ASSETS_DIR, "reference_hybrid": HYBRID_DIR}
+
+
+@pytest.fixture(scope="module", params=list(SHIPPED))
+def which(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    """The shipped model through the public loader and the model=reference config (fp16 files -> fp32)."""
+def metrics(which: str) -> dict:
+    return json.loads((SHIPPED[which] / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def shipped(which: str):
+    """The shipped model through the public loader and its model config (fp16 files -> fp32)."""
     from tor_exp.config import compose
     from tor_exp.models.loading import load_model
 
     torch.set_num_threads(1)
-    model, tok = load_model(compose(["model=reference"]).model)
+    model, tok = load_model(compose([f"model={which}"]).model)
     return model, tok
 
 
@@ -83,14 +92,18 @@ def test_task_items_come_from_heldout_documents_only() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- model
-def test_shipped_weights_are_small_fp16(metrics: dict) -> None:
-    f = ASSETS_DIR / "model.safetensors"
+def test_shipped_weights_are_small_fp16(which: str, metrics: dict) -> None:
+    f = SHIPPED[which] / "model.safetensors"
     assert f.stat().st_size <= 15 * 2**20
     with safe_open(str(f), "pt") as sf:
         dtypes = {sf.get_slice(k).get_dtype() for k in sf.keys()}
     assert dtypes == {"F16"}
-    cfg = json.loads((ASSETS_DIR / "config.json").read_text())
-    assert cfg["num_hidden_layers"] >= 24 and metrics["n_params"] > 1_000_000
+    cfg = json.loads((SHIPPED[which] / "config.json").read_text())
+    depth = len(cfg["layers_block_type"]) if which == "reference_hybrid" else cfg["num_hidden_layers"]
+    assert depth >= 24 and metrics["n_params"] > 1_000_000
+    if which == "reference_hybrid":  # a real hybrid: Mamba-2, attention and MLP blocks
+        assert cfg["model_type"] == "nemotron_h"
+        assert set(cfg["layers_block_type"]) == {"linear_attention", "full_attention", "mlp"}
 
 
 def test_shipped_weights_reproduce_recorded_loss(shipped, metrics: dict) -> None:

@@ -31,9 +31,12 @@ EXPECTED = {
     "table6_ltmp": _grid(["mamba2_2.7b"], ["ltmp", "utrc"]),
     "reference_quality": _grid(["reference"], ["utrc", "evit", "pumer", "ltmp", "utrc_official", "evit_official",
                                                "pumer_official"]),
+    # the hybrid reference: paper-mode methods only (parity modes are refused on hybrids)
+    "reference_quality_hybrid": _grid(["reference_hybrid"], ["utrc", "evit", "pumer", "ltmp"]),
 }
 COUNTS = {"table1_mamba2": 20, "table2_mamba": 20, "parity": 20, "table3_metric": 8, "table4_locations": 6,
-          "table5_design": 7, "table6_ltmp": 7, "smoke": 2, "reference_quality": 22}
+          "table5_design": 7, "table6_ltmp": 7, "smoke": 2, "reference_quality": 22,
+          "reference_quality_hybrid": 13}
 
 
 def expand(experiment: str, only: list[int] | None = None) -> list[tuple[list[str], object]]:
@@ -78,8 +81,8 @@ def test_sweep_spec_expands_to_the_expected_jobs(experiment):
     assert len(set(overrides)) == len(overrides)
     if experiment in EXPECTED:
         got = [_cell_of(ov) for ov, _ in jobs]
-        if experiment in ("table6_ltmp", "reference_quality"):
-            model = "mamba2_2.7b" if experiment == "table6_ltmp" else "reference"
+        if experiment in ("table6_ltmp", "reference_quality", "reference_quality_hybrid"):
+            model = {"table6_ltmp": "mamba2_2.7b", "reference_quality": "reference"}.get(experiment, "reference_hybrid")
             got = [(model, m, f) for _, m, f in got]
         assert len(set(got)) == len(got) and set(got) == EXPECTED[experiment]
 
@@ -94,12 +97,16 @@ def test_first_and_last_job_compose(experiment):
 
 def _check_job(experiment: str, cfg) -> tuple:
     v = validate(cfg)  # type checks + schedule (locations inside the model, ρ solvable)
-    assert cfg.hydra.sweep.dir == f"multirun/{experiment}"  # fixed: re-running resumes in place
-    assert cfg.logger.group == experiment
+    # fixed: re-running resumes in place; both reference models share one sweep folder (subdir by model name), so
+    # one report covers both architectures
+    shared = "reference_quality" if experiment.startswith("reference_quality") else experiment
+    assert cfg.hydra.sweep.dir == f"multirun/{shared}"
+    assert cfg.logger.group == shared
     if experiment == "smoke":
         assert v.model.name == "tiny_mamba2" and v.eval.tasks == ["lambada_fixture"] and v.eval.limit <= 4
-    elif experiment == "reference_quality":
-        assert v.model.name == "reference" and "reference_heldout" in v.eval.tasks and v.eval.log_samples
+    elif experiment.startswith("reference_quality"):
+        assert v.model.name == {"reference_quality": "reference"}.get(experiment, "reference_hybrid")
+        assert "reference_heldout" in v.eval.tasks and v.eval.log_samples
         assert v.eval.compare_baseline is False and v.eval.limit is None
     else:
         assert v.eval.tasks == ["lambada_openai", "hellaswag", "piqa", "arc_easy", "arc_challenge", "winogrande"]
@@ -114,7 +121,7 @@ def _check_job(experiment: str, cfg) -> tuple:
         assert locations == L64
     elif model in ("mamba2_1.3b", "mamba_1.4b"):
         assert locations == L48
-    elif model == "reference":
+    elif model in ("reference", "reference_hybrid"):
         assert locations == [5, 8, 11, 14, 17]
     else:
         assert experiment in ("smoke", "table4_locations")
