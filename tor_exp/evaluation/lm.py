@@ -45,14 +45,14 @@ UNKNOWN_TASK = "<unknown>"
 DEFAULT_MAX_BATCH_SIZE = 64
 
 
-def per_row_layer_tokens(tokens_per_layer: torch.Tensor, batch: int, layers: int) -> torch.Tensor:
-    """Σ over layers of the tokens each row's layers processed, as float [B].
+def per_row_layer_counts(tokens_per_layer: torch.Tensor, batch: int, layers: int) -> torch.Tensor:
+    """The tokens each row's layer l processed, as float64 [B, L].
 
     Accepts [B, L] (the contract) and [B, L+1] (last entry = tokens reaching the final norm, dropped)."""
     t = torch.as_tensor(tokens_per_layer).detach().to("cpu", torch.float64)
     if t.dim() != 2 or t.shape[0] != batch or t.shape[1] not in (layers, layers + 1):
         raise ValueError(f"tokens_per_layer of shape {tuple(t.shape)}: expected [{batch}, {layers}]")
-    return t[:, :layers].sum(1)
+    return t[:, :layers]
 
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -291,8 +291,8 @@ class TorExpLM(TemplateLM):
     def _count(self, chunk, batch: PackedBatch, scores: Scores, tokens_per_layer: torch.Tensor,
                score_all: bool) -> None:
         """Per-task request accounting: layer-tokens for the realised FLOPs, the offset rule's flags."""
-        counts = torch.as_tensor(tokens_per_layer).detach().to("cpu", torch.float64)[:, :self.layers]
-        real = per_row_layer_tokens(tokens_per_layer, len(chunk), self.layers)
+        counts = per_row_layer_counts(tokens_per_layer, len(chunk), self.layers)
+        real = counts.sum(1)
         lengths = torch.as_tensor([float(n) for n in batch.input_lengths[:len(chunk)]], dtype=torch.float64)
         flops_real = backbone_flops_rows(self.shape, counts)
         flops_full = backbone_flops_rows(self.shape, lengths[:, None].expand(-1, self.layers))
