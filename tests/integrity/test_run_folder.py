@@ -2,6 +2,7 @@
 half-written, nothing lost, and every ending (busy folder, Ctrl-C, SIGTERM, full disk) is one line."""
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -137,3 +138,36 @@ def test_a_run_that_can_write_nowhere_fails_before_loading_the_model(small_disk,
     code, out, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={small_disk / 'run'}")
     assert_one_line_error(code, err, "hydra.run.dir=", "No space left on device")
     assert "loaded in" not in out and not (small_disk / "run").exists()
+
+
+def test_sigterm_to_a_local_sweep_ends_every_job_process_before_it_reports(tmp_path):
+    """launcher=local runs each job in its own processes (submitit's controller and the job): SIGTERM to the sweep
+    ends all of them before the one line, so the interrupted job never writes its record afterwards."""
+    import time
+
+    import psutil
+
+    sweep = tmp_path / "sweep"
+    proc = start("-m", *ENDLESS, "launcher=local", "~local", "hydra.launcher.array_parallelism=1",
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path, log=tmp_path / "sweep")
+    tree: list = []
+    try:
+        running = wait_for("*/.tor_exp.owner", sweep, proc).parent
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert len(tree) >= 2, tree  # submitit's controller and the job
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+        alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"job processes outlived the sweep: {alive}"
+        time.sleep(2)
+        assert not (running / "results.json").exists() and not leftovers(sweep)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in tree:  # whatever outlived the sweep (on a launcher that leaves them)
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    err = (tmp_path / "sweep.err").read_text()
+    assert "Traceback" not in err
+    assert error_lines(err)[-1] == ("interrupted: no job finished; nothing written for the job that was running; "
+                                    "rerun with resume=true"), err

@@ -47,6 +47,13 @@ def finished_records() -> list[Path]:
     return list(_finished)
 
 
+def note_finished(path: str | os.PathLike) -> None:
+    """Name a folder whose record another process of this sweep completed (a launcher's job process)."""
+    folder = Path(path).absolute()
+    if folder not in _finished:
+        _finished.append(folder)
+
+
 def refusal(out_dir: str | os.PathLike, resolved: Mapping[str, Any], *, overwrite: bool) -> Optional[str]:
     """Why a job of config ``resolved`` may not write into ``out_dir`` (None: it may): the folder holds a complete
     result of another config, or of this config on other weights (the checkpoint at ``model.path`` changed since).
