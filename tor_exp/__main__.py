@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 from tor_exp.errors import fail
 
@@ -36,6 +36,19 @@ def check_output_dir(path: str, key: str) -> None:
         fail(f"{key}={path}: {problem}")
 
 
+def check_wandb(logger: Any) -> None:
+    """An online W&B without an API key is one line before any job starts (each job also starts its W&B run
+    before its work, which catches an unreachable server); with ``logger.offline_fallback`` the job logs offline."""
+    if logger.backend != "wandb" or logger.offline_fallback or logger.resolved().mode != "online":
+        return
+    from tor_exp.errors import ConfigError
+    from tor_exp.records.wandb_logger import online_problem
+
+    problem = online_problem(logger)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def precheck(argv: list[str]) -> None:
     """Compose and validate every job before Hydra starts, so errors are one line (Hydra would print several,
     and a bad job of a multirun would fail inside a launcher, buried in its log) and nothing runs."""
@@ -47,14 +60,14 @@ def precheck(argv: list[str]) -> None:
     try:
         if not multirun:
             cfg = compose_dict(overrides, return_hydra_config=True)
-            validate(cfg)
+            check_wandb(validate(cfg).logger)
             check_output_dir(cfg.hydra.run.dir, "hydra.run.dir")
             return
         jobs = sweep_jobs(overrides)
         primary = compose_dict(overrides, return_hydra_config=True, multirun=True)
         check_output_dir(primary.hydra.sweep.dir, "hydra.sweep.dir")
         for job in jobs:
-            validate(compose_dict(job))
+            check_wandb(validate(compose_dict(job)).logger)
     except ConfigError as err:
         fail(_in_job(job, str(err), multirun))
     except Exception as err:  # hydra / omegaconf composition errors

@@ -67,6 +67,13 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("tor_exp_exclude_keys", dirname_exclude_keys)
     if not OmegaConf.has_resolver("tor_exp_dirname"):
         OmegaConf.register_new_resolver("tor_exp_dirname", _job_dirname)
+    if not OmegaConf.has_resolver("tor_exp_run_token"):  # cached in the config like Hydra's ${now:}: one per run
+        OmegaConf.register_new_resolver("tor_exp_run_token", lambda: _RUN_TOKEN, use_cache=True)
+
+
+#: ``${tor_exp_run_token:}``: six hex digits drawn once per process, which make the default run / sweep folder
+#: (``<date>/<time>-<token>``) unique per run: two runs started in the same second never share a folder
+_RUN_TOKEN = __import__("secrets").token_hex(3)
 
 
 def _job_dirname(*args: Any, _root_: DictConfig) -> str:
