@@ -54,12 +54,20 @@ def render_markdown(rows: list[ReportRow], *, title: str = "tor_exp report", not
     titles = data["column_titles"]
     show_variant = any(r.variant for r in rows)
     extra = list(rows[0].extra) if rows else []  # config keys that tell otherwise identical rows apart
+    # the paper's columns only where some row has a number in them (ours or the paper's); tasks the paper does not
+    # have (the offline reference tasks) get a column each, so such a sweep is not a table of empty cells
+    paper_cols = [c for c in COLUMNS if not rows or any(r.ours.get(c) is not None or r.paper.get(c) is not None
+                                                        for r in rows)]
+    others = sorted({k for r in rows for k in r.other})
     header = ["Model", "Method"] + (["Variant"] if show_variant else []) + extra + ["FLOPs ↓ target", "realised", "ρ"]
-    header += [titles[c] for c in COLUMNS] + ["paper"]
+    header += [titles[c] for c in paper_cols] + [_other_title(k) for k in others] + (["paper"] if paper_cols else [])
+    intro = ("Each metric cell: **ours / paper** (paper = the published number for the same setting, "
+             f"{_MISSING} where the paper has none). Accuracies in %, LAMBADA perplexity ↓. ") if paper_cols else ""
+    if others:
+        intro += ("Tasks the paper does not report (" + ", ".join(sorted({k.split(' ')[0] for k in others}))
+                  + "): ours only, accuracies in %, perplexities ↓. ")
     lines = [f"# {title}", "",
-             "Each metric cell: **ours / paper** (paper = the published number for the same setting, "
-             f"{_MISSING} where the paper has none). Accuracies in %, LAMBADA perplexity ↓. "
-             "realised = backbone FLOPs reduction measured on the evaluated requests.", "",
+             intro + "realised = backbone FLOPs reduction measured on the evaluated requests.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     from tor_exp.reduction.parity import is_parity, paper_method  # parity-ness by name: the method registry
 
@@ -76,8 +84,10 @@ def render_markdown(rows: list[ReportRow], *, title: str = "tor_exp report", not
         cells += [_extra_value(r.extra.get(k)) for k in extra]
         cells += [_pct(r.target_flops), _pct(r.realised_flops),
                   _MISSING if r.keep_ratio is None else f"{r.keep_ratio:.4f}"]
-        cells += [f"{format_value(c, r.ours.get(c))} / {format_value(c, r.paper.get(c))}" for c in COLUMNS]
-        cells.append(r.paper_table or _MISSING)
+        cells += [f"{format_value(c, r.ours.get(c))} / {format_value(c, r.paper.get(c))}" for c in paper_cols]
+        cells += [_other_value(k, r.other.get(k)) for k in others]
+        if paper_cols:
+            cells.append(r.paper_table or _MISSING)
         lines.append("| " + " | ".join(cells) + " |")
     if not rows:
         lines.append("| " + " | ".join([_MISSING] * len(header)) + " |")
@@ -87,6 +97,21 @@ def render_markdown(rows: list[ReportRow], *, title: str = "tor_exp report", not
               "acc_norm, WinoGrande acc (the Mamba papers' convention)."]
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def _other_title(key: str) -> str:
+    """``"reference_heldout byte_perplexity"`` → ``"reference_heldout ppl/byte ↓"``; accuracies marked (%)."""
+    task, metric = key.split(" ", 1)
+    if "perplexity" in metric:
+        return f"{task} {'ppl/byte' if metric == 'byte_perplexity' else 'ppl'} ↓"
+    return f"{task} {metric} (%)"
+
+
+def _other_value(key: str, value: Optional[float]) -> str:
+    """Perplexities with 4 significant digits, accuracies in % with 1 decimal (the paper's precision)."""
+    if value is None:
+        return _MISSING
+    return f"{value:.4g}" if "perplexity" in key else f"{100 * value:.1f}"
 
 
 def _extra_value(value: Any) -> str:

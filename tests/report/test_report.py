@@ -305,3 +305,36 @@ def test_unreadable_result_files_are_named_in_the_report_and_its_exit_status(tmp
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "3 result file(s) could not be read" in markdown and "broken/results.json" in markdown
     assert len(parse_table(markdown)) == 1  # the one good run
+
+
+def offline_metrics(ppl: float, acc: float) -> dict:
+    """The shape `eval=offline` records: the reference model's held-out perplexity per byte and its 4-choice acc."""
+    return {"reference_heldout": {"byte_perplexity": ppl, "bits_per_byte": 1.5, "acc": 0.0, "acc_stderr": 0.0},
+            "reference_heldout_mc": {"acc": acc, "acc_stderr": 0.05, "acc_norm": acc / 2, "acc_norm_stderr": 0.05}}
+
+
+def test_offline_tasks_get_their_own_columns_and_the_records_baseline_its_row(tmp_path, capsys):
+    """`eval=offline` runs (no paper task) show their metrics, not a table of "– / –"; with no `none` job the
+    records' own `baseline` block (eval.compare_baseline) is the baseline row, once for the jobs that share it."""
+    sweep = tmp_path / "sw"
+    base = offline_metrics(2.897, 0.84)
+    for method, flops, ppl, acc in (("utrc", 0.2, 3.066, 0.76), ("evit", 0.2, 3.5, 0.70)):
+        res = write_run(sweep, method, model="reference", method=method, flops=flops,
+                        metrics=offline_metrics(ppl, acc), locations=[5, 8, 11, 14, 17])
+        res["baseline"] = {"method": "none", "metrics": base}
+        (sweep / method / "results.json").write_text(json.dumps(res))
+    assert main([str(sweep), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
+    markdown = (tmp_path / "o" / "report.md").read_text()
+    table = parse_table(markdown)
+    assert "– / –" not in markdown
+    got = [(r["Method"], r["reference_heldout ppl/byte ↓"], r["reference_heldout_mc acc (%)"]) for r in table]
+    assert got == [("baseline", "2.897", "84.0"), ("EViT", "3.5", "70.0"), ("Ours (UTRC)", "3.066", "76.0")]
+    assert table[0]["FLOPs ↓ target"] == "0.0%" and table[0]["realised"] == "0.0%"
+    rows = json.loads((tmp_path / "o" / "report.json").read_text())["rows"]
+    assert rows[2]["other"] == {"reference_heldout byte_perplexity": 3.066, "reference_heldout_mc acc": 0.76}
+    # a `none` job of its own wins over the baselines the records hold: still one baseline row
+    write_run(sweep, "none", model="reference", method="none", flops=0.0, metrics=offline_metrics(2.5, 0.9),
+              locations=[5, 8, 11, 14, 17])
+    table = parse_table(build_report(sweep, tmp_path / "o2", plots=False)["markdown"])
+    assert [(r["Method"], r["reference_heldout ppl/byte ↓"]) for r in table][0] == ("baseline", "2.5")
+    assert [r["Method"] for r in table].count("baseline") == 1
