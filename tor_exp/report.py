@@ -123,14 +123,22 @@ def _extra_value(value: Any) -> str:
 def _bench_markdown(brows: list[dict[str, Any]]) -> str:
     if not brows:
         return ""
-    keys = ("model", "kind", "batch", "seq_len", "variant", "target_flops", "realised_backbone", "tokens_per_s",
-            "throughput_gain", "speedup", "peak_allocated_saving", "overhead_share", "device_name")
+    # the memory preset's rows differ in their logits mode and in the logits / cache bytes: without these columns
+    # its rows (one per logits mode) look duplicated; byte counts are shown in MiB
+    keys = ("model", "kind", "batch", "seq_len", "new_tokens", "logits", "variant", "target_flops",
+            "realised_backbone", "tokens_per_s", "throughput_gain", "speedup", "peak_allocated_bytes",
+            "peak_allocated_saving", "nvml_peak_bytes", "nvml_peak_saving", "logits_bytes", "logits_saving",
+            "kv_cache_bytes", "kv_cache_saving", "ssm_cache_bytes", "ssm_cache_saving", "overhead_share",
+            "device_name")
     present = [k for k in keys if any(r.get(k) is not None for r in brows)]
-    lines = ["", "## Benchmarks", "", "| " + " | ".join(present) + " |", "|" + "|".join(["---"] * len(present)) + "|"]
+    titles = [k[: -len("_bytes")] + " MiB" if k.endswith("_bytes") else k for k in present]
+    lines = ["", "## Benchmarks", "", "| " + " | ".join(titles) + " |", "|" + "|".join(["---"] * len(present)) + "|"]
     for r in brows:
         cells = []
         for k in present:
             v = r.get(k)
+            if v is not None and k.endswith("_bytes"):
+                v = v / 2 ** 20
             cells.append(_MISSING if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -338,3 +338,26 @@ def test_offline_tasks_get_their_own_columns_and_the_records_baseline_its_row(tm
     table = parse_table(build_report(sweep, tmp_path / "o2", plots=False)["markdown"])
     assert [(r["Method"], r["reference_heldout ppl/byte ↓"]) for r in table][0] == ("baseline", "2.5")
     assert [r["Method"] for r in table].count("baseline") == 1
+
+
+def test_memory_bench_rows_keep_their_logits_and_cache_columns(tmp_path):
+    """The memory preset measures each variant once per logits mode; the report keeps the mode and the logits /
+    KV-cache figures (in MiB), so no two of its rows look alike."""
+    mib = 2 ** 20
+    rows = []
+    for variant, f, kv in (("none", 0.0, 8 * mib), ("utrc-f0.2", 0.2, 6 * mib)):
+        for mode, logits in (("all", 64 * mib), ("last", 1 * mib)):
+            rows.append({"kind": "memory", "batch": 4, "seq_len": 256, "logits": mode, "variant": variant,
+                         "method": "utrc", "target_flops": f, "logits_bytes": logits * (1 - f if mode == "all" else 1),
+                         "peak_allocated_bytes": None, "kv_cache_bytes": kv,
+                         "kv_cache_saving": 1 - kv / (8 * mib)})
+    d = tmp_path / "sw" / "mem"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"status": "complete", "task": "bench", "model": "tiny_nemotron_h",
+                                                "method": "utrc", "bench": {"kind": "memory", "rows": rows}}))
+    markdown = build_report(tmp_path / "sw", tmp_path / "out", plots=False)["markdown"]
+    table = parse_table(markdown[markdown.index("## Benchmarks"):])
+    got = [(r["logits"], r["variant"], r["logits MiB"], r["kv_cache MiB"], r["kv_cache_saving"]) for r in table]
+    assert got == [("all", "none", "64", "8", "0"), ("last", "none", "1", "8", "0"),
+                   ("all", "utrc-f0.2", "51.2", "6", "0.25"), ("last", "utrc-f0.2", "1", "6", "0.25")]
+    assert len({tuple(r.values()) for r in table}) == len(table)
