@@ -239,6 +239,30 @@ def build_report(source: str | Path, out_dir: Optional[str | Path] = None, *, re
     return {"rows": rows, "markdown": markdown, "paths": paths}
 
 
+def unwritable_folder(path: Path) -> Optional[str]:
+    """Why files cannot be written into the folder ``path`` (created if missing), or None when they can; checked
+    by writing a probe file, since permission bits say nothing for root or on a read-only mount."""
+    import os
+    import tempfile
+
+    if path.exists() and not path.is_dir():
+        return "exists and is not a folder"
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".tor_exp-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        if created and path.is_dir():  # leave no empty folder behind a refusal
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+        return err.strerror or str(err)
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="tor-exp-report", description=__doc__.splitlines()[0])
     parser.add_argument("source", help="sweep/run directory with results.json files, or a W&B group name")
@@ -279,17 +303,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.quality:
         from tor_exp.reporting.quality import write_quality
 
+        problem = unwritable_folder(Path(args.quality).parent)
+        if problem:
+            sys.stderr.write(f"error: --quality={args.quality}: cannot write into {Path(args.quality).parent}: "
+                             f"{problem}\n")
+            return 2
         try:
             paths = write_quality(results, Path(args.quality), iters=args.iters,
                                   title=f"Quality by method and FLOPs target: {source.name}")
-        except (ValueError, FileNotFoundError, KeyError) as err:
+        except (ValueError, KeyError) as err:
             sys.stderr.write(f"error: --quality: {err}\n")
+            return 2
+        except OSError as err:  # a sample file gone, a write that failed half-way (disk full)
+            sys.stderr.write(f"error: --quality={args.quality}: {err}\n")
             return 2
         for name, path in paths.items():
             print(f"{name}: {path}")
         return 1 if unreadable else 0
-    built = build_report(args.source, out, results=results, prefer_table=args.paper_table, plots=not args.no_plots,
-                         unreadable=unreadable)
+    out_dir = Path(out) if out is not None else source / "report"
+    problem = unwritable_folder(out_dir)
+    if problem:
+        where = f"--out={out}" if out is not None else f"{out_dir} (the default --out: <sweep dir>/report)"
+        sys.stderr.write(f"error: {where}: cannot write the report there: {problem}"
+                         + ("" if out is not None else "; pass --out to write it elsewhere") + "\n")
+        return 2
+    try:
+        built = build_report(args.source, out_dir, results=results, prefer_table=args.paper_table,
+                             plots=not args.no_plots, unreadable=unreadable)
+    except OSError as err:  # the folder was writable a moment ago: disk full, removed underneath us
+        sys.stderr.write(f"error: --out={out_dir}: writing the report failed: {err}\n")
+        return 2
     for name, path in built["paths"].items():
         print(f"{name}: {path}")
     if unreadable:

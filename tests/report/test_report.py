@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -361,3 +362,39 @@ def test_memory_bench_rows_keep_their_logits_and_cache_columns(tmp_path):
     assert got == [("all", "none", "64", "8", "0"), ("last", "none", "1", "8", "0"),
                    ("all", "utrc-f0.2", "51.2", "6", "0.25"), ("last", "utrc-f0.2", "1", "6", "0.25")]
     assert len({tuple(r.values()) for r in table}) == len(table)
+
+
+def test_an_unwritable_report_folder_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """`--out` naming a file, a folder below a file, a read-only sweep folder (default --out inside it), and an
+    unwritable `--quality` prefix: one `error:` line each, exit 2, nothing written."""
+    sweep = tmp_path / "sw"
+    write_run(sweep, "x", method="none", flops=0.0)
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+
+    def one_error(argv: list[str], *needles: str) -> None:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+        for needle in needles:
+            assert needle in err, err
+
+    one_error([str(sweep), "--no-plots", "--out", str(afile)], f"--out={afile}", "not a folder")
+    one_error([str(sweep), "--no-plots", "--out", str(afile / "sub")], f"--out={afile / 'sub'}")
+    one_error([str(sweep), "--quality", str(afile / "q")], f"--quality={afile / 'q'}")
+    assert afile.read_text() == "keep"
+    # a read-only sweep folder: permission bits where they bind (not root), else the write itself is refused
+    sweep.chmod(0o555)
+    try:
+        if os.access(sweep, os.W_OK):  # root: permission bits do not bind, so the write itself fails
+            import errno
+            import tempfile
+
+            def refuse(*args, **kwargs):
+                raise PermissionError(errno.EACCES, "Permission denied")
+
+            monkeypatch.setattr(tempfile, "mkstemp", refuse)
+        one_error([str(sweep), "--no-plots"], str(sweep / "report"), "Permission denied", "pass --out")
+    finally:
+        sweep.chmod(0o755)
+    assert not (sweep / "report").exists()
