@@ -24,6 +24,7 @@ from tor_exp.reporting.collect import (
     results_from_wandb,
     task_column,
 )
+from tor_exp.paths import unwritable_folder
 from tor_exp.reporting.paper import COLUMNS, canonical_model, load_paper_results
 from tor_exp.reporting.plots import plot_accuracy_vs_flops, plot_bench, plot_ppl_vs_flops
 
@@ -237,30 +238,6 @@ def build_report(source: str | Path, out_dir: Optional[str | Path] = None, *, re
                 paths[name] = png
         paths.update(plot_bench(brows, out))
     return {"rows": rows, "markdown": markdown, "paths": paths}
-
-
-def unwritable_folder(path: Path) -> Optional[str]:
-    """Why files cannot be written into the folder ``path`` (created if missing), or None when they can; checked
-    by writing a probe file, since permission bits say nothing for root or on a read-only mount."""
-    import os
-    import tempfile
-
-    if path.exists() and not path.is_dir():
-        return "exists and is not a folder"
-    created = not path.exists()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".tor_exp-write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        if created and path.is_dir():  # leave no empty folder behind a refusal
-            try:
-                path.rmdir()
-            except OSError:
-                pass
-        return err.strerror or str(err)
-    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
