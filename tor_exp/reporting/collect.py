@@ -222,6 +222,8 @@ def baseline_records(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``none`` records rebuilt from the ``baseline`` block each eval record holds (``eval.compare_baseline``), for
     every model with no ``none`` job of its own; one per distinct baseline (a sweep's jobs share theirs). Each keeps
     the folder (``_path``) and the ``samples`` of the record it came from, so the per-document files are found."""
+    from tor_exp.records.keys import result_config
+
     evals = [r for r in results if r.get("task", "eval") == "eval"]
     has_none = {r.get("model") for r in evals if r.get("method") == "none" and r.get("metrics")}
     out: list[dict[str, Any]] = []
@@ -232,8 +234,6 @@ def baseline_records(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         config = dict(r.get("config") or {})
         config["reduction"] = {"method": "none"}
-        from tor_exp.records.keys import result_config
-
         key = (r.get("model"), json.dumps({"metrics": base["metrics"], "config": result_config(config)},
                                           sort_keys=True, default=str))
         if key in seen:
