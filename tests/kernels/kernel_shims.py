@@ -9,7 +9,9 @@ Applied once, in the kernel suite's own process, before mamba_ssm and transforme
   tensor's index is None, which a CPU-only torch refuses;
 - ``triton.autotune`` keeps one config: the interpreter has no driver to time configs on;
 - transformers' table of the devices mamba_ssm runs on gains ``cpu``, so HF's modeling modules hand CPU tensors to
-  mamba_ssm's kernels instead of their torch fallbacks (causal_conv1d stays CUDA-only: it is not installed).
+  mamba_ssm's kernels instead of their torch fallbacks (causal_conv1d stays CUDA-only: it is not installed);
+- HF Mamba-1's prefill scan (``selective_scan_fn`` / ``mamba_inner_fn``) stays torch: it is the compiled CUDA
+  extension, not Triton (its decode step, ``selective_state_update``, is Triton and runs).
 
 Nothing here belongs in the tor_exp package: it makes a CPU pretend to be what the kernels expect.
 """
@@ -82,3 +84,20 @@ def apply() -> None:
     from transformers.integrations import hub_kernels
 
     hub_kernels._PACKAGE_SUPPORTED_DEVICES["mamba_ssm"] = ("cuda", "cpu")
+
+    from transformers.models.mamba import modeling_mamba
+
+    for name, value in list(vars(modeling_mamba).items()):
+        torch_function = torch_path_of(value, ("selective_scan_fn", "mamba_inner_fn"))
+        if torch_function is not None:
+            setattr(modeling_mamba, name, torch_function)
+
+
+def torch_path_of(value, func_names) -> "object | None":
+    """The torch reference behind one of transformers' kernel-or-fallback functions named in ``func_names``."""
+    from tor_exp.models.kernels import _fallback_wrapper
+
+    free = _fallback_wrapper(value)
+    if free is None or free["func_name"] not in func_names:
+        return None
+    return free["torch_function"]
