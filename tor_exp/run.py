@@ -314,7 +314,7 @@ def _run_in(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any], wan
         results["partial_weights"] = partial_weights(model)
     results.update(TASKS[v.root.task](job))
     results["timings"] = job.timings
-    results.update(run_metadata())
+    results.update(run_metadata(model, device))
     results["config"] = resolved
     results["status"] = "complete"  # resume trusts only complete records
     if "realised_flops_reduction" in results:
