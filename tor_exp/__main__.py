@@ -54,7 +54,7 @@ def precheck(argv: list[str]) -> None:
         primary = compose_dict(overrides, return_hydra_config=True, multirun=True)
         check_output_dir(primary.hydra.sweep.dir, "hydra.sweep.dir")
         for job in jobs:
-            validate(compose_dict(job))
+            validate(compose_dict(job, return_hydra_config=True))
     except ConfigError as err:
         fail(_in_job(job, str(err), multirun))
     except Exception as err:  # hydra / omegaconf composition errors

@@ -5,6 +5,7 @@ the group's YAML files start from it (``defaults: [<x>_schema, _self_]``).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -134,10 +135,19 @@ def compose_dict(overrides: Sequence[str] = (), *, return_hydra_config: bool = F
     saved = hydra_global.hydra if hydra_global.is_initialized() else None
     hydra_global.clear()
     try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = hydra_global.hydra.compose_config(  # type: ignore[union-attr]
-                config_name="config", overrides=list(overrides), from_shell=False, with_log_configuration=False,
-                run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+        try:
+            with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+                cfg = hydra_global.hydra.compose_config(  # type: ignore[union-attr]
+                    config_name="config", overrides=list(overrides), from_shell=False, with_log_configuration=False,
+                    run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+        except Exception as err:
+            appended = _appended(err, overrides)
+            if appended is None:
+                raise
+            hydra_global.clear()
+            # the same override with '+': composes, and the schema names the key it lacks in tor_exp's words
+            check_keys(compose_dict(appended, return_hydra_config=True, multirun=multirun))
+            raise
         if not return_hydra_config:
             with open_dict(cfg):
                 del cfg["hydra"]
@@ -146,6 +156,24 @@ def compose_dict(overrides: Sequence[str] = (), *, return_hydra_config: bool = F
         hydra_global.clear()
         if saved is not None:
             hydra_global.initialize(saved)
+
+
+def _appended(err: BaseException, overrides: Sequence[str]) -> Optional[list[str]]:
+    """Hydra refuses ``reduction.qq=0.9`` (a key its struct flag does not know) but takes ``+reduction.qq=0.9``:
+    the overrides with that one written the ``+`` way, so the schema (:func:`check_keys`) words both the same;
+    None for any other error."""
+    import re
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    found = re.match(r"Could not override '([^']+)'", str(err))
+    if found is None or not isinstance(err.__cause__, (ConfigKeyError, ConfigAttributeError)):
+        return None
+    key = found.group(1)
+    hits = [i for i, o in enumerate(overrides) if o.split("=", 1)[0] == key]
+    if len(hits) != 1:
+        return None
+    return [f"+{o}" if i == hits[0] else o for i, o in enumerate(overrides)]
 
 
 def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
@@ -173,7 +201,7 @@ def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
 
 def compose(overrides: Sequence[str] = ()) -> "ValidatedConfig":
     """Compose + validate: the one way a library caller, a test or an entry point gets a config."""
-    return validate(compose_dict(overrides))
+    return validate(compose_dict(overrides, return_hydra_config=True))  # Hydra's part names the groups' choices
 
 
 def register_configs() -> None:
@@ -209,8 +237,80 @@ def _to_object(node: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {err}".splitlines()[0]) from err
 
 
+#: keys whose values are free-form (not checked against a schema): this machine's launcher settings; a tiny
+#: model's ``model.tiny.config`` (a dict of the family's HF config keys) is free-form by its type
+FREE_FORM = ("local",)
+
+
+def group_schemas(cfg: DictConfig) -> dict[str, type]:
+    """The dataclass each group node of ``cfg`` must follow (reduction: the selected method's config class)."""
+    from tor_exp.bench.config import BenchConfig
+    from tor_exp.evaluation.config import EvalConfig
+    from tor_exp.models.config import ModelConfig
+    from tor_exp.records.config import LoggerConfig
+    from tor_exp.reduction import registered_methods
+
+    schemas: dict[str, type] = {"model": ModelConfig, "eval": EvalConfig, "bench": BenchConfig,
+                                "logger": LoggerConfig}
+    reduction = cfg.get("reduction")
+    method = reduction.get("method") if isinstance(reduction, DictConfig) else None
+    if method in registered_methods():
+        schemas["reduction"] = registered_methods()[method][0]
+    return schemas
+
+
+def _choices(cfg: DictConfig) -> dict[str, str]:
+    """The option each group was composed from (``reduction`` → ``utrc``), for naming it in an error: Hydra's
+    record of the choices where there is one, else what the nodes say of themselves."""
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    if choices is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            choices = HydraConfig.get().runtime.choices
+        except ValueError:
+            choices = None
+    found = {str(k): str(v) for k, v in (choices or {}).items()} if choices is not None else {}
+    for group, key in (("model", "name"), ("reduction", "method")):
+        node = cfg.get(group)
+        if group not in found and isinstance(node, DictConfig) and node.get(key) is not None:
+            found[group] = str(node.get(key))
+    return found
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Every key of ``cfg`` is a field of its schema (the dataclasses in Hydra's ConfigStore), however it got
+    there: Hydra refuses an unknown ``key=value`` but adds ``+key=value`` to a structured node, and
+    ``OmegaConf.to_object`` then drops the key silently, so a run would record a setting that never took
+    effect. Free-form values (:data:`FREE_FORM`, dict- or Any-typed fields) take any key."""
+    root_fields = [f.name for f in dataclasses.fields(Config)]
+    for key in cfg.keys():
+        if key not in root_fields and key != "hydra":
+            raise ConfigError(f"{key}: not a key of tor_exp's config (keys: {', '.join(root_fields)})")
+    choices = _choices(cfg)
+    for group, schema in group_schemas(cfg).items():
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            label = f"{group}={choices[group]}" if group in choices else group
+            _check_node(node, schema, group, label)
+
+
+def _check_node(node: DictConfig, schema: type, path: str, label: str) -> None:
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key in node.keys():
+        if key not in names:
+            raise ConfigError(f"{path}.{key}: not a key of {label} (keys: {', '.join(names)})")
+        child, kind = node.get(key), hints.get(str(key))
+        if isinstance(child, DictConfig) and dataclasses.is_dataclass(kind):
+            _check_node(child, kind, f"{path}.{key}", f"{path}.{key}")
+
+
 def validate(cfg: DictConfig) -> ValidatedConfig:
     """Instantiate every group's dataclass (running its value checks) and the cross-group checks."""
+    check_keys(cfg)
     root = Config(**{k: cfg.get(k) for k in ("task", "seed", "device", "dtype", "run_name", "resume", "overwrite",
                                              "prompt", "max_new_tokens")})
     if root.task not in TASKS:
