@@ -52,6 +52,8 @@ def check_wandb(logger: Any) -> None:
 def precheck(argv: list[str]) -> None:
     """Compose and validate every job before Hydra starts, so errors are one line (Hydra would print several,
     and a bad job of a multirun would fail inside a launcher, buried in its log) and nothing runs."""
+    from omegaconf import OmegaConf
+
     from tor_exp.config import compose_dict, config_error_line, sweep_jobs, validate
     from tor_exp.errors import ConfigError
 
@@ -66,8 +68,10 @@ def precheck(argv: list[str]) -> None:
         jobs = sweep_jobs(overrides)
         primary = compose_dict(overrides, return_hydra_config=True, multirun=True)
         check_output_dir(primary.hydra.sweep.dir, "hydra.sweep.dir")
+        # a Slurm job runs on a node of its own: this machine's GPUs say nothing about it
+        here = "Slurm" not in str(OmegaConf.select(primary, "hydra.launcher._target_", default="") or "")
         for job in jobs:
-            check_wandb(validate(compose_dict(job)).logger)
+            check_wandb(validate(compose_dict(job, return_hydra_config=True), check_device=here).logger)
     except ConfigError as err:
         fail(_in_job(job, str(err), multirun))
     except Exception as err:  # hydra / omegaconf composition errors
@@ -150,6 +154,14 @@ def main() -> None:
 
 
 def _main(argv: list[str]) -> None:
+    from tor_exp.config import expand_model_dirs
+    from tor_exp.errors import ConfigError
+
+    try:  # model=<checkpoint dir> means model=local model.path=<dir>, for Hydra's own parsing too
+        argv = [b for a in argv for b in ([a] if a.startswith("-") else expand_model_dirs([a]))]
+    except ConfigError as err:
+        fail(str(err))
+    sys.argv = [sys.argv[0], *argv]
     if not any(a in _INFO_FLAGS for a in argv):
         precheck(argv)
 

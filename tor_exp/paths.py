@@ -57,3 +57,66 @@ def unwritable_folder(path: Path, *, keep: bool = True) -> Optional[str]:
     if not keep:
         remove_created()
     return None
+
+
+def launch_dir() -> str:
+    """The directory the user launched from: Hydra's original cwd inside a job (``hydra.job.chdir=true`` moves
+    the job into its own folder, and a submitit job starts wherever its launcher put it), else the cwd. Relative
+    paths in a config mean this directory, wherever the job runs."""
+    import os
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.cwd)
+    except (ValueError, AttributeError, ImportError):
+        return os.getcwd()
+
+
+def datasets_cache() -> str:
+    """The folder the ``datasets`` library caches into, as it computes it (its setting if already imported)."""
+    import os
+    import sys
+
+    loaded = sys.modules.get("datasets.config")
+    if loaded is not None:
+        return str(loaded.HF_DATASETS_CACHE)
+    home = os.path.expanduser(os.getenv("HF_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"),
+                                                                  "huggingface")))
+    return os.path.expanduser(os.getenv("HF_DATASETS_CACHE", os.path.join(home, "datasets")))
+
+
+def usable_datasets_cache() -> str:
+    """A datasets cache that takes files, checked before the model loads: lm-eval's tasks (the bundled offline
+    ones too) go through ``datasets``, which writes its cache under HOME; with an unwritable HOME that was a
+    ``FileNotFoundError`` after the model had loaded. An unwritable cache is replaced by a folder in the temp dir
+    (``HF_DATASETS_CACHE``, for this process and its children; logged); where neither takes files, one-line
+    :class:`~tor_exp.errors.ConfigError`. Returns the folder in use."""
+    import logging
+    import os
+    import sys
+    import tempfile
+
+    from tor_exp.records.files import unwritable
+
+    current = datasets_cache()
+    problem = unwritable(current)
+    if problem is None:
+        return current
+    fallback = os.path.join(tempfile.gettempdir(), f"tor_exp-datasets-cache-{os.getuid()}")
+    other = unwritable(fallback)
+    if other is not None:
+        raise ConfigError(f"HF_DATASETS_CACHE={current}: {problem}, and the fallback {fallback}: {other}; set "
+                          "HF_DATASETS_CACHE (or HF_HOME) to a writable folder")
+    os.environ["HF_DATASETS_CACHE"] = fallback
+    loaded = sys.modules.get("datasets.config")
+    if loaded is not None:  # its paths were computed at import
+        from pathlib import Path
+
+        loaded.HF_DATASETS_CACHE = Path(fallback)
+        loaded.DOWNLOADED_DATASETS_PATH = Path(fallback, loaded.DOWNLOADED_DATASETS_DIR)
+        loaded.EXTRACTED_DATASETS_PATH = Path(fallback, loaded.DOWNLOADED_DATASETS_DIR,
+                                              loaded.EXTRACTED_DATASETS_DIR)
+    logging.getLogger(__name__).warning("datasets cache %s: %s; using %s instead (set HF_DATASETS_CACHE to "
+                                        "choose)", current, problem, fallback)
+    return fallback

@@ -239,6 +239,12 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     v = validate(cfg)
     out_dir = Path(out_dir) if out_dir is not None else output_dir()
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    if isinstance(resolved.get("model"), dict) and resolved["model"].get("path") is not None:
+        resolved["model"]["path"] = v.model.path  # a relative path as validation resolved it (the launch dir)
+    if v.root.task == "eval":
+        from tor_exp.paths import usable_datasets_cache
+
+        usable_datasets_cache()  # lm-eval's tasks write a datasets cache: a usable one before the model loads
     previous = first_look(out_dir, resolved, v)
     if previous is None or wandb_missing(previous, resolved):
         with RunFolder(out_dir, resolved) as folder:

@@ -115,6 +115,9 @@ class TorExpByName(TorExpLM):
         from tor_exp.models.schedule import build_reduction, reducing
 
         v = compose_model_args(model, reduction, kwargs)
+        from tor_exp.paths import usable_datasets_cache
+
+        usable_datasets_cache()  # lm-eval's tasks write a datasets cache: a usable one before the model loads
         # lm-eval's command line asks for cuda:0 unless told otherwise: like its HFLM, use the CPU when there is none
         dev = device if device and (not str(device).startswith("cuda") or torch.cuda.is_available()) else \
             ("cuda" if torch.cuda.is_available() else "cpu")
