@@ -167,7 +167,7 @@ def main() -> int:
         seconds = time.perf_counter() - t1
         results = {"task": "bench", "model": model_cfg.name, "method": reduction_cfg.method, "scale": args.scale,
                    "bench_config": data, "environment": env, "seconds": seconds, **res,
-                   **run_metadata(model, args.device)}
+                   **run_metadata(), "kernels": env["kernels"]}
         write_results(out / preset, results)
         summary.update(res["bench_summary"])
         tables.append(f"### {preset} ({seconds:.0f} s)\n\n" + res["bench"]["markdown"])

@@ -281,6 +281,7 @@ def _run_in(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any], wan
     out_dir, chash = folder.path, folder.config_hash
     from tor_exp.models import load_model, model_shape, partial_weights
     from tor_exp.models.schedule import build_reduction
+    from tor_exp.models.kernels import kernels_used
     from tor_exp.records.checkpoint import checkpoint_record
 
     label = run_label(v)
@@ -320,7 +321,8 @@ def _run_in(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any], wan
         results["partial_weights"] = partial_weights(model)
     results.update(TASKS[v.root.task](job))
     results["timings"] = job.timings
-    results.update(run_metadata(model, device))
+    results.update(run_metadata())
+    results["kernels"] = kernels_used(model, device)  # what each part of the forward really ran
     results["config"] = resolved
     results["status"] = "complete"  # resume trusts only complete records
     if "realised_flops_reduction" in results:

@@ -50,20 +50,15 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def run_metadata(model: Any = None, device: Any = None) -> dict[str, Any]:
-    """Versions, commit and machine; with ``model``, also ``kernels``: the kernel each part of its forward ran
-    (:func:`tor_exp.models.kernels.kernels_used`, e.g. ``{"mamba2_scan": "torch", ...}``)."""
+def run_metadata() -> dict[str, Any]:
+    """Versions, commit and machine (the job adds ``kernels``, what its model's forward ran: the records layer knows
+    nothing of models)."""
     import torch
 
     device_name = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
                    else platform.processor() or platform.machine())
-    meta = {"versions": package_versions(), "git_commit": git_commit(), "host": platform.node(),
+    return {"versions": package_versions(), "git_commit": git_commit(), "host": platform.node(),
             "device_name": device_name, "torch_threads": torch.get_num_threads()}
-    if model is not None:
-        from tor_exp.models.kernels import kernels_used
-
-        meta["kernels"] = kernels_used(model, device)
-    return meta
 
 
 def _resolved(job_config: Any) -> dict[str, Any]:
