@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tor_exp.models.flops import ModelShape
+    from tor_exp.models.shape import ModelShape
 
 
 @dataclass

@@ -9,7 +9,7 @@ from torch import nn
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.adapter import ModelAdapter
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.shape import ModelShape
 
 _ADAPTERS: dict[str, ModelAdapter] = {}
 

@@ -18,11 +18,9 @@ from typing import Any, Optional
 from torch import Tensor, nn
 from transformers import FalconH1Config, FalconH1ForCausalLM
 
-from tor_exp.models.families.hybrid import HybridFamily, LayerCall, mamba_shape_keys, mamba_tiny_keys
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.families.hybrid import HybridFamily, LayerCall, attention_part, mamba2_part, mamba_tiny_keys
+from tor_exp.models.shape import MLP, Part
 
-#: every Falcon-H1 layer: a Mamba-2 mixer and attention in parallel, then an MLP
-_PARTS = ("ssm", "attention", "mlp")
 
 
 class FalconH1Family(HybridFamily):
@@ -39,13 +37,9 @@ class FalconH1Family(HybridFamily):
                               mamba_d_ssm=tiny.d_model * tiny.expand, **mamba_tiny_keys(tiny),
                               tie_word_embeddings=False, use_cache=True, **keys)
 
-    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
-        return _PARTS
-
-    def config_shape(self, config: Any) -> ModelShape:
-        layers = tuple(self.layer_parts(config, i) for i in range(int(config.num_hidden_layers)))
-        return ModelShape(**mamba_shape_keys(config), layers=layers, mlp_size=config.intermediate_size,
-                          mlp_gated=True)
+    def layer_parts(self, config: Any, index: int) -> tuple[Part, ...]:
+        # every Falcon-H1 layer: a Mamba-2 mixer and attention in parallel, then a gated MLP
+        return mamba2_part(config), attention_part(config), MLP(size=config.intermediate_size, gated=True)
 
     def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
         base = self.base(model)

@@ -19,7 +19,7 @@ from transformers.models.jamba.modeling_jamba import JambaAttentionDecoderLayer,
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.families.hybrid import HybridFamily, LayerCall
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.shape import MLP, Attention, Mamba1, MoE, Part
 
 
 class JambaFamily(HybridFamily):
@@ -46,23 +46,19 @@ class JambaFamily(HybridFamily):
             why = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
             raise ConfigError(f"model.tiny.config={dict(tiny.config)}: not a valid Jamba config ({why})") from None
 
-    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
-        mixer = "ssm" if config.layers_block_type[index] == "mamba" else "attention"
-        return mixer, ("moe" if config.layers_num_experts[index] > 1 else "mlp")
-
-    def config_shape(self, config: Any) -> ModelShape:
+    def layer_parts(self, config: Any, index: int) -> tuple[Part, ...]:
         heads = config.num_attention_heads
-        return ModelShape(
-            family="mamba", d_model=config.hidden_size, n_layer=config.num_hidden_layers,
-            vocab_size=config.vocab_size, state_size=config.mamba_d_state, expand=int(config.mamba_expand),
-            conv_kernel=config.mamba_d_conv, dt_rank=int(config.mamba_dt_rank),
-            layers=tuple(self.layer_parts(config, i) for i in range(config.num_hidden_layers)),
-            attn_heads=heads, attn_kv_heads=config.num_key_value_heads,
-            attn_head_dim=int(getattr(config, "head_dim", None) or config.hidden_size // heads),
-            mlp_size=config.intermediate_size, mlp_gated=True,  # SwiGLU MLP and experts
-            moe_experts=config.num_experts, moe_top_k=config.num_experts_per_tok,
-            moe_size=config.intermediate_size, moe_shared_size=0,
-        )
+        if config.layers_block_type[index] == "mamba":
+            mixer: Part = Mamba1(d_inner=int(config.mamba_expand) * config.hidden_size,
+                                 state_size=config.mamba_d_state, conv_kernel=config.mamba_d_conv,
+                                 dt_rank=int(config.mamba_dt_rank))
+        else:
+            mixer = Attention(heads=heads, kv_heads=config.num_key_value_heads,
+                              head_dim=int(getattr(config, "head_dim", None) or config.hidden_size // heads))
+        if config.layers_num_experts[index] > 1:  # SwiGLU MLP and experts
+            return mixer, MoE(experts=config.num_experts, top_k=config.num_experts_per_tok,
+                              size=config.intermediate_size, shared_size=0, gated=True)
+        return mixer, MLP(size=config.intermediate_size, gated=True)
 
     def final_norm(self, model: nn.Module, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
         return model.model.final_layernorm(hidden if residual is None else residual + hidden)

@@ -25,7 +25,7 @@ from transformers import (
 from tor_exp.errors import ConfigError
 from tor_exp.models.adapter import LayerInput, ModelAdapter, StepOutput
 from tor_exp.models.families.capture import capture_ssm_out
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.shape import Mamba1, Mamba2, ModelShape, Part
 from tor_exp.models.tokens import gather_tokens, right_align_order
 
 
@@ -36,7 +36,6 @@ class MambaFamily(ModelAdapter):
     model_types = ("mamba",)
     two_streams = True
     static_decode = True
-    ssm = "mamba"
 
     def model_class(self) -> type:
         return MambaForCausalLM
@@ -50,14 +49,14 @@ class MambaFamily(ModelAdapter):
             expand=tiny.expand, conv_kernel=tiny.conv_kernel, use_cache=True, use_associative_scan=False,
         )
 
+    def mixer_part(self, config: Any) -> Part:
+        """The mixer every layer holds."""
+        return Mamba1(d_inner=int(config.expand) * config.hidden_size, state_size=config.state_size,
+                      conv_kernel=config.conv_kernel, dt_rank=int(getattr(config, "time_step_rank", 0) or 0))
+
     def config_shape(self, config: Any) -> ModelShape:
-        return ModelShape(
-            family=self.ssm, d_model=config.hidden_size, n_layer=config.num_hidden_layers,
-            vocab_size=config.vocab_size, state_size=config.state_size, expand=int(config.expand),
-            conv_kernel=config.conv_kernel, dt_rank=int(getattr(config, "time_step_rank", 0) or 0),
-            head_dim=int(getattr(config, "head_dim", 64)), n_groups=int(getattr(config, "n_groups", 1)),
-            chunk_size=int(getattr(config, "chunk_size", 256)),
-        )
+        return ModelShape.repeated(config.hidden_size, config.num_hidden_layers, config.vocab_size,
+                                   self.mixer_part(config))
 
     def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
         return model.backbone.embeddings(input_ids)
@@ -94,13 +93,18 @@ class Mamba2Family(MambaFamily):
 
     family = "mamba2"
     model_types = ("mamba2",)
-    ssm = "mamba2"
 
     def model_class(self) -> type:
         return Mamba2ForCausalLM
 
     def config_class(self) -> type:
         return Mamba2Config
+
+    def mixer_part(self, config: Any) -> Part:
+        inner = int(config.expand) * config.hidden_size
+        return Mamba2(d_inner=inner, heads=inner // int(config.head_dim), head_dim=int(config.head_dim),
+                      state_size=config.state_size, n_groups=int(config.n_groups), conv_kernel=config.conv_kernel,
+                      chunk_size=int(config.chunk_size))
 
     def tiny_config(self, tiny: Any, vocab: dict[str, int]) -> Any:
         return Mamba2Config(

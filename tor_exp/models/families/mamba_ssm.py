@@ -23,7 +23,7 @@ from transformers import Mamba2Config, MambaConfig
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.adapter import LayerInput, ModelAdapter, StepOutput
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.shape import ModelShape
 from tor_exp.paths import resolve_pkg_path
 
 # Defaults of mamba_ssm's Mamba / Mamba2 modules and MambaLMHeadModel, used for keys a config.json omits.
