@@ -54,7 +54,8 @@ def preset_config(model: str, method: str, preset: str, dtype: str, values: dict
 
 
 def environment(device: str) -> dict[str, Any]:
-    """Machine, versions and which kernels are importable: recorded next to every table."""
+    """Machine and versions, recorded next to every table (which kernels ran: ``kernels``, added once the model is
+    built, from what transformers' modeling module resolved; an importable package alone says nothing)."""
     import torch
 
     env: dict[str, Any] = {"date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -66,12 +67,6 @@ def environment(device: str) -> dict[str, Any]:
             env[pkg] = getattr(mod, "__version__", "importable")
         except Exception as exc:  # noqa: BLE001 - record why, never fail here
             env[pkg] = f"not importable ({type(exc).__name__}: {str(exc)[:120]})"
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: F401
-
-        env["mamba2_prefill_kernel"] = "mamba_ssm Triton SSD (mamba_chunk_scan_combined)"
-    except Exception as exc:  # noqa: BLE001
-        env["mamba2_prefill_kernel"] = f"torch reference (mamba_ssm SSD not importable: {str(exc)[:120]})"
     if device == "cuda" and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
         try:
@@ -93,12 +88,13 @@ def write_summary(out: Path, env: dict[str, Any], model: str, method: str, dtype
               f"- machine: {env.get('gpu') or env.get('cpu')} ({env.get('nvidia_smi') or ''})",
               f"- versions: torch {env['torch']} (CUDA {env['cuda']}), transformers {env['transformers']}, "
               f"triton {env['triton']}, mamba_ssm {env['mamba_ssm']}",
-              f"- Mamba-2 prefill kernel: {env['mamba2_prefill_kernel']}",
+              f"- kernels that ran: {env.get('kernels')}",
               f"- model: {model} shape, random weights, {dtype}; method {method}; {env.get('model')}",
               f"- command: {env['command']}", f"- status: {status}", ""]
     text = "\n".join(header) + "\n" + "\n\n".join(tables) + "\n"
     (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps({"environment": env, "status": status, "summary": summary},
+    (out / "summary.json").write_text(json.dumps({"environment": env, "kernels": env.get("kernels"), "status": status,
+                                                  "summary": summary},
                                                  indent=2, default=str))
     if final:
         print(text, flush=True)
@@ -121,6 +117,7 @@ def main() -> int:
 
     from tor_exp.bench import run_benchmark
     from tor_exp.models.random_model import random_model
+    from tor_exp.models.kernels import kernels_used
     from tor_exp.records.results import run_metadata, write_results
 
     out = Path(args.out)
@@ -139,6 +136,8 @@ def main() -> int:
                     "dtype": args.dtype, "parameters": sum(p.numel() for p in model.parameters()),
                     "build_s": round(time.perf_counter() - t0, 2)}
     print(f"[gpu_bench] model {env['model']}", flush=True)
+    env["kernels"] = kernels_used(model, args.device)
+    print(f"[gpu_bench] kernels {env['kernels']}", flush=True)
 
     extra: dict[str, dict[str, Any]] = {}
     for item in args.set:
@@ -167,7 +166,8 @@ def main() -> int:
                 torch.cuda.empty_cache()
         seconds = time.perf_counter() - t1
         results = {"task": "bench", "model": model_cfg.name, "method": reduction_cfg.method, "scale": args.scale,
-                   "bench_config": data, "environment": env, "seconds": seconds, **res, **run_metadata()}
+                   "bench_config": data, "environment": env, "seconds": seconds, **res,
+                   **run_metadata(model, args.device)}
         write_results(out / preset, results)
         summary.update(res["bench_summary"])
         tables.append(f"### {preset} ({seconds:.0f} s)\n\n" + res["bench"]["markdown"])

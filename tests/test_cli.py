@@ -46,6 +46,9 @@ def test_results_json_has_the_documented_fields(smoke_run) -> None:
     assert set(results["metrics"]) == set(results["config"]["eval"]["tasks"])
     assert set(results["baseline"]["metrics"]) == set(results["metrics"])
     assert results["versions"]["torch"]
+    # the kernels that ran, as transformers' modeling module resolved them: on CPU always the torch references
+    assert results["kernels"] == {"mamba2_scan": "torch", "ssm_update": "torch", "causal_conv1d": "torch",
+                                  "conv_update": "torch", "rms_norm": "torch"}
     assert "FLOPs" in proc.stdout and "none" in proc.stdout and "utrc" in proc.stdout
 
 

@@ -64,7 +64,7 @@ def test_sweep_folders_come_from_the_resolvers(compose) -> None:
 
 
 def test_records_is_core_and_imports_nothing_above_it() -> None:
-    """Layer 1 (docs/architecture.md): records may import errors and itself, never models, evaluation, the job
+    """Layer 1 (docs/architecture.md): records may import errors, paths and itself, never models, evaluation, the job
     or the config layer."""
     for path in sorted((ROOT / "tor_exp" / "records").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -72,7 +72,7 @@ def test_records_is_core_and_imports_nothing_above_it() -> None:
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 if name.startswith("tor_exp"):
-                    assert name.startswith(("tor_exp.records", "tor_exp.errors")), (path.name, name)
+                    assert name.startswith(("tor_exp.records", "tor_exp.errors", "tor_exp.paths")), (path.name, name)
     assert not (ROOT / "tor_exp" / "logging").exists()
 
 

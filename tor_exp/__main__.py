@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 from tor_exp.errors import fail
 
@@ -36,9 +36,24 @@ def check_output_dir(path: str, key: str) -> None:
         fail(f"{key}={path}: {problem}")
 
 
+def check_wandb(logger: Any) -> None:
+    """An online W&B without an API key is one line before any job starts (each job also starts its W&B run
+    before its work, which catches an unreachable server); with ``logger.offline_fallback`` the job logs offline."""
+    if logger.backend != "wandb" or logger.offline_fallback or logger.resolved().mode != "online":
+        return
+    from tor_exp.errors import ConfigError
+    from tor_exp.records.wandb_logger import online_problem
+
+    problem = online_problem(logger)
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def precheck(argv: list[str]) -> None:
     """Compose and validate every job before Hydra starts, so errors are one line (Hydra would print several,
     and a bad job of a multirun would fail inside a launcher, buried in its log) and nothing runs."""
+    from omegaconf import OmegaConf
+
     from tor_exp.config import compose_dict, config_error_line, sweep_jobs, validate
     from tor_exp.errors import ConfigError
 
@@ -47,14 +62,16 @@ def precheck(argv: list[str]) -> None:
     try:
         if not multirun:
             cfg = compose_dict(overrides, return_hydra_config=True)
-            validate(cfg)
+            check_wandb(validate(cfg).logger)
             check_output_dir(cfg.hydra.run.dir, "hydra.run.dir")
             return
         jobs = sweep_jobs(overrides)
         primary = compose_dict(overrides, return_hydra_config=True, multirun=True)
         check_output_dir(primary.hydra.sweep.dir, "hydra.sweep.dir")
+        # a Slurm job runs on a node of its own: this machine's GPUs say nothing about it
+        here = "Slurm" not in str(OmegaConf.select(primary, "hydra.launcher._target_", default="") or "")
         for job in jobs:
-            validate(compose_dict(job))
+            check_wandb(validate(compose_dict(job, return_hydra_config=True), check_device=here).logger)
     except ConfigError as err:
         fail(_in_job(job, str(err), multirun))
     except Exception as err:  # hydra / omegaconf composition errors
@@ -137,6 +154,14 @@ def main() -> None:
 
 
 def _main(argv: list[str]) -> None:
+    from tor_exp.config import expand_model_dirs
+    from tor_exp.errors import ConfigError
+
+    try:  # model=<checkpoint dir> means model=local model.path=<dir>, for Hydra's own parsing too
+        argv = [b for a in argv for b in ([a] if a.startswith("-") else expand_model_dirs([a]))]
+    except ConfigError as err:
+        fail(str(err))
+    sys.argv = [sys.argv[0], *argv]
     if not any(a in _INFO_FLAGS for a in argv):
         precheck(argv)
 

@@ -5,6 +5,7 @@ the group's YAML files start from it (``defaults: [<x>_schema, _self_]``).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -67,6 +68,13 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("tor_exp_exclude_keys", dirname_exclude_keys)
     if not OmegaConf.has_resolver("tor_exp_dirname"):
         OmegaConf.register_new_resolver("tor_exp_dirname", _job_dirname)
+    if not OmegaConf.has_resolver("tor_exp_run_token"):  # cached in the config like Hydra's ${now:}: one per run
+        OmegaConf.register_new_resolver("tor_exp_run_token", lambda: _RUN_TOKEN, use_cache=True)
+
+
+#: ``${tor_exp_run_token:}``: six hex digits drawn once per process, which make the default run / sweep folder
+#: (``<date>/<time>-<token>``) unique per run: two runs started in the same second never share a folder
+_RUN_TOKEN = __import__("secrets").token_hex(3)
 
 
 def _job_dirname(*args: Any, _root_: DictConfig) -> str:
@@ -130,14 +138,24 @@ def compose_dict(overrides: Sequence[str] = (), *, return_hydra_config: bool = F
     from hydra.types import RunMode
 
     register_configs()
+    overrides = expand_model_dirs(overrides)
     hydra_global = GlobalHydra.instance()
     saved = hydra_global.hydra if hydra_global.is_initialized() else None
     hydra_global.clear()
     try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = hydra_global.hydra.compose_config(  # type: ignore[union-attr]
-                config_name="config", overrides=list(overrides), from_shell=False, with_log_configuration=False,
-                run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+        try:
+            with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+                cfg = hydra_global.hydra.compose_config(  # type: ignore[union-attr]
+                    config_name="config", overrides=list(overrides), from_shell=False, with_log_configuration=False,
+                    run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+        except Exception as err:
+            appended = _appended(err, overrides)
+            if appended is None:
+                raise
+            hydra_global.clear()
+            # the same override with '+': composes, and the schema names the key it lacks in tor_exp's words
+            check_keys(compose_dict(appended, return_hydra_config=True, multirun=multirun))
+            raise
         if not return_hydra_config:
             with open_dict(cfg):
                 del cfg["hydra"]
@@ -146,6 +164,51 @@ def compose_dict(overrides: Sequence[str] = (), *, return_hydra_config: bool = F
         hydra_global.clear()
         if saved is not None:
             hydra_global.initialize(saved)
+
+
+def _appended(err: BaseException, overrides: Sequence[str]) -> Optional[list[str]]:
+    """Hydra refuses ``reduction.qq=0.9`` (a key its struct flag does not know) but takes ``+reduction.qq=0.9``:
+    the overrides with that one written the ``+`` way, so the schema (:func:`check_keys`) words both the same;
+    None for any other error."""
+    import re
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    found = re.match(r"Could not override '([^']+)'", str(err))
+    if found is None or not isinstance(err.__cause__, (ConfigKeyError, ConfigAttributeError)):
+        return None
+    key = found.group(1)
+    hits = [i for i, o in enumerate(overrides) if o.split("=", 1)[0] == key]
+    if len(hits) != 1:
+        return None
+    return [f"+{o}" if i == hits[0] else o for i, o in enumerate(overrides)]
+
+
+def expand_model_dirs(overrides: Sequence[str]) -> list[str]:
+    """``model=<existing directory>`` → ``model=local model.path=<that directory, absolute>`` (Hydra would look for
+    a config file ``model/<directory>.yaml``); a path-looking ``model=`` value that is no directory is one line.
+    Relative directories are taken against the cwd, the directory the user launched from."""
+    import os
+    import re
+
+    from tor_exp.models.config import looks_like_path
+
+    out: list[str] = []
+    for override in overrides:
+        key, eq, value = override.partition("=")
+        value = value.strip().strip("'\"") if eq else value
+        if key.strip() != "model" or not eq or "," in value or not (looks_like_path(value) or os.path.isdir(value)):
+            out.append(override)
+            continue
+        if (Path(config_dir()) / "model" / f"{value}.yaml").is_file():
+            out.append(override)
+            continue
+        full = os.path.abspath(os.path.expanduser(value))
+        if not os.path.isdir(full):
+            raise ConfigError(f"model={value}: no such option or directory ({full})")
+        quoted = full if re.fullmatch(r"[\w./~+-]+", full) else "'" + full.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        out += ["model=local", f"model.path={quoted}"]
+    return out
 
 
 def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
@@ -173,7 +236,7 @@ def sweep_jobs(overrides: Sequence[str]) -> list[list[str]]:
 
 def compose(overrides: Sequence[str] = ()) -> "ValidatedConfig":
     """Compose + validate: the one way a library caller, a test or an entry point gets a config."""
-    return validate(compose_dict(overrides))
+    return validate(compose_dict(overrides, return_hydra_config=True))  # Hydra's part names the groups' choices
 
 
 def register_configs() -> None:
@@ -209,8 +272,86 @@ def _to_object(node: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {err}".splitlines()[0]) from err
 
 
-def validate(cfg: DictConfig) -> ValidatedConfig:
-    """Instantiate every group's dataclass (running its value checks) and the cross-group checks."""
+#: keys whose values are free-form (not checked against a schema): this machine's launcher settings; a tiny
+#: model's ``model.tiny.config`` (a dict of the family's HF config keys) is free-form by its type
+FREE_FORM = ("local",)
+
+
+def group_schemas(cfg: DictConfig) -> dict[str, type]:
+    """The dataclass each group node of ``cfg`` must follow (reduction: the selected method's config class)."""
+    from tor_exp.bench.config import BenchConfig
+    from tor_exp.evaluation.config import EvalConfig
+    from tor_exp.models.config import ModelConfig
+    from tor_exp.records.config import LoggerConfig
+    from tor_exp.reduction import registered_methods
+
+    schemas: dict[str, type] = {"model": ModelConfig, "eval": EvalConfig, "bench": BenchConfig,
+                                "logger": LoggerConfig}
+    reduction = cfg.get("reduction")
+    method = reduction.get("method") if isinstance(reduction, DictConfig) else None
+    if method in registered_methods():
+        schemas["reduction"] = registered_methods()[method][0]
+    return schemas
+
+
+def _choices(cfg: DictConfig) -> dict[str, str]:
+    """The option each group was composed from (``reduction`` → ``utrc``), for naming it in an error: Hydra's
+    record of the choices where there is one, else what the nodes say of themselves."""
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    if choices is None:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            choices = HydraConfig.get().runtime.choices
+        except ValueError:
+            choices = None
+    found = {str(k): str(v) for k, v in (choices or {}).items()} if choices is not None else {}
+    for group, key in (("model", "name"), ("reduction", "method")):
+        node = cfg.get(group)
+        if group not in found and isinstance(node, DictConfig) and node.get(key) is not None:
+            found[group] = str(node.get(key))
+    return found
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Every key of ``cfg`` is a field of its schema (the dataclasses in Hydra's ConfigStore), however it got
+    there: Hydra refuses an unknown ``key=value`` but adds ``+key=value`` to a structured node, and
+    ``OmegaConf.to_object`` then drops the key silently, so a run would record a setting that never took
+    effect. Free-form values (:data:`FREE_FORM`, dict- or Any-typed fields) take any key."""
+    root_fields = [f.name for f in dataclasses.fields(Config)]
+    for key in cfg.keys():
+        if key not in root_fields and key != "hydra":
+            raise ConfigError(f"{key}: not a key of tor_exp's config (keys: {', '.join(root_fields)})")
+    choices = _choices(cfg)
+    for group, schema in group_schemas(cfg).items():
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            label = f"{group}={choices[group]}" if group in choices else group
+            _check_node(node, schema, group, label)
+
+
+def _check_node(node: DictConfig, schema: type, path: str, label: str) -> None:
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key in node.keys():
+        if key not in names:
+            raise ConfigError(f"{path}.{key}: not a key of {label} (keys: {', '.join(names)})")
+        child, kind = node.get(key), hints.get(str(key))
+        if isinstance(child, DictConfig) and dataclasses.is_dataclass(kind):
+            _check_node(child, kind, f"{path}.{key}", f"{path}.{key}")
+
+
+def validate(cfg: DictConfig, *, check_device: bool = True) -> ValidatedConfig:
+    """Instantiate every group's dataclass (running its value checks) and the cross-group checks: everything a
+    job can know is wrong before it loads a model or takes its folder (the README's promise), so a sweep's
+    precheck refuses a bad job before the first one runs.
+
+    ``check_device``: ``device=cuda`` needs a GPU here (off where the job runs elsewhere: a Slurm launcher's
+    login node has none).
+    """
+    check_keys(cfg)
     root = Config(**{k: cfg.get(k) for k in ("task", "seed", "device", "dtype", "run_name", "resume", "overwrite",
                                              "prompt", "max_new_tokens")})
     if root.task not in TASKS:
@@ -221,6 +362,11 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
 
     if root.dtype is not None and root.dtype not in DTYPES:
         raise ConfigError(f"dtype={root.dtype!r}: must be one of {', '.join(DTYPES)}")
+    if check_device and root.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device='cuda': no CUDA device is available (use device=cpu or device=auto)")
     if root.max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens={root.max_new_tokens!r}: must be >= 1")
     if root.task == "generate" and not (root.prompt or "").strip():
@@ -233,6 +379,11 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
         logger=_to_object(cfg.get("logger"), "logger"),
         root=root,
     )
+    _check_paths(validated)
+    if root.task == "eval":
+        from tor_exp.evaluation.config import check_task_names
+
+        check_task_names(list(validated.eval.tasks), list(validated.eval.include_paths))
     # auto ⇒ the concrete alignment for this method; exact with a parity method is refused here, before loading
     from tor_exp.evaluation.config import resolve_alignment
 
@@ -248,12 +399,58 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
     # shape unless the config gives it, so that case is solved after loading).
     from tor_exp.models.schedule import build_reduction, needs_shape
 
-    shape = None
-    if needs_shape(validated.reduction, validated.model):
-        from tor_exp.models.loading import shape_from_model_config
+    from tor_exp.models.loading import shape_from_model_config
 
+    shape = None
+    if needs_shape(validated.reduction, validated.model) or root.task == "bench":
         shape = shape_from_model_config(validated.model)
-        if shape is None:  # a hub checkpoint not in the local cache: solved once it is loaded
-            return validated
-    build_reduction(validated.reduction, validated.model, shape=shape)
+    if shape is not None or not needs_shape(validated.reduction, validated.model):
+        build_reduction(validated.reduction, validated.model, shape=shape)
+    # else a hub checkpoint not in the local cache: solved once it is loaded
+    if root.task == "bench":
+        _check_bench_targets(validated, shape)
     return validated
+
+
+def _check_paths(v: ValidatedConfig) -> None:
+    """``model.path`` and ``model.calibration_text`` as the job will read them: relative to the directory the
+    user launched from, and existing (a missing directory is never looked up on the hub; a missing calibration
+    file would surface after a whole ``none`` baseline)."""
+    import os
+
+    from tor_exp.models.config import resolve_model_path
+    from tor_exp.paths import PKG_PREFIX, launch_dir, resolve_pkg_path
+
+    base = launch_dir()
+    if v.model.path and v.model.source != "tiny":
+        v.model.path = resolve_model_path(v.model.path, v.model.source, base)
+    text = v.model.calibration_text
+    if text:
+        full = resolve_pkg_path(text, "model.calibration_text") if text.startswith(PKG_PREFIX) else \
+            os.path.normpath(os.path.join(base, os.path.expanduser(text)))
+        if not os.path.isfile(full):
+            raise ConfigError(f"model.calibration_text={text}: no such file ({full})")
+        if not text.startswith(PKG_PREFIX):
+            v.model.calibration_text = full
+
+
+def _check_bench_targets(v: ValidatedConfig, shape: Any) -> None:
+    """Each ``bench.flops_targets`` entry must be solvable on this model, as the benchmark will solve it (each
+    length, plain and/or chunk-aligned), before the model loads."""
+    from tor_exp.models.schedule import build_schedule, needs_shape
+
+    if v.reduction.method == "none":
+        return
+    modes = {"plain": (False,), "aligned": (True,), "both": (False, True)}[v.bench.chunk_align]
+    for target in v.bench.flops_targets:
+        if target == 0.0:
+            continue
+        for aligned in modes:
+            cfg = dataclasses.replace(v.reduction, target_flops=float(target), keep_ratio=None, chunk_align=aligned)
+            if shape is None and needs_shape(cfg, v.model):
+                continue  # a hub checkpoint not in the local cache: the benchmark solves it once loaded
+            for seq_len in v.bench.seq_lens:
+                try:
+                    build_schedule(cfg, v.model, seq_len=seq_len, shape=shape, logits=v.bench.logits)
+                except ConfigError as err:
+                    raise ConfigError(f"bench.flops_targets={list(v.bench.flops_targets)}: {err}") from err

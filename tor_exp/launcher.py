@@ -175,8 +175,17 @@ class SweepLauncher(submitit_launcher.BaseSubmititLauncher):
             if "mode" in sweep:
                 os.chmod(str(sweep.dir), mode=int(str(sweep.mode), 8))
             self.job_devices = {job.num: job.device for job in pending}
-            returns.update(results_or_exit(pending, self.submit(pending), self.params))
+            started = time.time()
+            try:
+                returns.update(results_or_exit(pending, self.submit(pending), self.params))
+            except KeyboardInterrupt:  # Ctrl-C / SIGTERM (tor_exp.__main__): end the jobs before saying what was written
+                self.stop()
+                note_finished_since(pending, started)
+                raise
         return [returns[job.num] for job in jobs]
+
+    def stop(self) -> None:
+        """End this sweep's running jobs on an interrupt (Slurm jobs run on without the submitting process)."""
 
     def submit(self, pending: List[PlannedJob]) -> List[Any]:
         """Submit the jobs (in order); their submitit job handles."""
@@ -226,6 +235,25 @@ class LocalLauncher(SweepLauncher, submitit_launcher.LocalLauncher):
     cluster = "local"
     own_keys = frozenset({"gpus_per_node", "array_parallelism", "setup"})
     poll_s = 0.5
+    #: seconds the jobs get to unwind after SIGINT (release their folders, write nothing) before SIGKILL
+    stop_grace_s = 15.0
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.handles: List[Any] = []  # every job submitted, as submitted
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """The launcher is pickled into each job: without the handles of the jobs submitted before it."""
+        return {k: v for k, v in self.__dict__.items() if k != "handles"}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state, handles=[])
+
+    def stop(self) -> None:
+        """Interrupt: end the process tree of every job started (submitit's controller, the job, what it started),
+        waiting until all have exited, so no job writes after the sweep has said what was written."""
+        with ignored_interrupts():
+            end_process_trees([int(h.job_id) for h in self.handles], self.stop_grace_s)
 
     def submit(self, pending: List[PlannedJob]) -> List[Any]:
         visible = visible_gpus()
@@ -248,9 +276,82 @@ class LocalLauncher(SweepLauncher, submitit_launcher.LocalLauncher):
             gpus = ",".join(slot)
             executor.update_parameters(local_setup=[*setup, f"export CUDA_VISIBLE_DEVICES={shlex.quote(gpus)}"])
             handles.append(executor.submit(self, *job.args()))
+            self.handles.append(handles[-1])
             running.append((handles[-1], slot))
             log.info(f"\tstarted {job.label} with CUDA_VISIBLE_DEVICES={gpus!r}")
         return handles
+
+
+@contextlib.contextmanager
+def ignored_interrupts() -> Iterator[None]:
+    """SIGINT / SIGTERM ignored while a sweep cleans up after an interrupt (a second Ctrl-C must not leave jobs
+    running); the handlers in place before are put back."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+#: submitit's local job controller (``python -m submitit.local._local``, started through ``sh`` with setup lines)
+CONTROLLER_MODULE = "submitit.local._local"
+
+
+def end_process_trees(pids: Sequence[int], grace_s: float) -> None:
+    """End every process of the trees rooted at ``pids`` (submitit's local jobs) and wait for them: SIGINT to the
+    job processes (a job unwinds like at Ctrl-C: it releases its folder and writes no record; submitit's job
+    ignores SIGTERM), none to the roots and submitit's controllers (they end when their job has; interrupted
+    they would print a traceback), SIGKILL for what is left after ``grace_s`` (children that outlived their
+    parent are still in the set: collected before)."""
+    import signal
+
+    import psutil
+
+    procs: Dict[int, Any] = {}
+
+    def collect(roots: Sequence[Any]) -> None:
+        for root in roots:
+            with contextlib.suppress(psutil.Error):
+                proc = root if isinstance(root, psutil.Process) else psutil.Process(root)
+                for member in [proc, *proc.children(recursive=True)]:
+                    procs.setdefault(member.pid, member)
+
+    collect(pids)
+    for proc in procs.values():
+        with contextlib.suppress(psutil.Error):
+            if proc.pid not in pids and CONTROLLER_MODULE not in " ".join(proc.cmdline()):
+                proc.send_signal(signal.SIGINT)
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace_s)
+    if alive:
+        collect(alive)  # anything they started meanwhile
+        alive = [p for p in procs.values() if p.is_running()]
+        log.warning(f"[tor_exp] {len(alive)} job process(es) still running {grace_s:g} s after SIGINT: killed")
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=30)
+
+
+def note_finished_since(jobs: Sequence[PlannedJob], started: float) -> None:
+    """Jobs of this sweep whose complete record was written since ``started`` (by their own processes), for the
+    interrupt message's list of finished jobs."""
+    from tor_exp.records.folder import note_finished
+    from tor_exp.records.results import RESULTS_FILE, load_results
+
+    for job in jobs:
+        if job.out_dir is None:
+            continue
+        with contextlib.suppress(OSError):
+            if (job.out_dir / RESULTS_FILE).stat().st_mtime >= started and \
+                    (load_results(job.out_dir) or {}).get("status") == "complete":
+                note_finished(job.out_dir)
 
 
 def results_or_exit(jobs: Sequence[PlannedJob], handles: Sequence[Any], params: Dict[str, Any]) -> Dict[int, JobReturn]:

@@ -24,6 +24,7 @@ from tor_exp.reporting.collect import (
     results_from_wandb,
     task_column,
 )
+from tor_exp.paths import unwritable_folder
 from tor_exp.reporting.paper import COLUMNS, canonical_model, load_paper_results
 from tor_exp.reporting.plots import plot_accuracy_vs_flops, plot_bench, plot_ppl_vs_flops
 
@@ -54,12 +55,20 @@ def render_markdown(rows: list[ReportRow], *, title: str = "tor_exp report", not
     titles = data["column_titles"]
     show_variant = any(r.variant for r in rows)
     extra = list(rows[0].extra) if rows else []  # config keys that tell otherwise identical rows apart
+    # the paper's columns only where some row has a number in them (ours or the paper's); tasks the paper does not
+    # have (the offline reference tasks) get a column each, so such a sweep is not a table of empty cells
+    paper_cols = [c for c in COLUMNS if not rows or any(r.ours.get(c) is not None or r.paper.get(c) is not None
+                                                        for r in rows)]
+    others = sorted({k for r in rows for k in r.other})
     header = ["Model", "Method"] + (["Variant"] if show_variant else []) + extra + ["FLOPs ↓ target", "realised", "ρ"]
-    header += [titles[c] for c in COLUMNS] + ["paper"]
+    header += [titles[c] for c in paper_cols] + [_other_title(k) for k in others] + (["paper"] if paper_cols else [])
+    intro = ("Each metric cell: **ours / paper** (paper = the published number for the same setting, "
+             f"{_MISSING} where the paper has none). Accuracies in %, LAMBADA perplexity ↓. ") if paper_cols else ""
+    if others:
+        intro += ("Tasks the paper does not report (" + ", ".join(sorted({k.split(' ')[0] for k in others}))
+                  + "): ours only, accuracies in %, perplexities ↓. ")
     lines = [f"# {title}", "",
-             "Each metric cell: **ours / paper** (paper = the published number for the same setting, "
-             f"{_MISSING} where the paper has none). Accuracies in %, LAMBADA perplexity ↓. "
-             "realised = backbone FLOPs reduction measured on the evaluated requests.", "",
+             intro + "realised = backbone FLOPs reduction measured on the evaluated requests.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     from tor_exp.reduction.parity import is_parity, paper_method  # parity-ness by name: the method registry
 
@@ -76,8 +85,10 @@ def render_markdown(rows: list[ReportRow], *, title: str = "tor_exp report", not
         cells += [_extra_value(r.extra.get(k)) for k in extra]
         cells += [_pct(r.target_flops), _pct(r.realised_flops),
                   _MISSING if r.keep_ratio is None else f"{r.keep_ratio:.4f}"]
-        cells += [f"{format_value(c, r.ours.get(c))} / {format_value(c, r.paper.get(c))}" for c in COLUMNS]
-        cells.append(r.paper_table or _MISSING)
+        cells += [f"{format_value(c, r.ours.get(c))} / {format_value(c, r.paper.get(c))}" for c in paper_cols]
+        cells += [_other_value(k, r.other.get(k)) for k in others]
+        if paper_cols:
+            cells.append(r.paper_table or _MISSING)
         lines.append("| " + " | ".join(cells) + " |")
     if not rows:
         lines.append("| " + " | ".join([_MISSING] * len(header)) + " |")
@@ -89,6 +100,21 @@ def render_markdown(rows: list[ReportRow], *, title: str = "tor_exp report", not
     return "\n".join(lines) + "\n"
 
 
+def _other_title(key: str) -> str:
+    """``"reference_heldout byte_perplexity"`` → ``"reference_heldout ppl/byte ↓"``; accuracies marked (%)."""
+    task, metric = key.split(" ", 1)
+    if "perplexity" in metric:
+        return f"{task} {'ppl/byte' if metric == 'byte_perplexity' else 'ppl'} ↓"
+    return f"{task} {metric} (%)"
+
+
+def _other_value(key: str, value: Optional[float]) -> str:
+    """Perplexities with 4 significant digits, accuracies in % with 1 decimal (the paper's precision)."""
+    if value is None:
+        return _MISSING
+    return f"{value:.4g}" if "perplexity" in key else f"{100 * value:.1f}"
+
+
 def _extra_value(value: Any) -> str:
     if value is None:
         return _MISSING
@@ -98,14 +124,22 @@ def _extra_value(value: Any) -> str:
 def _bench_markdown(brows: list[dict[str, Any]]) -> str:
     if not brows:
         return ""
-    keys = ("model", "kind", "batch", "seq_len", "variant", "target_flops", "realised_backbone", "tokens_per_s",
-            "throughput_gain", "speedup", "peak_allocated_saving", "overhead_share", "device_name")
+    # the memory preset's rows differ in their logits mode and in the logits / cache bytes: without these columns
+    # its rows (one per logits mode) look duplicated; byte counts are shown in MiB
+    keys = ("model", "kind", "batch", "seq_len", "new_tokens", "logits", "variant", "target_flops",
+            "realised_backbone", "tokens_per_s", "throughput_gain", "speedup", "peak_allocated_bytes",
+            "peak_allocated_saving", "nvml_peak_bytes", "nvml_peak_saving", "logits_bytes", "logits_saving",
+            "kv_cache_bytes", "kv_cache_saving", "ssm_cache_bytes", "ssm_cache_saving", "overhead_share",
+            "device_name")
     present = [k for k in keys if any(r.get(k) is not None for r in brows)]
-    lines = ["", "## Benchmarks", "", "| " + " | ".join(present) + " |", "|" + "|".join(["---"] * len(present)) + "|"]
+    titles = [k[: -len("_bytes")] + " MiB" if k.endswith("_bytes") else k for k in present]
+    lines = ["", "## Benchmarks", "", "| " + " | ".join(titles) + " |", "|" + "|".join(["---"] * len(present)) + "|"]
     for r in brows:
         cells = []
         for k in present:
             v = r.get(k)
+            if v is not None and k.endswith("_bytes"):
+                v = v / 2 ** 20
             cells.append(_MISSING if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -246,17 +280,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.quality:
         from tor_exp.reporting.quality import write_quality
 
+        problem = unwritable_folder(Path(args.quality).parent)
+        if problem:
+            sys.stderr.write(f"error: --quality={args.quality}: cannot write into {Path(args.quality).parent}: "
+                             f"{problem}\n")
+            return 2
         try:
             paths = write_quality(results, Path(args.quality), iters=args.iters,
                                   title=f"Quality by method and FLOPs target: {source.name}")
-        except (ValueError, FileNotFoundError, KeyError) as err:
+        except (ValueError, KeyError) as err:
             sys.stderr.write(f"error: --quality: {err}\n")
+            return 2
+        except OSError as err:  # a sample file gone, a write that failed half-way (disk full)
+            sys.stderr.write(f"error: --quality={args.quality}: {err}\n")
             return 2
         for name, path in paths.items():
             print(f"{name}: {path}")
         return 1 if unreadable else 0
-    built = build_report(args.source, out, results=results, prefer_table=args.paper_table, plots=not args.no_plots,
-                         unreadable=unreadable)
+    out_dir = Path(out) if out is not None else source / "report"
+    problem = unwritable_folder(out_dir)
+    if problem:
+        where = f"--out={out}" if out is not None else f"{out_dir} (the default --out: <sweep dir>/report)"
+        sys.stderr.write(f"error: {where}: cannot write the report there: {problem}"
+                         + ("" if out is not None else "; pass --out to write it elsewhere") + "\n")
+        return 2
+    try:
+        built = build_report(args.source, out_dir, results=results, prefer_table=args.paper_table,
+                             plots=not args.no_plots, unreadable=unreadable)
+    except OSError as err:  # the folder was writable a moment ago: disk full, removed underneath us
+        sys.stderr.write(f"error: --out={out_dir}: writing the report failed: {err}\n")
+        return 2
     for name, path in built["paths"].items():
         print(f"{name}: {path}")
     if unreadable:

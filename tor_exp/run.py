@@ -23,7 +23,7 @@ from tor_exp.config import ValidatedConfig, validate
 from tor_exp.errors import ConfigError
 from tor_exp.records.folder import RunFolder, refusal
 from tor_exp.records.keys import job_dirname
-from tor_exp.records.results import SAMPLES_DIR, is_complete, load_results, run_metadata
+from tor_exp.records.results import SAMPLES_DIR, load_results, run_metadata, same_run, wandb_missing
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,8 @@ def first_look(out_dir: Path, resolved: dict[str, Any], v: ValidatedConfig) -> d
     why = refusal(out_dir, resolved, overwrite=v.root.overwrite)
     if why is not None:
         raise ConfigError(why)
-    if v.root.resume and is_complete(out_dir, resolved):
-        return load_results(out_dir)
-    return None
+    previous = load_results(out_dir) if v.root.resume else None
+    return previous if same_run(previous, resolved) else None
 
 
 def write_hydra_record(folder: RunFolder, cfg: DictConfig) -> None:
@@ -240,23 +239,49 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     v = validate(cfg)
     out_dir = Path(out_dir) if out_dir is not None else output_dir()
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    if isinstance(resolved.get("model"), dict) and resolved["model"].get("path") is not None:
+        resolved["model"]["path"] = v.model.path  # a relative path as validation resolved it (the launch dir)
+    if v.root.task == "eval":
+        from tor_exp.paths import usable_datasets_cache
+
+        usable_datasets_cache()  # lm-eval's tasks write a datasets cache: a usable one before the model loads
     previous = first_look(out_dir, resolved, v)
-    if previous is None:
+    if previous is None or wandb_missing(previous, resolved):
         with RunFolder(out_dir, resolved) as folder:
             previous = folder.make_room(resolved, resume=v.root.resume, overwrite=v.root.overwrite)
             if previous is None:
                 folder.start_log()
                 write_hydra_record(folder, cfg)
-                return _run_in(folder, v, resolved)
+                return _logged_run(folder, v, resolved)
+            if wandb_missing(previous, resolved):  # complete, but its W&B upload never completed
+                folder.start_log()
+                log.info("results for this config already in %s: not recomputed (resume=true); logging them to "
+                         "W&B", out_dir / "results.json")
+                return _to_wandb(folder, v, resolved, previous, None)
     log.info("results for this config already in %s: skipped (resume=true)", out_dir / "results.json")
     return previous
 
 
-def _run_in(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any]) -> dict[str, Any]:
-    """The job proper, in the folder it holds: load, run the task, write the record, then W&B."""
+def _logged_run(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any]) -> dict[str, Any]:
+    """W&B started before the work (an unusable W&B fails before anything is computed), the job, then W&B."""
+    wandb_run = _start_wandb(v, folder.path, run_label(v), resolved, None)
+    try:
+        results = _run_in(folder, v, resolved, wandb_run)
+    except BaseException:
+        from tor_exp.records.wandb_logger import abandon
+
+        abandon(wandb_run)
+        raise
+    return _to_wandb(folder, v, resolved, results, wandb_run)
+
+
+def _run_in(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any], wandb_run: Any = None) -> dict[str, Any]:
+    """The job proper, in the folder it holds: load, run the task, write the record (its W&B upload, when
+    ``wandb_run`` is started, noted as not done yet)."""
     out_dir, chash = folder.path, folder.config_hash
     from tor_exp.models import load_model, model_shape, partial_weights
     from tor_exp.models.schedule import build_reduction
+    from tor_exp.records.checkpoint import checkpoint_record
 
     label = run_label(v)
     log.info("job %s: task=%s model=%s reduction=%s -> %s", label, v.root.task, v.model.name, v.reduction.method,
@@ -268,6 +293,7 @@ def _run_in(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any]) -> 
     t0 = time.perf_counter()
     model, tokenizer = load_model(v.model, device=device)
     load_s = time.perf_counter() - t0
+    checkpoint = checkpoint_record(resolved["model"])  # the weights just loaded, part of the record's identity
     method, schedule = build_reduction(v.reduction, v.model, shape=model_shape(model))
     job = Job(v, model, tokenizer, device, out_dir, method, schedule, {"load_s": load_s})
     job.folder = folder
@@ -285,6 +311,7 @@ def _run_in(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any]) -> 
         "locations": list(schedule.locations),
         "device": str(device),
         "dtype": v.model.dtype,
+        "checkpoint": checkpoint,
         "headline": None,
     }
     if schedule.keep_ratios:  # a chunk-aligned schedule: one ratio per location
@@ -293,18 +320,57 @@ def _run_in(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any]) -> 
         results["partial_weights"] = partial_weights(model)
     results.update(TASKS[v.root.task](job))
     results["timings"] = job.timings
-    results.update(run_metadata())
+    results.update(run_metadata(model, device))
     results["config"] = resolved
     results["status"] = "complete"  # resume trusts only complete records
     if "realised_flops_reduction" in results:
         log.info("realised backbone FLOPs reduction %.4f (target %s) per task: %s",
                  results["realised_flops_reduction"], results["target_flops"],
                  {t: round(f, 4) for t, f in (results.get("flops_per_task") or {}).items()})
+    if wandb_run is not None:  # the record says it is not uploaded until its upload completes
+        from tor_exp.records.wandb_logger import run_entry
+
+        results["wandb"] = run_entry(wandb_run)
     path = folder.write_record(results)
     folder.check_saved()
     log.info("results: %s", path)
-    if v.logger.backend == "wandb":
-        from tor_exp.records.wandb_logger import log_to_wandb
+    return results
 
-        log_to_wandb(v.logger, results, out_dir, results["run_name"], sweep_group())
+
+def _start_wandb(v: ValidatedConfig, out_dir: Path, label: str, resolved: dict[str, Any],
+                 run_id: Optional[str]) -> Any:
+    """The job's W&B run, started (None without W&B or when disabled)."""
+    if v.logger.backend != "wandb":
+        return None
+    from tor_exp.records.wandb_logger import start_run
+
+    return start_run(v.logger, out_dir, label, sweep_group(), resolved, v.root.task, run_id=run_id)
+
+
+def _to_wandb(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any], results: dict[str, Any],
+              wandb_run: Any) -> dict[str, Any]:
+    """Log a complete record to W&B (starting the run when it is a rerun's upload) and note in results.json that
+    its upload completed; a failed upload is one line and leaves the record saying it is not uploaded, so the
+    next ``resume=true`` run uploads it without recomputing."""
+    from tor_exp.records.results import RESULTS_FILE, to_json
+    from tor_exp.records.wandb_logger import abandon, log_results, run_entry
+
+    if not wandb_missing(results, resolved):
+        return results
+    if wandb_run is None:
+        earlier = (results.get("wandb") or {}).get("run_id")
+        wandb_run = _start_wandb(v, folder.path, results.get("run_name") or run_label(v), results["config"], earlier)
+        if wandb_run is None:  # disabled
+            return results
+    entry = run_entry(wandb_run)
+    try:
+        log_results(wandb_run, results, folder.path)
+    except Exception as err:  # noqa: BLE001 - W&B's errors (network, server) end the job in one line
+        abandon(wandb_run)
+        folder.write(RESULTS_FILE, to_json(dict(results, wandb=entry)))
+        raise ConfigError(f"W&B upload of {folder.path / RESULTS_FILE} failed ({' '.join(str(err).split())[:200]}); "
+                          "the record is complete: rerun with resume=true to upload it without recomputing") from None
+    results["wandb"] = dict(entry, logged=True)
+    folder.write(RESULTS_FILE, to_json(results))
+    log.info("W&B: run %s logged (%s)", entry["run_id"], entry["mode"])
     return results

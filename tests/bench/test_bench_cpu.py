@@ -259,3 +259,26 @@ def test_memory_rows_report_the_kv_cache_of_a_hybrid(compose):
     n_attention = sum("attention" in shape.kinds(l) for l in range(shape.n_layer))
     attention = next(p for l in range(shape.n_layer) for p in shape.parts(l) if p.kind == "attention")
     assert kv[0] == n_attention * 2 * 2 * attention.kv_heads * 48 * attention.head_dim * 4
+
+
+@pytest.mark.parametrize("mode", ["aligned", "both"])
+def test_no_aligned_row_when_no_aligned_lengths_fit(mode, caplog):
+    """Chunk 256 at 64 tokens: no kept length can be a chunk multiple, so the plain schedule runs; its row is not
+    named "+align" nor recorded ``chunk_align: true`` (`aligned`), and `both` does not show the same schedule twice;
+    the run says once why."""
+    cfg = ModelConfig(name="tiny_mamba2", family="mamba2", n_layer=N_LAYER, locations=LOCATIONS,
+                      tiny=TinyModelConfig(d_model=32, n_layer=N_LAYER, chunk_size=256, head_dim=16, state_size=8))
+    model, tok = load_model(cfg)
+    bench = BenchConfig(kind="prefill", batch_sizes=[1], seq_lens=[64], flops_targets=[0.25], warmup=0, repeats=1,
+                        chunk_align=mode, plot=False)
+    with caplog.at_level("WARNING", logger="tor_exp.bench.runner"):
+        out = run_benchmark(model, tok, cfg, utrc_cfg(), bench, device="cpu")["bench"]
+    rows = out["rows"]
+    assert [r["variant"] for r in rows] == ["none", "utrc@25%"]
+    assert [r["chunk_align"] for r in rows] == [False, False] and "keep_ratios" not in rows[1]
+    plain = build_variants(model, cfg, utrc_cfg(), BenchConfig(flops_targets=[0.25]), 64)[1]
+    assert rows[1]["keep_ratio"] == plain.keep_ratio
+    note = "no aligned lengths fit at N=64 (chunk 256)"
+    assert out["notes"] == [f"{note}: target 25% " + ("has its plain row only" if mode == "both"
+                                                       else "ran the plain schedule")]
+    assert out["markdown"].count(note) == 1 and caplog.text.count(note) == 1

@@ -158,3 +158,93 @@ def test_offline_run_gets_table_summary_and_artifact(task, tmp_path, monkeypatch
     assert set(entries) == expected
     assert all(entries[name].digest == _md5_b64(run_dir / name) for name in expected)
     assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+# ------------------------------------------------------------------------------------------------ before the work
+SWEEP = ["-m", "model=tiny_mamba2", "eval=smoke", "eval.tasks=[piqa_fixture]", "eval.limit=1",
+         "eval.compare_baseline=false", "device=cpu", "reduction.target_flops=0.1,0.2", "logger=wandb"]
+
+
+def _entry(args: list[str], tmp_path: Path, **env: str):
+    """``python -m tor_exp <args>`` as a real process with W&B's folders in ``tmp_path``: (result, seconds)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    environ.update(OMP_NUM_THREADS="1", WANDB_SILENT="true", WANDB_CONFIG_DIR=str(tmp_path / "wandb-home" / "cfg"),
+                   WANDB_CACHE_DIR=str(tmp_path / "wandb-home" / "cache"), WANDB_DATA_DIR=str(tmp_path / "wandb-home"),
+                   HOME=str(tmp_path), **env)  # HOME: no ~/.netrc key
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "tor_exp", *args], cwd=tmp_path, env=environ, capture_output=True,
+                         text=True, timeout=600)
+    return out, time.monotonic() - t0
+
+
+def _one_line(out, *needles: str) -> str:
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_online_without_an_api_key_is_one_line_before_any_job_of_a_sweep(tmp_path):
+    """No API key: the sweep stops before its first job (nothing computed, no job folder), in one line."""
+    out, seconds = _entry([*SWEEP, "logger.mode=online", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    _one_line(out, "mode=online", "no W&B API key")
+    assert not list(tmp_path.rglob("results.json")) and seconds < 120
+
+
+def test_an_unreachable_wandb_fails_in_seconds_before_the_work(tmp_path):
+    """A key but no server (a closed loopback port): the job fails after logger.init_timeout, before it loads the
+    model, in one line; nothing is recorded as complete."""
+    out, seconds = _entry(["model=tiny_mamba2", "eval=smoke", "device=cpu", "logger=wandb", "logger.mode=online",
+                           "logger.init_timeout=3", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path,
+                          WANDB_API_KEY="a" * 40, WANDB_BASE_URL="http://127.0.0.1:9")
+    _one_line(out, "mode=online", "could not start a run")
+    assert not (tmp_path / "run" / "results.json").exists() and "loaded in" not in out.stderr + out.stdout
+    assert seconds < 120, seconds
+
+
+def test_offline_fallback_logs_offline_when_online_cannot_start(tmp_path):
+    out, _ = _entry(["model=tiny_mamba2", "eval=smoke", "eval.tasks=[piqa_fixture]", "eval.limit=1",
+                     "eval.compare_baseline=false", "device=cpu", "logger=wandb", "logger.mode=online",
+                     "logger.offline_fallback=true", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["wandb"]["mode"] == "offline" and record["wandb"]["logged"] is True
+    assert list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{record['wandb']['run_id']}"))
+
+
+def test_a_complete_record_not_yet_logged_is_uploaded_on_rerun_without_recomputing(tmp_path, monkeypatch,
+                                                                                    wandb_dirs):
+    """A record written without W&B (or whose upload failed): the resume filter says there is work left, and a
+    resume=true rerun with logger=wandb logs it from results.json (its numbers and timings unchanged) and marks
+    it; a third run has nothing left to do."""
+    from omegaconf import OmegaConf
+
+    from tor_exp.config import compose_dict
+    from tor_exp.records.results import is_complete
+    from tor_exp.run import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    job = ["model=tiny_mamba2", "eval=smoke", "eval.tasks=[piqa_fixture]", "eval.limit=1",
+           "eval.compare_baseline=false", "device=cpu"]
+    out = tmp_path / "job"
+    first = run(compose_dict(job), out_dir=out)
+    assert "wandb" not in first
+    wandb_job = compose_dict([*job, "logger=wandb"])
+    assert is_complete(out, compose_dict(job)) and not is_complete(out, wandb_job)
+    monkeypatch.setattr("tor_exp.run._run_in", lambda *a, **k: pytest.fail("recomputed"))
+    second = run(wandb_job, out_dir=out)
+    record = json.loads((out / "results.json").read_text())
+    assert record["wandb"]["logged"] is True and record["wandb"]["mode"] == "offline"
+    assert {k: v for k, v in record.items() if k != "wandb"} == json.loads(json.dumps(first))
+    assert second["metrics"] == first["metrics"] and is_complete(out, OmegaConf.to_container(wandb_job,
+                                                                                               resolve=True))
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1
+    run(wandb_job, out_dir=out)  # nothing left: no second W&B run
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 1

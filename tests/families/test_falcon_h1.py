@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from flop_count import counting_flops
 from transformers.cache_utils import DynamicCache
 
 import test_families as shared
@@ -134,7 +134,7 @@ def test_flop_shape_counts_what_hf_projects(falcon):
     """Each projection term of the analytic layer FLOPs equals FlopCounterMode's count of HF's own modules."""
     model, _, _ = falcon
     length = 37
-    with FlopCounterMode(display=False) as counter:
+    with counting_flops(model) as counter:
         model(random_ids(1, length), use_cache=False)
     counts = {name: sum(c.values()) for name, c in counter.get_flop_counts().items()}
     layer = f"{type(model).__name__}.model.layers.0."

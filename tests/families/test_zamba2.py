@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from flop_count import counting_flops
 
 
 @pytest.mark.parametrize("length", [16, 37])
@@ -23,7 +23,7 @@ def test_analytic_flops_match_the_flop_counter(family_models, length):
     implementation = model.config._attn_implementation
     model.config._attn_implementation = "eager"
     try:
-        with FlopCounterMode(display=False) as counter:
+        with counting_flops(model) as counter:
             model(torch.randint(0, 256, (1, length)), use_cache=False)
     finally:
         model.config._attn_implementation = implementation

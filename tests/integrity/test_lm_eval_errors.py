@@ -111,3 +111,132 @@ def test_good_model_args_pass_the_early_check():
     check_model_args({"model": "tiny_mamba2", "reduction": None, "reduction.keep_ratio": 0.7, "max_length": 64,
                       "alignment": "exact", "trust_remote_code": True})
     check_model_args({"pretrained": object()})  # an in-memory model: the backend's to check
+
+
+# ------------------------------------------------------------------ the command line's own arguments (issue 29)
+def _parsed(monkeypatch, *args: str):
+    """lm-eval's command line parsed as ``python -m tor_exp.lm_eval`` parses it (no logging set up, nothing run)."""
+    from lm_eval._cli import HarnessCLI
+
+    monkeypatch.setattr(sys, "argv", ["tor-exp-lm-eval", "--model", "tor_exp", "--model_args", "model=tiny_mamba2",
+                                      "--tasks", "lambada_fixture", *args])
+    return HarnessCLI().parse_args()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--limit", "0"], "--limit=0.0: must be > 0"),
+    (["--limit", "-3"], "--limit=-3.0: must be > 0"),
+    (["--log_samples"], "--log_samples: needs --output_path"),
+    (["--predict_only"], "--predict_only: needs --output_path"),
+    (["--output_path", "{file}"], "exists and is not a folder"),
+    (["--output_path", "{file}/sub/results.json"], "cannot write the results there"),
+], ids=["limit_0", "limit_negative", "log_samples", "predict_only", "output_is_a_file", "output_below_a_file"])
+def test_bad_command_line_arguments_are_refused_before_lm_eval_reads_them(args, needle, tmp_path, monkeypatch):
+    """What lm-eval leaves to a traceback (--limit 0, --log_samples without --output_path) or to one buried warning
+    after the whole run (an unwritable --output_path) is a one-line ConfigError when lm-eval builds its config."""
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    from tor_exp.errors import ConfigError
+    from tor_exp.lm_eval import cli_args_checked_early
+
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    namespace = _parsed(monkeypatch, *(a.replace("{file}", str(afile)) for a in args))
+    with cli_args_checked_early(), pytest.raises(ConfigError) as refused:
+        EvaluatorConfig.from_cli(namespace)
+    assert needle in str(refused.value) and "\n" not in str(refused.value)
+    if "--output_path" in args:
+        assert str(refused.value).startswith(f"--output_path={afile}")
+    assert afile.read_text() == "keep"
+    # outside the context lm-eval's own behaviour is back (no check of ours)
+    if args[0] == "--output_path":
+        EvaluatorConfig.from_cli(_parsed(monkeypatch, *(a.replace("{file}", str(afile)) for a in args)))
+
+
+def test_an_unwritable_output_path_is_refused_and_a_good_one_left_untouched(tmp_path, monkeypatch):
+    """A read-only output folder (permission bits where they bind, else the probe write itself refused, as for
+    root on a read-only mount) is refused; a writable one passes and no folder is left behind by the check."""
+    import errno
+    import tempfile
+
+    from lm_eval.config.evaluate_config import EvaluatorConfig
+
+    from tor_exp.errors import ConfigError
+    from tor_exp.lm_eval import cli_args_checked_early
+
+    good = tmp_path / "new" / "out"
+    with cli_args_checked_early():
+        config = EvaluatorConfig.from_cli(_parsed(monkeypatch, "--output_path", str(good), "--limit", "0.5"))
+    assert config.output_path == str(good) and not (tmp_path / "new").exists()
+    readonly = tmp_path / "ro"
+    readonly.mkdir(mode=0o555)
+    if os.access(readonly, os.W_OK):  # root: permission bits do not bind
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with cli_args_checked_early(), pytest.raises(ConfigError, match=r"--output_path=.*/ro/out: .*Permission denied"):
+        EvaluatorConfig.from_cli(_parsed(monkeypatch, "--output_path", str(readonly / "out")))
+    assert not (readonly / "out").exists()
+
+
+def test_a_hub_dataset_offline_is_one_line_naming_the_task(monkeypatch):
+    """A task whose dataset is on the Hub, built offline (HF_DATASETS_OFFLINE=1 here): one ConfigError line that
+    names the task and says the Hub is unreachable (lm-eval raises ConnectionError from deep in `datasets`)."""
+    import datasets
+    from lm_eval.api.task import ConfigurableTask
+
+    from tor_exp.errors import ConfigError
+    from tor_exp.lm_eval import cli_args_checked_early
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    config = {"task": "hub_only_task", "dataset_path": "EleutherAI/no_such_dataset_offline", "output_type":
+              "loglikelihood", "test_split": "test", "doc_to_text": "{{text}}", "doc_to_target": "{{text}}"}
+    with cli_args_checked_early(), pytest.raises(ConfigError) as refused:
+        ConfigurableTask(config=config)
+    line = str(refused.value)
+    assert line.startswith("--tasks hub_only_task: its dataset 'EleutherAI/no_such_dataset_offline' is on the "
+                           "Hugging Face Hub, which is unreachable (HF_DATASETS_OFFLINE=1 is set)"), line
+    assert "\n" not in line
+    with pytest.raises(ConnectionError):  # lm-eval's own behaviour outside the context
+        ConfigurableTask(config=config)
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tor_exp.lm_eval", "--model", "tor_exp", "--model_args",
+                           "model=tiny_mamba2", "--batch_size", "2", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+def _ends_with_one_error_line(proc: subprocess.CompletedProcess, needle: str) -> str:
+    """Exit 2, no traceback, the last stderr line is the error (lm-eval may have logged its progress before)."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == [lines[-1]] and needle in lines[-1], proc.stderr[-3000:]
+    return lines[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, needle, alone", [
+    (["--tasks", "lambada_fixture", "--limit", "0"], "error: --limit=0.0: must be > 0", True),
+    (["--tasks", "lambada_fixture", "--log_samples"], "error: --log_samples: needs --output_path", True),
+    (["--tasks", "lambada_fixture", "--output_path", "{file}"], "error: --output_path={file}: cannot write", True),
+    (["--tasks", "nosuchtask,lambada_fixture"], "error: --tasks: unknown task(s) nosuchtask", False),
+    (["--tasks", "lambada_openai", "--limit", "2"],
+     "error: --tasks lambada_openai: its dataset 'EleutherAI/lambada_openai' is on the Hugging Face Hub, which is "
+     "unreachable", False),
+], ids=["limit_0", "log_samples", "unwritable_output", "unknown_task", "hub_task_offline"])
+def test_command_line_argument_errors_end_with_one_line(args, needle, alone, tmp_path):
+    """The real command line (~10 s each: the unknown task and the hub task need lm-eval's task index): exit 2, one
+    `error:` line, no traceback; the cheap checks come before lm-eval logs anything (the line is all of stderr)."""
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    proc = _cli([a.replace("{file}", str(afile)) for a in args], tmp_path)
+    line = _ends_with_one_error_line(proc, needle.replace("{file}", str(afile)))
+    if alone:
+        assert [l for l in proc.stderr.splitlines() if l.strip()] == [line]
+    assert afile.read_text() == "keep"

@@ -2,6 +2,7 @@
 half-written, nothing lost, and every ending (busy folder, Ctrl-C, SIGTERM, full disk) is one line."""
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -137,3 +138,80 @@ def test_a_run_that_can_write_nowhere_fails_before_loading_the_model(small_disk,
     code, out, err = run_main(monkeypatch, capsys, *FAST, f"hydra.run.dir={small_disk / 'run'}")
     assert_one_line_error(code, err, "hydra.run.dir=", "No space left on device")
     assert "loaded in" not in out and not (small_disk / "run").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_local_sweep_ends_every_job_process_before_it_reports(tmp_path):
+    """launcher=local runs each job in its own processes (submitit's controller and the job): SIGTERM to the sweep
+    ends all of them before the one line, so the interrupted job never writes its record afterwards."""
+    import time
+
+    import psutil
+
+    sweep = tmp_path / "sweep"
+    proc = start("-m", *ENDLESS, "launcher=local", "~local", "hydra.launcher.array_parallelism=1",
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path, log=tmp_path / "sweep")
+    tree: list = []
+    try:
+        running = wait_for("*/.tor_exp.owner", sweep, proc).parent
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert len(tree) >= 2, tree  # submitit's controller and the job
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+        alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"job processes outlived the sweep: {alive}"
+        time.sleep(2)
+        assert not (running / "results.json").exists() and not leftovers(sweep)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in tree:  # whatever outlived the sweep (on a launcher that leaves them)
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    err = (tmp_path / "sweep.err").read_text()
+    assert "Traceback" not in err
+    assert error_lines(err)[-1] == ("interrupted: no job finished; nothing written for the job that was running; "
+                                    "rerun with resume=true"), err
+
+
+PINNED_NOW = """
+import datetime, sys
+import hydra.core.utils as hydra_utils
+class Frozen(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 12, 7, 12, 0, 0)
+hydra_utils.datetime = Frozen  # Hydra's ${now:} reads the clock through this name
+from omegaconf import OmegaConf
+from tor_exp.config import compose_dict
+cfg = compose_dict(sys.argv[1:], return_hydra_config=True)
+print(OmegaConf.select(cfg, "hydra.run.dir"))
+print(OmegaConf.select(cfg, "hydra.sweep.dir"))
+"""
+
+
+def test_runs_started_in_the_same_second_get_their_own_default_folder(tmp_path):
+    """The clock pinned to one second: two processes still resolve two default run folders (and sweep folders),
+    both under that second's folder; a run dir given on the command line is used as it is."""
+    def dirs(*overrides: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", PINNED_NOW, *overrides], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    first, second = dirs(), dirs()
+    for run_dir, again in zip(first, second):
+        assert run_dir != again
+        assert Path(run_dir).parent == Path(again).parent and Path(run_dir).name.startswith("12-00-00-"), run_dir
+    assert dirs(f"hydra.run.dir={tmp_path / 'mine'}")[0] == str(tmp_path / "mine")
+
+
+@pytest.mark.slow
+def test_two_default_runs_started_together_both_complete_in_two_folders(tmp_path):
+    """The issue's case with real processes: the default folder, two runs at the same moment, both exit 0."""
+    runs = [start(*FAST, "eval.limit=1", cwd=tmp_path, log=tmp_path / f"run{i}") for i in range(2)]
+    codes = [proc.wait(timeout=300) for proc in runs]
+    assert codes == [0, 0], [(tmp_path / f"run{i}.err").read_text()[-2000:] for i in range(2)]
+    records = sorted((tmp_path / "outputs").rglob("results.json"))
+    assert len(records) == 2 and records[0].parent != records[1].parent, records
+    assert all(json.loads(r.read_text())["status"] == "complete" for r in records)

@@ -142,3 +142,29 @@ def test_two_models_get_a_section_each_and_an_agreement_table(tiny_sweep, tmp_pa
     assert agreement(unresolved, unresolved) == "agree (neither resolved)"
     assert agreement(resolved_up, unresolved) == "only first resolved"
     assert agreement(resolved_up, resolved_down) == "**disagree**"
+
+
+def test_quality_uses_each_records_own_baseline_when_there_is_no_none_job(tmp_path):
+    """The default job (eval.compare_baseline=true) holds its own `none` baseline and its samples: `--quality` on
+    such runs compares with that baseline, and its intervals are the ones the job itself computed (same documents,
+    same resample seed and count)."""
+    from tor_exp.config import compose_dict
+    from tor_exp.report import main
+    from tor_exp.run import run
+
+    job = run(compose_dict(["model=tiny_mamba2", "eval=reference", "eval.limit=5", "eval.log_samples=true",
+                            "device=cpu", "eval.bootstrap_iters=200", "reduction.target_flops=0.2"]),
+              out_dir=tmp_path / "sw" / "utrc")
+    assert main([str(tmp_path / "sw"), "--quality", str(tmp_path / "q"), "--iters", "200"]) == 0
+    rows = {r["method"]: r for r in json.loads((tmp_path / "q.json").read_text())["rows"]}
+    assert set(rows) == {"none", "utrc"}
+    for task, per_metric in job["differences"].items():
+        for metric, own in per_metric.items():
+            key = f"{task}/{metric}"
+            if key not in rows["utrc"]["vs_none"]:
+                continue
+            got = rows["utrc"]["vs_none"][key]
+            assert (got["delta"], got["low"], got["high"]) == pytest.approx((own["delta"], own["low"], own["high"]),
+                                                                           abs=1e-9)
+            assert rows["none"]["values"][key] == pytest.approx(job["baseline"]["metrics"][task][metric])
+    assert rows["utrc"]["vs_none"]  # at least one compared metric

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,95 @@ def test_unreadable_result_files_are_named_in_the_report_and_its_exit_status(tmp
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "3 result file(s) could not be read" in markdown and "broken/results.json" in markdown
     assert len(parse_table(markdown)) == 1  # the one good run
+
+
+def offline_metrics(ppl: float, acc: float) -> dict:
+    """The shape `eval=offline` records: the reference model's held-out perplexity per byte and its 4-choice acc."""
+    return {"reference_heldout": {"byte_perplexity": ppl, "bits_per_byte": 1.5, "acc": 0.0, "acc_stderr": 0.0},
+            "reference_heldout_mc": {"acc": acc, "acc_stderr": 0.05, "acc_norm": acc / 2, "acc_norm_stderr": 0.05}}
+
+
+def test_offline_tasks_get_their_own_columns_and_the_records_baseline_its_row(tmp_path, capsys):
+    """`eval=offline` runs (no paper task) show their metrics, not a table of "– / –"; with no `none` job the
+    records' own `baseline` block (eval.compare_baseline) is the baseline row, once for the jobs that share it."""
+    sweep = tmp_path / "sw"
+    base = offline_metrics(2.897, 0.84)
+    for method, flops, ppl, acc in (("utrc", 0.2, 3.066, 0.76), ("evit", 0.2, 3.5, 0.70)):
+        res = write_run(sweep, method, model="reference", method=method, flops=flops,
+                        metrics=offline_metrics(ppl, acc), locations=[5, 8, 11, 14, 17])
+        res["baseline"] = {"method": "none", "metrics": base}
+        (sweep / method / "results.json").write_text(json.dumps(res))
+    assert main([str(sweep), "--out", str(tmp_path / "o"), "--no-plots"]) == 0
+    markdown = (tmp_path / "o" / "report.md").read_text()
+    table = parse_table(markdown)
+    assert "– / –" not in markdown
+    got = [(r["Method"], r["reference_heldout ppl/byte ↓"], r["reference_heldout_mc acc (%)"]) for r in table]
+    assert got == [("baseline", "2.897", "84.0"), ("EViT", "3.5", "70.0"), ("Ours (UTRC)", "3.066", "76.0")]
+    assert table[0]["FLOPs ↓ target"] == "0.0%" and table[0]["realised"] == "0.0%"
+    rows = json.loads((tmp_path / "o" / "report.json").read_text())["rows"]
+    assert rows[2]["other"] == {"reference_heldout byte_perplexity": 3.066, "reference_heldout_mc acc": 0.76}
+    # a `none` job of its own wins over the baselines the records hold: still one baseline row
+    write_run(sweep, "none", model="reference", method="none", flops=0.0, metrics=offline_metrics(2.5, 0.9),
+              locations=[5, 8, 11, 14, 17])
+    table = parse_table(build_report(sweep, tmp_path / "o2", plots=False)["markdown"])
+    assert [(r["Method"], r["reference_heldout ppl/byte ↓"]) for r in table][0] == ("baseline", "2.5")
+    assert [r["Method"] for r in table].count("baseline") == 1
+
+
+def test_memory_bench_rows_keep_their_logits_and_cache_columns(tmp_path):
+    """The memory preset measures each variant once per logits mode; the report keeps the mode and the logits /
+    KV-cache figures (in MiB), so no two of its rows look alike."""
+    mib = 2 ** 20
+    rows = []
+    for variant, f, kv in (("none", 0.0, 8 * mib), ("utrc-f0.2", 0.2, 6 * mib)):
+        for mode, logits in (("all", 64 * mib), ("last", 1 * mib)):
+            rows.append({"kind": "memory", "batch": 4, "seq_len": 256, "logits": mode, "variant": variant,
+                         "method": "utrc", "target_flops": f, "logits_bytes": logits * (1 - f if mode == "all" else 1),
+                         "peak_allocated_bytes": None, "kv_cache_bytes": kv,
+                         "kv_cache_saving": 1 - kv / (8 * mib)})
+    d = tmp_path / "sw" / "mem"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"status": "complete", "task": "bench", "model": "tiny_nemotron_h",
+                                                "method": "utrc", "bench": {"kind": "memory", "rows": rows}}))
+    markdown = build_report(tmp_path / "sw", tmp_path / "out", plots=False)["markdown"]
+    table = parse_table(markdown[markdown.index("## Benchmarks"):])
+    got = [(r["logits"], r["variant"], r["logits MiB"], r["kv_cache MiB"], r["kv_cache_saving"]) for r in table]
+    assert got == [("all", "none", "64", "8", "0"), ("last", "none", "1", "8", "0"),
+                   ("all", "utrc-f0.2", "51.2", "6", "0.25"), ("last", "utrc-f0.2", "1", "6", "0.25")]
+    assert len({tuple(r.values()) for r in table}) == len(table)
+
+
+def test_an_unwritable_report_folder_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """`--out` naming a file, a folder below a file, a read-only sweep folder (default --out inside it), and an
+    unwritable `--quality` prefix: one `error:` line each, exit 2, nothing written."""
+    sweep = tmp_path / "sw"
+    write_run(sweep, "x", method="none", flops=0.0)
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+
+    def one_error(argv: list[str], *needles: str) -> None:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+        for needle in needles:
+            assert needle in err, err
+
+    one_error([str(sweep), "--no-plots", "--out", str(afile)], f"--out={afile}", "not a folder")
+    one_error([str(sweep), "--no-plots", "--out", str(afile / "sub")], f"--out={afile / 'sub'}")
+    one_error([str(sweep), "--quality", str(afile / "q")], f"--quality={afile / 'q'}")
+    assert afile.read_text() == "keep"
+    # a read-only sweep folder: permission bits where they bind (not root), else the write itself is refused
+    sweep.chmod(0o555)
+    try:
+        if os.access(sweep, os.W_OK):  # root: permission bits do not bind, so the write itself fails
+            import errno
+            import tempfile
+
+            def refuse(*args, **kwargs):
+                raise PermissionError(errno.EACCES, "Permission denied")
+
+            monkeypatch.setattr(tempfile, "mkstemp", refuse)
+        one_error([str(sweep), "--no-plots"], str(sweep / "report"), "Permission denied", "pass --out")
+    finally:
+        sweep.chmod(0o755)
+    assert not (sweep / "report").exists()

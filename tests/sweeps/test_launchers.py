@@ -44,7 +44,7 @@ def test_local_slurm_script_parses_and_refuses_without_a_command():
 def test_environment_variable_wrappers_are_gone():
     """Per-cluster settings live in conf/local/, not in wrapper scripts reading TOR_EXP_* variables."""
     scripts = sorted(p.name for p in (ROOT / "launchers").glob("*.sh"))
-    assert scripts == ["gpu_bench.sh", "local_slurm.sh", "prepare_gpu_carry.sh"]
+    assert scripts == ["gpu_bench.sh", "install_cpu_kernels.sh", "local_slurm.sh", "prepare_gpu_carry.sh"]
     assert "TOR_EXP_" not in (ROOT / "launchers" / "local_slurm.sh").read_text()
     assert "TOR_EXP_PARTITION" not in (ROOT / "docs" / "sweeps.md").read_text()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from tor_exp.bench.memory import NvmlPeakSampler, nvml_handle
 from tor_exp.bench.overhead import ReduceTimer
 from tor_exp.bench.timing import Stopwatch, TimingStats, synchronize
 from tor_exp.models.families import adapter_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,9 +77,48 @@ def build_variants(model: Any, model_cfg: Any, reduction_cfg: Any, bench_cfg: Be
         for aligned in modes:
             cfg = dataclasses.replace(reduction_cfg, target_flops=float(target), keep_ratio=None, chunk_align=aligned)
             schedule = build_schedule(cfg, model_cfg, seq_len=seq_len, shape=shape, logits=logits)
+            if aligned and not really_aligned(schedule):  # no aligned lengths fit: the plain schedule is what runs
+                if False in modes:  # `both`: the plain row already is this schedule, do not show it twice
+                    continue
+                aligned = False
             variants.append(Variant(variant_label(cfg.method, target, aligned), cfg.method, float(target),
                                     build_method(cfg), schedule, schedule.keep_ratio, aligned))
     return variants
+
+
+def really_aligned(schedule: Any) -> bool:
+    """Whether a schedule built with ``chunk_align=true`` keeps a chunk multiple at one location at least (it falls
+    back to the plain schedule when no aligned lengths meet the target, or the SSM does not scan in chunks)."""
+    return bool(getattr(schedule, "chunk", 0)) and any(getattr(schedule, "aligned", ()))
+
+
+def alignment_notes(model: Any, model_cfg: Any, reduction_cfg: Any, bench_cfg: BenchConfig) -> list[str]:
+    """One line per sequence length at which a chunk-aligned schedule was asked for (``bench.chunk_align``
+    aligned / both) but no aligned lengths fit, so the plain schedule ran (its rows say ``chunk_align: false``)."""
+    from tor_exp.models import build_schedule, model_shape
+    from tor_exp.models.flops import chunk_size
+
+    if bench_cfg.chunk_align == "plain" or reduction_cfg.method == "none":
+        return []
+    shape = model_shape(model)
+    chunk = chunk_size(shape)
+    modes = {"memory": list(bench_cfg.memory_logits), "generate": ["last"]}.get(bench_cfg.kind, [bench_cfg.logits])
+    notes = []
+    for seq_len in bench_cfg.seq_lens:
+        missed = []
+        for target in bench_cfg.flops_targets:
+            if target == 0.0:
+                continue
+            cfg = dataclasses.replace(reduction_cfg, target_flops=float(target), keep_ratio=None, chunk_align=True)
+            if not all(really_aligned(build_schedule(cfg, model_cfg, seq_len=seq_len, shape=shape, logits=mode))
+                       for mode in modes):
+                missed.append(f"{round(100 * target):d}%")
+        if missed:
+            why = (f"no aligned lengths fit at N={seq_len} (chunk {chunk})" if chunk
+                   else f"the model's SSM does not scan in chunks (N={seq_len})")
+            notes.append(f"{why}: target {', '.join(missed)} "
+                         + ("has its plain row only" if bench_cfg.chunk_align == "both" else "ran the plain schedule"))
+    return notes
 
 
 def applied(model: Any, variant: Variant, tokenizer: Any, model_cfg: Any) -> Any:
@@ -498,12 +540,17 @@ def run_benchmark(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any
                           "cache-filling prefill); use model.backend=hf, which calls mamba_ssm's kernels when importable")
     model.eval()
     rows = RUNNERS[bench_cfg.kind](model, tokenizer, model_cfg, reduction_cfg, bench_cfg, device)
-    table = markdown_table(bench_cfg.kind, rows)
+    notes = alignment_notes(model, model_cfg, reduction_cfg, bench_cfg)
+    for note in notes:
+        log.warning("bench.chunk_align=%s: %s", bench_cfg.chunk_align, note)
+    table = markdown_table(bench_cfg.kind, rows) + "".join(f"\n\n{note}" for note in notes)
     result: dict[str, Any] = {
         "kind": bench_cfg.kind, "device": str(device), "device_name": bench_cfg.machine or device_name(device),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "rows": rows, "markdown": table,
         "method": reduction_cfg.method, "flops_targets": list(bench_cfg.flops_targets),
     }
+    if notes:
+        result["notes"] = notes
     if bench_cfg.kind == "generate":
         result["decode_path"] = rows[0]["decode_path"] if rows else None
     if out_dir is not None:

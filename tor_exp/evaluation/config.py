@@ -1,6 +1,7 @@
 """Schema for the `eval` config group (registered by the Hydra entry as group ``eval``, name ``eval_schema``)."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -108,3 +109,73 @@ def resolve_include_path(path: str) -> str:
     if not os.path.isdir(resolved):
         raise ConfigError(f"eval.include_paths: {path!r} is not a folder ({resolved})")
     return resolved
+
+
+def folder_task_names(folders: list[str]) -> set[str]:
+    """The task, tag and group names the YAML files below ``folders`` define, read without lm-eval's indexing
+    (a TaskManager over even the bundled folders takes seconds): a name found here is one lm-eval finds there."""
+    import os
+
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        """lm-eval's task files use tags such as ``!function``; their values do not matter for the names."""
+
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    names: set[str] = set()
+    for folder in folders:
+        for root, _, files in os.walk(folder):
+            for name in files:
+                if not name.endswith((".yaml", ".yml")):
+                    continue
+                try:
+                    with open(os.path.join(root, name)) as fh:
+                        doc = yaml.load(fh, Loader=_Loader)
+                except (OSError, yaml.YAMLError):
+                    continue  # lm-eval's own index decides about a file that does not parse here
+                if not isinstance(doc, dict):
+                    continue
+                for key in ("task", "tag", "group"):
+                    values = doc.get(key)
+                    values = [values] if isinstance(values, str) else values if key == "tag" else []
+                    names.update(v for v in values or [] if isinstance(v, str))
+    return names
+
+
+@functools.lru_cache(maxsize=1)
+def lm_eval_task_file_names() -> frozenset[str]:
+    """The ``task:`` / ``tag:`` / ``group:`` names written on one line in lm-eval's own task files (a text scan of
+    its ~14k YAML files, about half a second): the names of its tasks without building its index."""
+    import importlib.util
+    import os
+    import re
+
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or spec.origin is None:
+        return frozenset()
+    line = re.compile(r"^(?:task|tag|group):[ \t]*['\"]?([^'\"#\s]+)", re.M)
+    names: set[str] = set()
+    for root, _, files in os.walk(os.path.join(os.path.dirname(spec.origin), "tasks")):
+        for name in files:
+            if name.endswith((".yaml", ".yml")):
+                with open(os.path.join(root, name), encoding="utf-8", errors="replace") as fh:
+                    names.update(line.findall(fh.read()))
+    return frozenset(names)
+
+
+def check_task_names(tasks: list[str], include_paths: list[str]) -> None:
+    """Every ``eval.tasks`` entry is a task lm-eval will find, checked before anything loads: names defined in
+    the ``include_paths`` folders are found by reading their YAML files (milliseconds), lm-eval's own by a text
+    scan of its task files (:func:`lm_eval_task_file_names`); only a name found by neither costs lm-eval's task
+    index (12-15 s, once per process: the job's evaluation reuses it), which has the last word."""
+    folders = [resolve_include_path(p) for p in include_paths]
+    missing = [t for t in tasks if t not in folder_task_names(folders)]
+    missing = [t for t in missing if t not in lm_eval_task_file_names()]
+    if not missing:
+        return
+    from tor_exp.evaluation.runner import indexed_task_names
+
+    unknown = [t for t in missing if t not in indexed_task_names(tuple(folders))]
+    if unknown:
+        raise ConfigError(f"eval.tasks: unknown lm-eval task(s) {unknown} (not in lm-eval's task index nor in "
+                          f"eval.include_paths={list(include_paths)})")

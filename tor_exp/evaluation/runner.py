@@ -7,6 +7,7 @@ so they run offline from any cwd and from an installed package with nothing rewr
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -21,15 +22,26 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- tasks
-def task_manager(include_paths: list[str], task_names: list[str]):
-    """A TaskManager over the include paths; lm-eval's built-in index (12-15 s) only when a name needs it."""
+@functools.lru_cache(maxsize=8)
+def _indexed(paths: tuple[str, ...], include_defaults: bool):
+    """One TaskManager per folder set and process: config validation and the evaluation share the index."""
     from lm_eval.tasks import TaskManager
 
-    paths = [resolve_include_path(p) for p in include_paths]
-    tm = TaskManager(include_path=paths or None, include_defaults=False)
+    return TaskManager(include_path=list(paths) or None, include_defaults=include_defaults)
+
+
+def indexed_task_names(paths: tuple[str, ...]) -> set[str]:
+    """Every name lm-eval's full task index (its own tasks and ``paths``) knows."""
+    return set(_indexed(paths, True).task_index)
+
+
+def task_manager(include_paths: list[str], task_names: list[str]):
+    """A TaskManager over the include paths; lm-eval's built-in index (12-15 s) only when a name needs it."""
+    paths = tuple(resolve_include_path(p) for p in include_paths)
+    tm = _indexed(paths, False)
     if all(name in tm.task_index for name in task_names):
         return tm
-    tm = TaskManager(include_path=paths or None, include_defaults=True)
+    tm = _indexed(paths, True)
     missing = [name for name in task_names if name not in tm.task_index]
     if missing:
         raise ConfigError(f"eval.tasks: unknown lm-eval task(s) {missing}")

@@ -115,6 +115,9 @@ class TorExpByName(TorExpLM):
         from tor_exp.models.schedule import build_reduction, reducing
 
         v = compose_model_args(model, reduction, kwargs)
+        from tor_exp.paths import usable_datasets_cache
+
+        usable_datasets_cache()  # lm-eval's tasks write a datasets cache: a usable one before the model loads
         # lm-eval's command line asks for cuda:0 unless told otherwise: like its HFLM, use the CPU when there is none
         dev = device if device and (not str(device).startswith("cuda") or torch.cuda.is_available()) else \
             ("cuda" if torch.cuda.is_available() else "cpu")
@@ -203,6 +206,128 @@ def model_args_checked_early() -> Iterator[None]:
         EvaluatorConfig.from_cli = original  # type: ignore[method-assign]
 
 
+def check_cli_args(args: Any) -> None:
+    """What lm-eval leaves to a traceback or a buried warning, checked before it indexes its tasks or loads a model:
+    ``--limit`` must be > 0, ``--log_samples`` / ``--predict_only`` need ``--output_path``, and the output folder
+    must be writable (lm-eval would run everything, then only warn that nothing was saved). ``args`` is the parsed
+    command line or lm-eval's merged ``EvaluatorConfig`` (same names); raises :class:`ConfigError`."""
+    from pathlib import Path
+
+    from tor_exp.paths import unwritable_folder
+
+    limit = getattr(args, "limit", None)
+    if limit is not None:
+        try:
+            positive = float(limit) > 0
+        except (TypeError, ValueError):
+            positive = False
+        if not positive:
+            raise ConfigError(f"--limit={limit}: must be > 0 (a number of documents per task, or a fraction of "
+                              "them below 1)")
+    output = getattr(args, "output_path", None)
+    for flag in ("log_samples", "predict_only"):
+        if getattr(args, flag, False) and not output:
+            raise ConfigError(f"--{flag}: needs --output_path (the per-document records are written there)")
+    if output:
+        path = Path(str(output)).expanduser()
+        folder = path.parent if path.suffix == ".json" else path  # lm-eval's rule: a .json path names the file
+        problem = unwritable_folder(folder, keep=False)
+        if problem:
+            raise ConfigError(f"--output_path={output}: cannot write the results there ({folder}: {problem})")
+
+
+def _missing_tasks_line(err: ValueError) -> Optional[str]:
+    text = str(err).strip()
+    if not text.startswith("Tasks not found"):
+        return None
+    names = text.split(":", 1)[1].strip() if ":" in text else text
+    return (f"--tasks: unknown task(s) {names}: neither lm-eval's tasks nor the bundled ones (lambada_fixture, ..., "
+            "tor_exp_fixtures, reference_heldout, reference_heldout_mc); `python -m tor_exp.lm_eval ls tasks` lists "
+            "every name")
+
+
+def _dataset_failure_line(task: Any, err: Exception) -> Optional[str]:
+    """One line for a task whose dataset could not be loaded from the Hub (offline, no network), else None."""
+    import os
+
+    try:
+        from datasets.exceptions import DatasetNotFoundError
+    except ImportError:  # another datasets version
+        DatasetNotFoundError = ()  # type: ignore[assignment]  # noqa: N806
+    name = getattr(getattr(task, "config", None), "task", None) or type(task).__name__
+    dataset = getattr(getattr(task, "config", None), "dataset_path", None)
+    offline = [k for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(k, "").lower() in
+               ("1", "true", "yes", "on")]
+    why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, ConnectionError):
+        return (f"--tasks {name}: its dataset {dataset!r} is on the Hugging Face Hub, which is unreachable"
+                + (f" ({'='.join((offline[0], os.environ[offline[0]]))} is set)" if offline else "")
+                + f": {why}; use a bundled task (e.g. lambada_fixture) or run with hub access")
+    if isinstance(err, DatasetNotFoundError):
+        return f"--tasks {name}: its dataset {dataset!r} was not found on the Hub or in the local cache: {why}"
+    return None
+
+
+@contextlib.contextmanager
+def cli_args_checked_early() -> Iterator[None]:
+    """The command line's own arguments checked before lm-eval acts on them (:func:`check_cli_args`; lm-eval's own
+    argument errors become one line too); an unknown ``--tasks`` name and a task whose Hub dataset cannot be
+    reached end the command with one line naming the task (:class:`ConfigError`) instead of a traceback. Where
+    lm-eval has no such step (another version), nothing is hooked."""
+    try:
+        from lm_eval.api.task import ConfigurableTask
+        from lm_eval.config.evaluate_config import EvaluatorConfig
+    except ImportError:
+        yield
+        return
+    from_cli_before = EvaluatorConfig.__dict__.get("from_cli")
+    process_tasks = EvaluatorConfig.__dict__.get("process_tasks")
+    download = ConfigurableTask.__dict__.get("download")
+    if not isinstance(from_cli_before, classmethod) or process_tasks is None or download is None:
+        yield
+        return
+
+    def from_cli(cls, namespace: Any, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(namespace, "config", None):  # the command line alone: before lm-eval logs a line
+            check_cli_args(namespace)
+        try:
+            config = from_cli_before.__func__(cls, namespace, *args, **kwargs)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, FileNotFoundError) as err:  # lm-eval's own argument checks
+            raise ConfigError(str(err).strip().splitlines()[0] or type(err).__name__) from err
+        check_cli_args(config)  # with a --config file merged in
+        return config
+
+    def checked_tasks(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return process_tasks(self, *args, **kwargs)
+        except ValueError as err:
+            line = _missing_tasks_line(err)
+            if line is None:
+                raise
+            raise ConfigError(line) from err
+
+    def checked_download(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return download(self, *args, **kwargs)
+        except Exception as err:
+            line = _dataset_failure_line(self, err)
+            if line is None:
+                raise
+            raise ConfigError(line) from err
+
+    EvaluatorConfig.from_cli = classmethod(from_cli)  # type: ignore[method-assign]
+    EvaluatorConfig.process_tasks = checked_tasks  # type: ignore[method-assign]
+    ConfigurableTask.download = checked_download  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        EvaluatorConfig.from_cli = from_cli_before  # type: ignore[method-assign]
+        EvaluatorConfig.process_tasks = process_tasks  # type: ignore[method-assign]
+        ConfigurableTask.download = download  # type: ignore[method-assign]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """``python -m tor_exp.lm_eval <lm-eval's own arguments>`` (console script ``tor-exp-lm-eval``): lm-eval's
     command line with ``--model tor_exp`` registered and the bundled tasks found by name from any directory.
@@ -220,7 +345,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     for name in notices.LOGGERS:  # lm-eval's hint about --metadata, printed for each bundled task
         logging.getLogger(name).addFilter(notices)
     try:
-        with bundled_tasks(), model_args_checked_early():
+        with bundled_tasks(), model_args_checked_early(), cli_args_checked_early():
             cli_evaluate()
     except ConfigError as err:
         fail(str(err))

@@ -8,6 +8,8 @@ checkpoint's config.json.
 """
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -130,3 +132,33 @@ class ModelConfig:
         import torch
 
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+
+
+#: a Hugging Face hub id: ``name`` or ``org/name`` (letters, digits, ``-``, ``_``, ``.``)
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def looks_like_path(value: str) -> bool:
+    """A value meant as a directory, not a hub id: starts with ``.``, ``/`` or ``~``, or has a separator but is
+    not of the ``org/name`` form."""
+    return value.startswith((".", "/", "~")) or (os.sep in value and not _HUB_ID.fullmatch(value))
+
+
+def resolve_model_path(path: str, source: str, base: str) -> str:
+    """``model.path`` as the loader must read it: a relative directory is taken against ``base`` (the directory
+    the user launched from, :func:`tor_exp.paths.launch_dir`, whatever the job's cwd), ``~`` expanded; a value
+    that names a directory (``source: local``, or path-looking, :func:`looks_like_path`) and does not exist is
+    one line here instead of a hub lookup later. Hub ids and ``pkg://`` paths are returned unchanged."""
+    from tor_exp.paths import PKG_PREFIX, resolve_pkg_path
+
+    if path.startswith(PKG_PREFIX):
+        if source == "local" and not os.path.isdir(resolve_pkg_path(path, "model.path")):
+            raise ConfigError(f"model.path={path}: no such directory ({resolve_pkg_path(path, 'model.path')})")
+        return path
+    full = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+    if os.path.exists(full):
+        return full
+    if source == "local" or looks_like_path(path):
+        where = "" if full == path else f" ({full})"
+        raise ConfigError(f"model.path={path}: no such directory{where}")
+    return path  # a hub id

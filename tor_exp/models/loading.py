@@ -150,19 +150,25 @@ def load_tokenizer(cfg: ModelConfig, path: str | None = None):
 
 
 class _KernelFallbackNote(logging.Filter):
-    """transformers warns once per kernel function (about five lines) that the mamba_ssm / causal_conv1d kernels
-    are missing; the first becomes one note, the rest are dropped."""
+    """transformers warns once per kernel function (about five lines) that a kernel package is missing or does
+    not run on the inputs' device; the first warning of each package becomes one note naming that package (only
+    causal_conv1d may be missing while mamba_ssm runs), the rest are dropped. results.json's ``kernels`` says
+    which kernel each part really ran (tor_exp.models.kernels)."""
 
-    said = False
+    said: set[str] = set()
+    _PACKAGE = re.compile(r"because `([^`]+)` is either not installed")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "falling back to its reference PyTorch implementation" not in record.getMessage():
+        message = record.getMessage()
+        if "falling back to its reference PyTorch implementation" not in message:
             return True
-        if _KernelFallbackNote.said:
+        found = self._PACKAGE.search(message)
+        package = found.group(1) if found else "mamba_ssm / causal_conv1d"
+        if package in _KernelFallbackNote.said:
             return False
-        _KernelFallbackNote.said = True
-        record.msg, record.args = ("mamba_ssm / causal_conv1d kernels are not installed: the PyTorch reference "
-                                   "implementations run instead (same results, slower)"), ()
+        _KernelFallbackNote.said.add(package)
+        record.msg, record.args = (f"{package} kernels are not in use (not installed, or not for this device): "
+                                   "the PyTorch reference implementations run instead (same results, slower)"), ()
         return True
 
 

@@ -294,7 +294,8 @@ def reducing(model: nn.Module, method: Any, schedule: Optional[Schedule], *, tok
         if needs_calibration(method):
             if tokenizer is None:
                 raise ValueError(f"reducing(): {type(method).__name__} needs calibration text and a tokenizer")
-            used = calibrate(method, model, tokenizer, calibration_text(calibration_source))
+            used = calibrate(method, model, tokenizer, calibration_text(calibration_source), schedule=schedule,
+                             source=calibration_source)
             if record is not None:
                 record["calibration_sequences"] = used
         yield model

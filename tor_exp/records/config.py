@@ -27,12 +27,19 @@ class LoggerConfig:
     entity: Optional[str] = None
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
+    #: seconds W&B may take to start a run (online: reach the server) before the job fails, in one line
+    init_timeout: float = 30.0
+    #: an online run that cannot start (no API key, server unreachable) logs offline instead of failing
+    offline_fallback: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"logger.backend={self.backend!r}: must be one of {', '.join(BACKENDS)}")
         if self.mode is not None and self.mode not in WANDB_MODES:
             raise ConfigError(f"logger.mode={self.mode!r}: must be one of {', '.join(WANDB_MODES)}")
+        if isinstance(self.init_timeout, bool) or not isinstance(self.init_timeout, (int, float)) \
+                or not self.init_timeout > 0:
+            raise ConfigError(f"logger.init_timeout={self.init_timeout!r}: must be a number of seconds > 0")
         if self.backend == "wandb" and self.mode is None:
             env_mode(os.environ)  # a bad WANDB_MODE fails before anything runs, not after the evaluation
 

@@ -26,7 +26,8 @@ from typing import Any, Mapping, Optional
 from tor_exp.errors import ConfigError
 from tor_exp.records.files import atomic_write, fallback_dir, reason
 from tor_exp.records.keys import config_hash
-from tor_exp.records.results import RESULTS_FILE, read_results, set_aside, to_json
+from tor_exp.records.checkpoint import fingerprint
+from tor_exp.records.results import RESULTS_FILE, read_results, recorded_fingerprint, same_run, set_aside, to_json
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,30 @@ def finished_records() -> list[Path]:
     return list(_finished)
 
 
+def note_finished(path: str | os.PathLike) -> None:
+    """Name a folder whose record another process of this sweep completed (a launcher's job process)."""
+    folder = Path(path).absolute()
+    if folder not in _finished:
+        _finished.append(folder)
+
+
 def refusal(out_dir: str | os.PathLike, resolved: Mapping[str, Any], *, overwrite: bool) -> Optional[str]:
-    """Why a job of config ``resolved`` may not write into ``out_dir`` (None: it may). Reads, never writes, so a
-    refused job leaves the folder byte-identical."""
+    """Why a job of config ``resolved`` may not write into ``out_dir`` (None: it may): the folder holds a complete
+    result of another config, or of this config on other weights (the checkpoint at ``model.path`` changed since).
+    Reads, never writes, so a refused job leaves the folder byte-identical."""
     record, _ = read_results(out_dir)
     if record is None or record.get("status") != "complete" or overwrite:
         return None
     if record.get("config_hash") == config_hash(resolved):
-        return None
-    return (f"{Path(out_dir) / RESULTS_FILE} holds a complete result of another config "
-            f"({record.get('run_name', '?')}); use another output dir, or overwrite=true to replace it (the old "
-            f"record is kept as results.json.replaced-<time>)")
+        recorded = recorded_fingerprint(record)
+        if recorded is None or same_run(record, dict(resolved)):  # an older record that does not name its weights
+            return None
+        what = (f"a complete result of this config on other weights (checkpoint fingerprint {recorded}; "
+                f"{fingerprint(resolved) or 'no checkpoint'} at model.path now)")
+    else:
+        what = f"a complete result of another config ({record.get('run_name', '?')})"
+    return (f"{Path(out_dir) / RESULTS_FILE} holds {what}; use another output dir, or overwrite=true to replace "
+            f"it (the old record is kept as results.json.replaced-<time>)")
 
 
 def holder(out_dir: str | os.PathLike) -> str:
@@ -124,9 +138,10 @@ class RunFolder:
         self.release()
 
     def make_room(self, resolved: Mapping[str, Any], *, resume: bool, overwrite: bool) -> Optional[dict[str, Any]]:
-        """Under the lock: the record to reuse (``resume`` and a complete record of this config), else None after
-        setting aside what this job replaces: a damaged results.json (``.corrupt-<time>``), a record of this config
-        that is recomputed (``.previous-<time>``) or, with ``overwrite``, one of another config (``.replaced-<time>``;
+        """Under the lock: the record to reuse (``resume`` and a complete record of this config on these weights),
+        else None after setting aside what this job replaces: a damaged results.json (``.corrupt-<time>``), a
+        record of this config that is recomputed (``.previous-<time>``; also an older record that does not name
+        its checkpoint) or, with ``overwrite``, one of another config or other weights (``.replaced-<time>``;
         without ``overwrite`` that is a one-line error). Records are moved, never deleted."""
         record, problem = read_results(self.path)
         if problem is not None:
@@ -135,11 +150,12 @@ class RunFolder:
             return None
         if record is None or record.get("status") != "complete":
             return None
-        if record.get("config_hash") == config_hash(resolved):
-            if resume:
-                return record
-            log.info("recomputing (resume=false); the previous record is kept as %s",
-                     set_aside(self.path, "previous").name)
+        same = same_run(record, dict(resolved))
+        if same and resume:
+            return record
+        if same or (record.get("config_hash") == config_hash(resolved) and recorded_fingerprint(record) is None):
+            why = "resume=false" if same else "the record does not name the checkpoint it was computed on"
+            log.info("recomputing (%s); the previous record is kept as %s", why, set_aside(self.path, "previous").name)
             return None
         why = refusal(self.path, resolved, overwrite=overwrite)
         if why is not None:  # another run finished here since the job's first look

@@ -5,6 +5,7 @@ through :mod:`tor_exp.records.folder`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -13,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tor_exp.records.checkpoint import fingerprint
+from tor_exp.records.config import LoggerConfig
 from tor_exp.records.files import atomic_write
 from tor_exp.records.keys import config_hash
 
@@ -47,28 +50,75 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def run_metadata() -> dict[str, Any]:
+def run_metadata(model: Any = None, device: Any = None) -> dict[str, Any]:
+    """Versions, commit and machine; with ``model``, also ``kernels``: the kernel each part of its forward ran
+    (:func:`tor_exp.models.kernels.kernels_used`, e.g. ``{"mamba2_scan": "torch", ...}``)."""
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or platform.machine()
-    return {"versions": package_versions(), "git_commit": git_commit(), "host": platform.node(), "device_name": device,
-            "torch_threads": torch.get_num_threads()}
+    device_name = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                   else platform.processor() or platform.machine())
+    meta = {"versions": package_versions(), "git_commit": git_commit(), "host": platform.node(),
+            "device_name": device_name, "torch_threads": torch.get_num_threads()}
+    if model is not None:
+        from tor_exp.models.kernels import kernels_used
+
+        meta["kernels"] = kernels_used(model, device)
+    return meta
+
+
+def _resolved(job_config: Any) -> dict[str, Any]:
+    if isinstance(job_config, dict):
+        return job_config
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(job_config, resolve=True)  # type: ignore[return-value]
+
+
+def recorded_fingerprint(record: dict[str, Any]) -> str | None:
+    """The checkpoint fingerprint a record was computed on (None: an older record that does not say)."""
+    checkpoint = record.get("checkpoint")
+    return checkpoint.get("fingerprint") if isinstance(checkpoint, dict) else None
+
+
+def same_run(record: dict[str, Any] | None, job_config: Any, current: str | None = None) -> bool:
+    """``record`` is a complete result of exactly this job: the same config (hash) on the same weights (the
+    fingerprint of what is at ``model.path`` now, ``current`` when already computed). A record that does not
+    name its weights is trusted by nobody."""
+    if not record or record.get("status") != "complete":
+        return False
+    resolved = _resolved(job_config)
+    if record.get("config_hash") != config_hash(resolved):
+        return False
+    current = current if current is not None else fingerprint(resolved)
+    return current is not None and recorded_fingerprint(record) == current
 
 
 def is_complete(out_dir: str | os.PathLike, job_config: Any) -> bool:
-    """The resume rule: ``out_dir`` holds a complete results.json of exactly this config (same hash).
+    """The resume rule: ``out_dir`` holds a complete results.json of exactly this job (same config hash, same
+    checkpoint fingerprint: :func:`same_run`) and nothing of it is missing (with ``logger=wandb``, its W&B
+    upload: :func:`wandb_missing`).
 
     One function for the job's own resume check and the launchers' pre-submission filter, so a job the launcher
     leaves out is exactly a job that would have skipped itself. ``job_config``: the job's config (DictConfig,
     resolved here) or its resolved dict.
     """
-    if not isinstance(job_config, dict):
-        from omegaconf import OmegaConf
-
-        job_config = OmegaConf.to_container(job_config, resolve=True)
+    resolved = _resolved(job_config)
     previous = load_results(out_dir)
-    return bool(previous) and previous.get("status") == "complete" and \
-        previous.get("config_hash") == config_hash(job_config)
+    return same_run(previous, resolved) and not wandb_missing(previous, resolved)  # type: ignore[arg-type]
+
+
+def wandb_missing(record: dict[str, Any], job_config: Any) -> bool:
+    """With ``logger=wandb`` (not disabled): the record's W&B upload has not completed in the mode asked for (an
+    offline copy does not count for ``mode=online``). ``record["wandb"]``: ``{run_id, mode, logged}``."""
+    logger = _resolved(job_config).get("logger") or {}
+    if logger.get("backend") != "wandb":
+        return False
+    known = {f.name for f in dataclasses.fields(LoggerConfig)}
+    mode = LoggerConfig(**{k: v for k, v in logger.items() if k in known}).resolved().mode
+    if mode == "disabled":
+        return False
+    done = record.get("wandb") if isinstance(record.get("wandb"), dict) else {}
+    return not (done.get("logged") and (mode == "offline" or done.get("mode") == "online"))
 
 
 def to_json(results: dict[str, Any]) -> str:

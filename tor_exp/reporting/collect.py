@@ -99,6 +99,9 @@ class ReportRow:
     tasks: list[str] = field(default_factory=list)
     #: config keys (dotted) that vary between rows the other columns show alike, with this row's value
     extra: dict[str, Any] = field(default_factory=dict)
+    #: tasks outside the paper's columns (the offline reference tasks, ...): ``"<task> <metric>"`` → value as
+    #: lm-eval reports it, so a sweep of such tasks is not a table of empty cells
+    other: dict[str, Optional[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -203,6 +206,46 @@ def load_wandb_group(group: str, *, entity: Optional[str] = None, project: str =
 
 
 # ------------------------------------------------------------------------------------------------- rows
+def other_columns(metrics: dict[str, dict[str, Any]]) -> dict[str, Optional[float]]:
+    """The headline metric(s) of each task that has no paper column, keyed ``"<task> <metric>"`` (the console
+    table's choice: per-byte perplexity first, else perplexity, else acc / acc_norm)."""
+    from tor_exp.reporting.console import task_columns  # console imports this module: import here
+
+    out: dict[str, Optional[float]] = {}
+    for task, metric, _ in task_columns(metrics or {}):
+        if task_column(task) is None:
+            out[f"{task} {metric}"] = _clean_metrics(metrics[task]).get(metric)
+    return out
+
+
+def baseline_records(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``none`` records rebuilt from the ``baseline`` block each eval record holds (``eval.compare_baseline``), for
+    every model with no ``none`` job of its own; one per distinct baseline (a sweep's jobs share theirs). Each keeps
+    the folder (``_path``) and the ``samples`` of the record it came from, so the per-document files are found."""
+    from tor_exp.records.keys import result_config
+
+    evals = [r for r in results if r.get("task", "eval") == "eval"]
+    has_none = {r.get("model") for r in evals if r.get("method") == "none" and r.get("metrics")}
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[Any, str]] = set()
+    for r in evals:
+        base = r.get("baseline") or {}
+        if r.get("model") in has_none or not base.get("metrics"):
+            continue
+        config = dict(r.get("config") or {})
+        config["reduction"] = {"method": "none"}
+        key = (r.get("model"), json.dumps({"metrics": base["metrics"], "config": result_config(config)},
+                                          sort_keys=True, default=str))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append({**r, "method": "none", "target_flops": None, "keep_ratio": 1.0, "metrics": base["metrics"],
+                    "flops_per_task": {}, "realised_flops_reduction": 0.0, "differences": {}, "timings": {},
+                    "config": config, "baseline": None, "alignment": {"mode": "exact"},
+                    "baseline_of": r.get("method")})
+    return out
+
+
 def _alignment_of(r: dict[str, Any]) -> Optional[str]:
     """The alignment the run used: the resolved mode it recorded (``eval.alignment=auto`` is resolved per
     method), else the configured one (older records)."""
@@ -262,6 +305,7 @@ def collect_rows(results: list[dict[str, Any]], *, prefer_table: Optional[str] =
     that print the same setting (default: the table of the sweep's experiment, from ``logger.group``)."""
     paper = paper or load_paper_results()
     evals = [r for r in results if r.get("task", "eval") == "eval" and r.get("metrics")]
+    evals += baseline_records(evals)  # a sweep without a `none` job still gets its baseline row
     # design keys / locations that vary between runs of one (model, method) become the row's variant label
     varying: dict[tuple[str, str], set[str]] = {}
     locs_vary: dict[tuple[str, str], bool] = {}
@@ -289,6 +333,7 @@ def collect_rows(results: list[dict[str, Any]], *, prefer_table: Optional[str] =
             ours=paper_columns(r.get("metrics") or {}), paper=paper_values(paper_row), paper_table=table,
             alignment=_alignment_of(r), source=str(r.get("_path", "")),
             design=design, locations=locations, tasks=sorted((r.get("metrics") or {}).keys()),
+            other=other_columns(r.get("metrics") or {}),
         ))
     _tell_apart(rows, [(r.get("config") or {}) for r in evals])
     order = {m: i for i, m in enumerate(METHOD_ORDER)}

@@ -49,13 +49,24 @@ def quality_rows(records: Sequence[dict[str, Any]], *, iters: int = 1000) -> lis
     """One row per job: method, target, realised FLOPs, each (task, metric) value and its differences to ``none``
     and to UTRC at the same target (``{"delta", "low", "high", "n", ...}``; resampled with the seed of that task
     and metric, :func:`~tor_exp.reporting.intervals.interval_seed`, as the jobs' own intervals are)."""
+    from tor_exp.reporting.collect import baseline_records
+
+    own_base: dict[int, dict[str, Any]] = {}
+    if not any(r["method"] == "none" for r in records):
+        # no `none` job: each record is compared with its own baseline (eval.compare_baseline), one row per
+        # distinct baseline; the baseline's per-document files are in the record's folder (samples["none"])
+        bases = baseline_records(list(records))
+        for r in records:
+            own_base[id(r)] = next((b for b in bases if b["_path"] == r["_path"]), None) or next(
+                (b for b in bases if b["metrics"] == (r.get("baseline") or {}).get("metrics")), None)
+        records = [*records, *bases]
     records = sorted(records, key=lambda r: (r["method"] != "none", r["method"], r.get("target_flops") or 0.0))
     if not records or records[0]["method"] != "none":
-        raise ValueError("the sweep has no `none` job to compare with")
+        raise ValueError("the sweep has no `none` job to compare with, and its records hold no baseline "
+                         "(run with eval.compare_baseline=true or add reduction=none)")
     samples = {id(r): job_samples(r) for r in records}
     aggregations = {t: m for r in records for t, m in (r.get("aggregations") or {}).items()}
     metrics = _metrics(records)
-    base = records[0]
     reference = {r.get("target_flops"): r for r in records if r["method"] == REFERENCE_METHOD}
     rows = []
     for r in records:
@@ -69,6 +80,7 @@ def quality_rows(records: Sequence[dict[str, Any]], *, iters: int = 1000) -> lis
             if agg_name is None:
                 continue
             mine = per_document(samples[id(r)].get(task, []), metric)
+            base = own_base.get(id(r)) or records[0]
             for label, other in (("vs_none", base), (f"vs_{REFERENCE_METHOD}", reference.get(r.get("target_flops")))):
                 if other is None or other is r:
                     continue

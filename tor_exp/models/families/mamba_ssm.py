@@ -9,8 +9,9 @@ itself. Its kernels take no padding mask: rows are right-padded after a reductio
 tokens (causality), but batches must not be left-padded. ``ssm_out`` is not reachable inside the fused kernels, so
 methods that need it must use ``importance_source: mixer_out``.
 
-UNTESTED ON THIS MACHINE: mamba_ssm needs CUDA and cannot be installed here. The module imports without
-mamba_ssm; everything that needs it raises a ConfigError naming ``model.backend``.
+Tested on CPU with mamba_ssm's Triton kernels under triton's interpreter (tests/kernels, docs/install.md "Kernel
+tests"); the module imports without mamba_ssm, and everything that needs it raises a ConfigError naming
+``model.backend``.
 """
 from __future__ import annotations
 
@@ -116,7 +117,21 @@ def load_mamba_ssm_backend(cfg: Any, device: str | torch.device = "cuda"):
 
     model = MambaLMHeadModel.from_pretrained(resolve_pkg_path(cfg.path, "model.path"), device=str(device),
                                              dtype=cfg.torch_dtype)
+    without_conv_kernel(model)
     return model.eval()
+
+
+def without_conv_kernel(model: nn.Module) -> None:
+    """mamba_ssm's Mamba-2 prefill defaults to ``mamba_split_conv1d_scan_combined`` (``use_mem_eff_path``), which
+    calls causal_conv1d's CUDA kernel unconditionally; without causal_conv1d installed its unfused path (torch
+    conv, Triton SSD) is the one that runs, so switch to it instead of failing at the first forward."""
+    import importlib.util
+
+    if importlib.util.find_spec("causal_conv1d") is not None:
+        return
+    for block in model.backbone.layers:
+        if getattr(block.mixer, "use_mem_eff_path", False):
+            block.mixer.use_mem_eff_path = False
 
 
 class MambaSSMFamily(ModelAdapter):
