@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from family_cases import padded_mask, random_ids
+from flop_count import counting_flops
 from tor_exp.models import model_shape, reduced_forward, unpatch
 from tor_exp.models.families import adapter_of
 from tor_exp.models.flops import model_flops
@@ -75,21 +75,16 @@ def test_padding_never_enters_a_conv_window_with_a_conv_bias(biased_model):
 @pytest.mark.parametrize("length", [16, 37])
 @torch.no_grad()
 def test_analytic_flops_match_the_flop_counter(family_models, length):
-    """Under eager attention FlopCounterMode sees every matmul-like op of HF's forward (parameters frozen: the
-    counter's module tracker cannot hook a view of a parameter made under no_grad on transformers 5.25)."""
+    """Under eager attention FlopCounterMode sees every matmul-like op of HF's forward (tests/flop_count.py)."""
     model = family_models["lfm2"][0]
     unpatch(model)
     shape = model_shape(model)
-    implementation, flags = model.config._attn_implementation, [(p, p.requires_grad) for p in model.parameters()]
+    implementation = model.config._attn_implementation
     model.config._attn_implementation = "eager"
-    for p, _ in flags:
-        p.requires_grad_(False)
     try:
-        with FlopCounterMode(display=False) as counter:
+        with counting_flops(model) as counter:
             model(random_ids(1, length), use_cache=False)
     finally:
         model.config._attn_implementation = implementation
-        for p, flag in flags:
-            p.requires_grad_(flag)
     analytic = model_flops(shape, [length] * shape.n_layer, n_logits=length, matmul_only=True, reference=True)
     assert analytic == counter.get_total_flops()
