@@ -256,8 +256,9 @@ def test_memory_rows_report_the_kv_cache_of_a_hybrid(compose):
     assert kv[0] > kv[1] > kv[2] > 0 and rows[2]["kv_cache_saving"] > rows[1]["kv_cache_saving"] > 0
     # the unreduced cache: 2 attention layers × K and V × batch × kv heads × length × head dim × 4 bytes
     shape = __import__("tor_exp.models", fromlist=["model_shape"]).model_shape(model)
-    n_attention = sum("attention" in shape.parts(l) for l in range(shape.n_layer))
-    assert kv[0] == n_attention * 2 * 2 * shape.attn_kv_heads * 48 * shape.attn_head_dim * 4
+    n_attention = sum("attention" in shape.kinds(l) for l in range(shape.n_layer))
+    attention = next(p for l in range(shape.n_layer) for p in shape.parts(l) if p.kind == "attention")
+    assert kv[0] == n_attention * 2 * 2 * attention.kv_heads * 48 * attention.head_dim * 4
 
 
 @pytest.mark.parametrize("mode", ["aligned", "both"])

@@ -45,7 +45,7 @@ def _locations_by_part(cfg, model) -> dict[str, int]:
     shape = model_shape(model)
     found: dict[str, int] = {}
     for layer in range(shape.n_layer - 1):
-        found.setdefault("+".join(shape.parts(layer)), layer)
+        found.setdefault("+".join(shape.kinds(layer)), layer)
     return found
 
 
@@ -247,13 +247,13 @@ def test_given_embeddings_are_treated_as_hf_treats_them(tiny_family):
 def test_default_locations_of_a_hybrid_rank_by_their_own_mamba_mixer(depth):
     """A checkpoint whose config gives no locations (hub configs: locations null): the scaled paper pattern moves to
     Mamba layers, so UTRC's importance never has to cross another location (a Jamba-like 1:7 pattern here)."""
-    from tor_exp.models.flops import ModelShape
     from tor_exp.models.schedule import default_locations, importance_sources
+    from tor_exp.models.shape import MLP, Attention, Mamba1, ModelShape, MoE
 
-    layers = tuple(("attention", "mlp") if l % 8 == 4 else ("ssm", "moe" if l % 2 else "mlp") for l in range(depth))
-    shape = ModelShape(family="mamba", d_model=64, n_layer=depth, vocab_size=258, state_size=16, layers=layers,
-                       attn_heads=2, attn_kv_heads=2, attn_head_dim=32, mlp_size=128, moe_experts=4, moe_top_k=2,
-                       moe_size=64)
+    attention, mamba = Attention(heads=2, kv_heads=2, head_dim=32), Mamba1(d_inner=128, state_size=16)
+    mlp, moe = MLP(size=128), MoE(experts=4, top_k=2, size=64)
+    layers = tuple((attention, mlp) if l % 8 == 4 else (mamba, moe if l % 2 else mlp) for l in range(depth))
+    shape = ModelShape(64, depth, 258, layers)
     locations = default_locations(depth, shape)
     assert locations and all(0 <= l <= depth - 2 for l in locations) and locations == sorted(set(locations))
     method = build_method(build_cfg("utrc", keep_ratio=0.8))

@@ -18,7 +18,7 @@ def test_analytic_flops_match_the_flop_counter(family_models, length):
     model = family_models["zamba2"][0]
     unpatch(model)
     shape = model_shape(model)
-    hybrid = [l for l in range(shape.n_layer) if "attention" in shape.parts(l)]
+    hybrid = [l for l in range(shape.n_layer) if "attention" in shape.kinds(l)]
     assert len(hybrid) >= 2 and model.config.use_mem_rope
     implementation = model.config._attn_implementation
     model.config._attn_implementation = "eager"

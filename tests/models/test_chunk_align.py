@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from tor_exp.errors import ConfigError
-from tor_exp.models.flops import ModelShape, padded_flops_reduction, realised_flops_reduction
+from tor_exp.models.flops import kept_lengths_reduction, padded_flops_reduction, realised_flops_reduction
+from tor_exp.models.shape import Mamba1, Mamba2, ModelShape
 from tor_exp.models.schedule import (
     ALIGN_TOLERANCE,
     Schedule,
-    _kept_lengths_reduction,
     align_schedule,
     build_schedule,
     solve_keep_ratio,
@@ -20,7 +20,7 @@ from tor_exp.models.schedule import (
 
 from conftest import random_ids, tiny_cfg
 
-SHAPE = ModelShape(family="mamba2", d_model=768, n_layer=24, vocab_size=50280, state_size=128, chunk_size=256)
+SHAPE = ModelShape.repeated(768, 24, 50280, Mamba2(d_inner=1536, heads=24, head_dim=64, state_size=128, chunk_size=256))
 
 
 def _kept(schedule: Schedule, n: int) -> list[float]:
@@ -42,7 +42,7 @@ def test_aligned_schedule_meets_its_target_on_chunk_multiples(chunk, n, location
         assert not aligned.keep_ratios  # no aligned lengths can meet it: the plain schedule stays
         return
     kept = _kept(aligned, n)
-    assert abs(_kept_lengths_reduction(SHAPE, 24, locations, kept, n, "backbone", "all") - target) <= ALIGN_TOLERANCE
+    assert abs(kept_lengths_reduction(SHAPE, 24, locations, kept, n, "backbone", "all") - target) <= ALIGN_TOLERANCE
     assert aligned.aligned == [math.isclose(k % chunk, 0, abs_tol=1e-6) or math.isclose(k % chunk, chunk, abs_tol=1e-6)
                                for k in kept]
     assert sum(aligned.aligned) >= len(locations) - 1  # at most the last location is off a chunk multiple
@@ -101,7 +101,7 @@ def test_padded_figure_counts_whole_chunks_and_the_batch_width():
     assert padded_flops_reduction(mixed, [1024, 1024], SHAPE) == pytest.approx(
         padded_flops_reduction(aligned, [1024], SHAPE), abs=1e-12)
     # Mamba-1 does not scan in chunks: no padded figure
-    mamba1 = ModelShape(family="mamba", d_model=64, n_layer=2, vocab_size=258, state_size=16)
+    mamba1 = ModelShape.repeated(64, 2, 258, Mamba1(d_inner=128, state_size=16))
     assert "backbone_padded" not in realised_flops_reduction(torch.tensor([[10, 5]]), [10], mamba1)
 
 

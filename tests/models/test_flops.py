@@ -11,8 +11,8 @@ from flop_count import counting_flops
 from tor_exp.errors import ConfigError
 from tor_exp.models.config import ModelConfig
 from tor_exp.models.families import model_shape
+from tor_exp.models.shape import Mamba1, ModelShape
 from tor_exp.models.flops import (
-    ModelShape,
     flops_reduction,
     head_flop_terms,
     layer_flops,
@@ -42,7 +42,7 @@ def test_analytic_matches_flop_counter(model, length):
     # and per module, for the projections that are exact
     counts = counter.get_flop_counts()
     prefix = f"{type(model).__name__}.backbone.layers.0.mixer"
-    d, e = shape.d_model, shape.d_inner
+    d, e = shape.d_model, shape.parts(0)[0].d_inner
     assert sum(counts[f"{prefix}.out_proj"].values()) == 2 * length * e * d
     assert sum(counts[f"{type(model).__name__}.lm_head"].values()) == 2 * length * d * shape.vocab_size
 
@@ -69,7 +69,7 @@ def test_backbone_reduction_hand_computed():
 
 
 def test_total_scope_solution_is_consistent():
-    shape = ModelShape(family="mamba", d_model=64, n_layer=16, vocab_size=258, state_size=16, dt_rank=4)
+    shape = ModelShape.repeated(64, 16, 258, Mamba1(d_inner=128, state_size=16, dt_rank=4))
     for logits in ("all", "last"):
         rho = solve_keep_ratio(16, [4, 7, 10, 13], 0.2, scope="total", shape=shape, seq_len=128, logits=logits)
         assert flops_reduction(16, [4, 7, 10, 13], rho, "total", shape, 128, logits) == pytest.approx(0.2, abs=1e-8)

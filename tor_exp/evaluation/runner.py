@@ -13,6 +13,8 @@ import math
 import os
 from typing import Any, Iterator
 
+from tor_exp.compat import lm_eval_harness as compat_lm_eval
+from tor_exp.compat.tqdm import only_bars_starting_with
 from tor_exp.errors import ConfigError
 from tor_exp.evaluation.config import EvalConfig, resolve_include_path
 
@@ -71,29 +73,9 @@ def quiet_expected_notices() -> Iterator[None]:
             logging.getLogger(name).removeFilter(drop)
 
 
-@contextlib.contextmanager
-def light_env_info() -> Iterator[None]:
-    """Skip lm-eval's per-call ``torch.utils.collect_env`` report (a ``pip list`` subprocess, ~5 s per
-    ``simple_evaluate``) and its git probe of the cwd (prints "fatal: not a git repository" outside one);
-    tor_exp records its own run metadata. Versions are still added."""
-    import lm_eval.evaluator as ev
-
-    original = ev.add_env_info, ev.get_git_commit_hash
-
-    def add_versions(storage: dict[str, Any]) -> None:
-        from importlib.metadata import version
-
-        import transformers
-
-        storage.update({"pretty_env_info": "skipped by tor_exp (see results.json metadata)",
-                        "transformers_version": transformers.__version__, "lm_eval_version": version("lm_eval")})
-
-    ev.add_env_info = add_versions
-    ev.get_git_commit_hash = lambda: None
-    try:
-        yield
-    finally:
-        ev.add_env_info, ev.get_git_commit_hash = original
+#: lm-eval's environment report without its ``pip list`` subprocess and git probe (a patch of lm-eval's internals,
+#: so it lives in tor_exp.compat)
+light_env_info = compat_lm_eval.light_env_info
 
 
 @contextlib.contextmanager
@@ -103,25 +85,10 @@ def quiet_progress(verbose: bool) -> Iterator[None]:
     if verbose:
         yield
         return
-    import lm_eval.api.metrics as lm_metrics
-    import tqdm.std
-
     from tor_exp.evaluation.lm import PROGRESS_PREFIX
 
-    original = tqdm.std.tqdm.__init__
-    lm_metrics.print = lambda *args, **kwargs: None  # "bootstrapping for stddev: ..." per metric
-
-    def init(self, *args: Any, **kwargs: Any) -> None:
-        if not str(kwargs.get("desc") or "").startswith(PROGRESS_PREFIX):
-            kwargs["disable"] = True
-        original(self, *args, **kwargs)
-
-    tqdm.std.tqdm.__init__ = init  # type: ignore[method-assign]
-    try:
+    with compat_lm_eval.silent_bootstrap_notice(), only_bars_starting_with(PROGRESS_PREFIX):
         yield
-    finally:
-        tqdm.std.tqdm.__init__ = original  # type: ignore[method-assign]
-        del lm_metrics.print
 
 
 # ----------------------------------------------------------------------------------------------- results

@@ -69,7 +69,7 @@ def drive_backbone(
     order = sorted(locations)
     sources: dict[int, int] = {}
     if locations and "ssm_out" in (getattr(method, "needed_features", None) or set()):
-        sources = importance_sources(method, schedule, model_shape(model) if adapter.hybrid else None)
+        sources = importance_sources(method, schedule, model_shape(model))  # the layers whose parts rank
     capture_at = set(sources.values())
     bookkeeping = None
     offset = None

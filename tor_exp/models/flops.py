@@ -1,212 +1,54 @@
-"""The analytic FLOP model of SSM and hybrid SSM–attention LMs (METHOD.md §4).
+"""The analytic FLOP model of SSM, hybrid and other recurrent LMs (METHOD.md §4), summed over layer parts.
 
-Conventions: FLOPs count a multiply-add as 2. A layer is a list of *parts* — ``ssm`` (a Mamba or Mamba-2
-mixer), ``attention``, ``mlp``, ``moe``, ``linear`` (Zamba2's projection of its shared block) — each with its
-pre-norm. A pure SSM model has one ``ssm`` part per layer and every layer costs the same per token, so the backbone
-FLOPs reduction is ``1 − mean_l(tokens entering layer l)/N``; in a hybrid the layers differ and attention is
-quadratic in its tokens, so the reduction is FLOP-weighted at a sequence length.
+Conventions: FLOPs count a multiply-add as 2. A model is a :class:`~tor_exp.models.shape.ModelShape`: layers of
+parts (a Mamba or Mamba-2 mixer, attention, MLP, MoE, ...), each of which states its own FLOP terms
+(:meth:`~tor_exp.models.shape.Part.terms`); this module only sums them. When every layer has the same linear parts
+(a pure SSM model) the backbone FLOPs reduction is ``1 − mean_l(tokens entering layer l)/N``; otherwise the layers
+differ and attention is quadratic in its tokens, so the reduction is FLOP-weighted at a sequence length.
 
 Terms are split into matmul-like ones (what ``FlopCounterMode`` sees: linear layers, the depthwise conv, the
-scan's C·h products, the SSD einsums and attention's two products) and element-wise ones (discretisation, gates,
-norms, softmax), which are reported but cannot be checked against the counter.
+scan's C·h products, the SSD einsums and attention's two products; each part's ``matmul_terms``) and element-wise
+ones (discretisation, gates, norms, softmax), which are reported but cannot be checked against the counter.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from tor_exp.errors import ConfigError
+from tor_exp.models.shape import PART_KINDS, ModelShape
 
-#: terms of :func:`layer_flop_terms` that ``torch.utils.flop_counter.FlopCounterMode`` counts.
-MATMUL_TERMS = frozenset({
-    "in_proj", "conv1d", "x_proj", "dt_proj", "scan_out", "out_proj",
-    "ssd_scores", "ssd_intra", "ssd_chunk_states", "ssd_inter_chunk", "ssd_state_out",
-    "attn_qkv", "attn_scores", "attn_values", "attn_out", "mlp_in", "mlp_out", "moe_router", "moe_experts",
-    "moe_shared", "linear", "attn_adapters", "mlp_adapters",
-})
-#: the parts a layer can have
-PARTS = ("ssm", "attention", "mlp", "moe", "linear")
+__all__ = ["ModelShape", "layer_flop_terms", "layer_flops", "layer_cost", "chunk_size", "model_flops",
+           "flops_reduction", "kept_lengths_reduction", "realised_flops_reduction", "padded_flops_reduction"]
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The dimensions the FLOPs depend on (a model adapter reads them from the HF config).
-
-    ``family`` is the SSM mixer kind (``mamba`` | ``mamba2``). ``layers`` lists each layer's parts; empty means
-    every layer is one SSM mixer (Mamba, Mamba-2). Attention: ``attn_heads`` query heads and ``attn_kv_heads``
-    key/value heads of ``attn_head_dim``, reading ``attn_width`` features (0 = d_model; Zamba2's shared block
-    reads 2·d_model). MLP: ``mlp_size`` hidden units, ``mlp_gated`` for a gated (SwiGLU-style) up projection;
-    MoE: ``moe_top_k`` of ``moe_experts`` experts of ``moe_size`` plus a shared expert of ``moe_shared_size``.
-    Low-rank adapters of rank ``attn_adapter_rank`` on each of q, k, v (attn_width → r → attn_width) and of rank
-    ``mlp_adapter_rank`` on the MLP's up projection (Zamba2's per-use LoRA on its shared block; 0 = none).
-    """
-
-    family: str
-    d_model: int
-    n_layer: int
-    vocab_size: int
-    state_size: int
-    expand: int = 2
-    conv_kernel: int = 4
-    dt_rank: int = 0          # Mamba-1
-    head_dim: int = 64        # Mamba-2
-    n_groups: int = 1         # Mamba-2
-    chunk_size: int = 256     # Mamba-2
-    ssm_heads: int = 0        # Mamba-2 heads when not expand·d_model/head_dim (0 = derived)
-    layers: tuple[tuple[str, ...], ...] = ()
-    attn_heads: int = 0
-    attn_kv_heads: int = 0
-    attn_head_dim: int = 0
-    attn_width: int = 0
-    mlp_size: int = 0
-    mlp_gated: bool = False
-    mlp_width: int = 0        # input width of the MLP (0 = d_model; Zamba2's shared MLP reads d_model too)
-    moe_experts: int = 0
-    moe_top_k: int = 0
-    moe_size: int = 0
-    moe_shared_size: int = 0
-    attn_adapter_rank: int = 0
-    mlp_adapter_rank: int = 0
-
-    def __post_init__(self) -> None:
-        if self.layers and len(self.layers) != self.n_layer:
-            raise ValueError(f"ModelShape: {len(self.layers)} layer part lists for {self.n_layer} layers")
-        unknown = {p for parts in self.layers for p in parts} - set(PARTS)
-        if unknown:
-            raise ValueError(f"ModelShape: unknown layer parts {sorted(unknown)}")
-
-    @property
-    def d_inner(self) -> int:
-        return self.ssm_heads * self.head_dim if self.ssm_heads else self.expand * self.d_model
-
-    @property
-    def n_heads(self) -> int:
-        return self.ssm_heads or self.d_inner // self.head_dim
-
-    @property
-    def uniform(self) -> bool:
-        """Every layer is the same single SSM mixer (cost per token equal and constant across layers)."""
-        return not self.layers or all(parts == ("ssm",) for parts in self.layers)
-
-    def parts(self, layer: int) -> tuple[str, ...]:
-        return self.layers[layer] if self.layers else ("ssm",)
-
-    def ssm_layers(self) -> list[int]:
-        """Layers that hold an SSM mixer (whose output y can rank tokens)."""
-        return [l for l in range(self.n_layer) if "ssm" in self.parts(l)]
-
-
-def _ssm_terms(shape: ModelShape, seq_len: int, reference: bool) -> dict[str, float]:
-    """One SSM mixer with its pre-norm. Mamba-2 SSD terms: by default the ideal chunked algorithm, linear in
-    ``seq_len``; ``reference=True`` counts what HF's torch reference computes instead (whole zero-padded chunks and
-    an inter-chunk recurrence quadratic in the number of chunks) — what ``FlopCounterMode`` measures on CPU.
-    The SSD terms (``ssd_*``) are the ones chunking pads: see :func:`layer_cost`."""
-    n, d, e, s = float(seq_len), shape.d_model, shape.d_inner, shape.state_size
-    k = shape.conv_kernel
-    t: dict[str, float] = {"block_norm": 4.0 * n * d}
-    if shape.family == "mamba":
-        r = shape.dt_rank or math.ceil(d / 16)
-        t["in_proj"] = 2.0 * n * d * 2 * e
-        t["conv1d"] = 2.0 * n * e * k
-        t["x_proj"] = 2.0 * n * e * (r + 2 * s)
-        t["dt_proj"] = 2.0 * n * r * e
-        t["scan_out"] = 2.0 * n * e * s                      # y_t = C_t · h_t
-        t["scan_update"] = 6.0 * n * e * s                   # exp(dt·A), dt·B·u, h·dA + dBu
-        t["gate_skip"] = 6.0 * n * e                         # softplus(dt), D·u, silu(z)·y
-        t["out_proj"] = 2.0 * n * e * d
-        return t
-    h, p, g, q = shape.n_heads, shape.head_dim, shape.n_groups, shape.chunk_size
-    if reference:
-        chunks = float(math.ceil(seq_len / q)) if seq_len > 0 else 0.0
-        padded = chunks * q
-        inter = 2.0 * (chunks + 1) ** 2 * h * p * s
-    else:
-        padded, chunks = n, n / q
-        inter = 2.0 * chunks * h * p * s
-    conv_dim = e + 2 * g * s
-    t["in_proj"] = 2.0 * n * d * (2 * e + 2 * g * s + h)
-    t["conv1d"] = 2.0 * n * conv_dim * k
-    t["ssd_scores"] = 2.0 * padded * q * h * s               # C·Bᵀ inside each chunk
-    t["ssd_intra"] = 2.0 * padded * q * h * p                # (scores ∘ decay) · x
-    t["ssd_chunk_states"] = 2.0 * padded * h * p * s         # Σ_l B_l x_l per chunk
-    t["ssd_inter_chunk"] = inter                             # chunk-state recurrence
-    t["ssd_state_out"] = 2.0 * padded * h * p * s            # C · chunk start state
-    t["ssd_elementwise"] = padded * (q * h * 3 + h * p * 4)  # segsum, decays, dt·x, D skip
-    t["gated_norm"] = 7.0 * n * e
-    t["out_proj"] = 2.0 * n * e * d
-    return t
-
-
-def _attention_terms(shape: ModelShape, seq_len: int) -> dict[str, float]:
-    """Self-attention with its pre-norm; the score and value products are the dense n×n ones the kernels compute
-    (quadratic in the tokens the layer sees, which is why reducing before attention gains more than linearly)."""
-    n, d = float(seq_len), shape.d_model
-    w = shape.attn_width or d
-    h, kv, dh = shape.attn_heads, shape.attn_kv_heads or shape.attn_heads, shape.attn_head_dim
-    terms = {
-        "attn_norm": 4.0 * n * w,
-        "attn_qkv": 2.0 * n * w * (h + 2 * kv) * dh,
-        "attn_scores": 2.0 * n * n * h * dh,
-        "attn_softmax": 5.0 * n * n * h,
-        "attn_values": 2.0 * n * n * h * dh,
-        "attn_out": 2.0 * n * h * dh * d,
-    }
-    if shape.attn_adapter_rank:  # q, k, v each + up(down(x)), and the three additions
-        r = shape.attn_adapter_rank
-        terms["attn_adapters"] = 3 * (2.0 * n * w * r + 2.0 * n * r * w)
-        terms["attn_adapter_add"] = 3.0 * n * w
-    return terms
-
-
-def _mlp_terms(shape: ModelShape, seq_len: int, size: int, prefix: str = "mlp") -> dict[str, float]:
-    n, w = float(seq_len), shape.mlp_width or shape.d_model
-    up = 2 if shape.mlp_gated else 1
-    terms = {f"{prefix}_norm": 4.0 * n * w, f"{prefix}_in": 2.0 * n * w * up * size,
-             f"{prefix}_act": float(up + 1) * n * size, f"{prefix}_out": 2.0 * n * size * shape.d_model}
-    if shape.mlp_adapter_rank:  # the up projection + up(down(x)), and the addition
-        r = shape.mlp_adapter_rank
-        terms[f"{prefix}_adapters"] = 2.0 * n * w * r + 2.0 * n * r * up * size
-        terms[f"{prefix}_adapter_add"] = float(up) * n * size
-    return terms
-
-
-def _moe_terms(shape: ModelShape, seq_len: int) -> dict[str, float]:
-    """Active FLOPs of a mixture-of-experts MLP: the router, ``moe_top_k`` experts per token, the shared expert."""
-    n, d = float(seq_len), shape.d_model
-    up = 2 if shape.mlp_gated else 1
-    expert = 2.0 * d * up * shape.moe_size + 2.0 * shape.moe_size * d + (up + 1) * shape.moe_size
-    shared = 2.0 * d * up * shape.moe_shared_size + 2.0 * shape.moe_shared_size * d + (up + 1) * shape.moe_shared_size
-    return {"moe_norm": 4.0 * n * d, "moe_router": 2.0 * n * d * shape.moe_experts,
-            "moe_experts": n * shape.moe_top_k * expert, "moe_shared": n * shared}
+def all_matmul_terms() -> frozenset[str]:
+    """Every registered part's matmul-like terms."""
+    return frozenset().union(*(cls.matmul_terms for cls in PART_KINDS.values()))
 
 
 def layer_flop_terms(shape: ModelShape, seq_len: int, reference: bool = False, layer: int = 0) -> dict[str, float]:
     """FLOPs of layer ``layer`` (each part with its pre-norm) on one sequence of ``seq_len`` tokens, by term."""
     terms: dict[str, float] = {}
     for part in shape.parts(layer):
-        if part == "ssm":
-            new = _ssm_terms(shape, seq_len, reference)
-        elif part == "attention":
-            new = _attention_terms(shape, seq_len)
-        elif part == "mlp":
-            new = _mlp_terms(shape, seq_len, shape.mlp_size)
-        elif part == "moe":
-            new = _moe_terms(shape, seq_len)
-        else:  # linear: Zamba2's projection of its shared block's output
-            new = {"linear": 2.0 * float(seq_len) * shape.d_model * shape.d_model}
-        for key, value in new.items():
+        for key, value in part.terms(shape.d_model, seq_len, reference).items():
             terms[key] = terms.get(key, 0.0) + value
     return terms
+
+
+def matmul_terms(shape: ModelShape, layer: int) -> frozenset[str]:
+    """The terms of ``layer`` that ``torch.utils.flop_counter.FlopCounterMode`` counts."""
+    return frozenset().union(*(p.matmul_terms for p in shape.parts(layer)))
 
 
 def layer_flops(shape: ModelShape, seq_len: int, matmul_only: bool = False, reference: bool = False,
                 layer: int = 0) -> float:
     terms = layer_flop_terms(shape, seq_len, reference, layer)
-    return float(sum(v for key, v in terms.items() if not matmul_only or key in MATMUL_TERMS))
+    counted = matmul_terms(shape, layer) if matmul_only else None
+    return float(sum(v for key, v in terms.items() if counted is None or key in counted))
 
 
 def layer_cost(shape: ModelShape, layer: int) -> tuple[float, float]:
@@ -217,8 +59,8 @@ def layer_cost(shape: ModelShape, layer: int) -> tuple[float, float]:
 
 
 def chunk_size(shape: ModelShape) -> int:
-    """The chunk the SSD scan works in (Mamba-2 mixers), 0 when no layer scans in chunks (Mamba-1)."""
-    return shape.chunk_size if shape.family == "mamba2" and shape.ssm_layers() else 0
+    """The chunk the model's scans work in (:attr:`ModelShape.chunk`), 0 when no part scans in chunks."""
+    return shape.chunk
 
 
 def padded_length(n: float | Tensor, chunk: int) -> float | Tensor:
@@ -230,15 +72,18 @@ def padded_length(n: float | Tensor, chunk: int) -> float | Tensor:
     return math.ceil(n / chunk) * chunk
 
 
-def layer_padded_cost(shape: ModelShape, layer: int) -> tuple[float, float, float]:
-    """(a, b, c): the FLOPs of ``layer`` on n tokens when its scan works in whole chunks (HF's torch path and
-    mamba_ssm's kernels pad every sequence to a chunk multiple) = a·n + b·n² + c·padded_length(n): c is the SSD
-    scan's per-token cost, a the rest of the linear cost."""
+def layer_padded_cost(shape: ModelShape, layer: int) -> tuple[float, float, list[tuple[float, int]]]:
+    """(a, b, [(c, chunk), ...]): the FLOPs of ``layer`` on n tokens when its scans work in whole chunks (HF's
+    torch path and mamba_ssm's kernels pad every sequence to a chunk multiple) = a·n + b·n² + Σ c·padded_length(n,
+    chunk): c is a chunked part's per-token cost of its padded terms, a the rest of the linear cost."""
     a, b = layer_cost(shape, layer)
-    c = 0.0
-    if "ssm" in shape.parts(layer) and shape.family == "mamba2":
-        c = sum(v for key, v in _ssm_terms(shape, 1, reference=False).items() if key.startswith("ssd_"))
-    return a - c, b, c
+    padded = []
+    for part in shape.parts(layer):
+        if part.chunk:
+            c = sum(v for key, v in part.terms(shape.d_model, 1).items() if key in part.padded_terms)
+            padded.append((c, part.chunk))
+            a -= c
+    return a, b, padded
 
 
 def head_flop_terms(shape: ModelShape, n_tokens: int, n_logits: int) -> dict[str, float]:
@@ -267,6 +112,41 @@ def tokens_fraction_per_layer(n_layer: int, locations: Iterable[int], keep_ratio
 DEFAULT_SEQ_LEN = 1024
 
 
+def _check_scope(scope: str, shape: Optional[ModelShape]) -> None:
+    if scope not in ("backbone", "total"):
+        raise ConfigError(f"reduction.flops_scope={scope!r}: must be one of backbone, total")
+    if scope == "total" and shape is None:
+        raise ConfigError(
+            "reduction.flops_scope=total: needs the model shape; pass shape=model_shape(model) to build_schedule "
+            "once the model is loaded"
+        )
+
+
+def kept_lengths_reduction(shape: Optional[ModelShape], n_layer: int, locations: Sequence[int],
+                           kept: Sequence[float], seq_len: float, scope: str = "backbone",
+                           logits: str = "all") -> float:
+    """The FLOPs reduction of a schedule whose ``i``-th location (sorted) leaves ``kept[i]`` of ``seq_len`` tokens.
+
+    The one formula behind the ρ solver (:func:`flops_reduction`) and chunk alignment: ``backbone`` on a uniform
+    model (or without a shape) is the token average; otherwise each layer's ``a·n + b·n²`` (:func:`layer_cost`) at
+    its tokens; ``total`` adds the final norm and the LM head (``logits`` all or last).
+    """
+    _check_scope(scope, shape)
+    lengths = [seq_len, *kept]
+    locs = sorted(locations)
+    tokens = [lengths[sum(1 for l in locs if l < layer)] for layer in range(n_layer)]
+    if scope == "backbone" and (shape is None or shape.uniform):
+        return 1.0 - sum(tokens) / (n_layer * seq_len)
+    costs = [layer_cost(shape, l) for l in range(n_layer)]
+    full = sum(a * seq_len + b * seq_len * seq_len for a, b in costs)
+    reduced = sum(a * n + b * n * n for (a, b), n in zip(costs, tokens))
+    if scope == "total":
+        head = head_flop_terms(shape, 1, 1)
+        full += head["norm_f"] * seq_len + head["lm_head"] * (seq_len if logits == "all" else 1)
+        reduced += head["norm_f"] * tokens[-1] + head["lm_head"] * (tokens[-1] if logits == "all" else 1)
+    return 1.0 - reduced / full
+
+
 def flops_reduction(
     n_layer: int,
     locations: Sequence[int],
@@ -276,37 +156,17 @@ def flops_reduction(
     seq_len: Optional[int] = None,
     logits: str = "all",
 ) -> float:
-    """Continuous FLOPs reduction of a schedule (what the ρ solver inverts).
+    """Continuous FLOPs reduction of a schedule with the same ρ at every location (what the ρ solver inverts).
 
-    ``backbone``: for a uniform model the token average ``1 − mean_l ρ^k(l)`` (independent of the length); for a
-    hybrid the FLOP-weighted reduction at ``seq_len`` (default :data:`DEFAULT_SEQ_LEN`). ``total`` adds the final
-    norm and the LM head (``logits`` all or last) and needs ``shape``.
+    ``backbone``: for a uniform model the token average ``1 − mean_l ρ^k(l)`` (independent of the length); otherwise
+    the FLOP-weighted reduction at ``seq_len`` (default :data:`DEFAULT_SEQ_LEN`). ``total`` adds the final norm and
+    the LM head (``logits`` all or last) and needs ``shape``. :func:`kept_lengths_reduction` at ρ^k·N.
     """
-    frac = tokens_fraction_per_layer(n_layer, locations, keep_ratio)
-    if scope not in ("backbone", "total"):
-        raise ConfigError(f"reduction.flops_scope={scope!r}: must be one of backbone, total")
-    if scope == "backbone" and (shape is None or shape.uniform):
-        return 1.0 - sum(frac) / n_layer
-    if shape is None:
-        raise ConfigError(
-            "reduction.flops_scope=total: needs the model shape; pass shape=model_shape(model) to build_schedule "
-            "once the model is loaded"
-        )
-    n = float(seq_len or DEFAULT_SEQ_LEN)
-    costs = [layer_cost(shape, l) for l in range(n_layer)]
-    full = sum(a * n + b * n * n for a, b in costs)
-    reduced = sum(a * n * f + b * (n * f) ** 2 for (a, b), f in zip(costs, frac))
-    if scope == "total":
-        head = head_flop_terms(shape, 1, 1)
-        norm_tok, lm_tok = head["norm_f"], head["lm_head"]
-        if shape.uniform:  # the historical closed form (bit-identical ρ for the pure SSM models)
-            per_token_layer = layer_flops(shape, int(n)) / n
-            full = n_layer * per_token_layer * n
-            reduced = per_token_layer * n * sum(frac)
-        full = full + norm_tok * n + lm_tok * (n if logits == "all" else 1)
-        reduced = reduced + norm_tok * n * frac[-1]
-        reduced += lm_tok * (n * frac[-1] if logits == "all" else 1)
-    return 1.0 - reduced / full
+    _check_scope(scope, shape)
+    # the token average is length-free: at a length of 1 the kept "lengths" are the fractions ρ^k themselves
+    n = 1.0 if scope == "backbone" and (shape is None or shape.uniform) else float(seq_len or DEFAULT_SEQ_LEN)
+    kept = [keep_ratio ** (i + 1) * n for i in range(len(locations))]
+    return kept_lengths_reduction(shape, n_layer, locations, kept, n, scope, logits)
 
 
 def realised_flops_reduction(
@@ -365,12 +225,12 @@ def backbone_flops_rows(shape: ModelShape, counts: Tensor) -> Tensor:
 
 def padded_work(shape: ModelShape, widths: Sequence[float] | Tensor, batch: int = 1) -> float:
     """Backbone FLOPs a chunked scan really performs on a batch whose layer l is ``widths[l]`` tokens wide: every
-    row is computed at the batch's width, and each SSM scan on whole chunks (:func:`layer_padded_cost`)."""
-    chunk = chunk_size(shape)
+    row is computed at the batch's width, and each chunked scan on whole chunks (:func:`layer_padded_cost`)."""
     total = 0.0
     for layer, width in enumerate(torch.as_tensor(widths, dtype=torch.float64).tolist()):
-        a, b, c = layer_padded_cost(shape, layer)
-        total += batch * (a * width + b * width * width + c * float(padded_length(width, chunk)))
+        a, b, padded = layer_padded_cost(shape, layer)
+        total += batch * (a * width + b * width * width + sum(c * float(padded_length(width, chunk))
+                                                              for c, chunk in padded))
     return total
 
 

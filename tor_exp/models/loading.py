@@ -25,7 +25,7 @@ from tor_exp.errors import ConfigError
 from tor_exp.models.config import ModelConfig
 from tor_exp.models.families import adapter_for, family_of_model_type
 from tor_exp.models.families.mamba_ssm import hf_config_from_mamba_ssm, hf_state_dict_from_mamba_ssm
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.shape import ModelShape
 from tor_exp.models.tokenizer import byte_tokenizer
 from tor_exp.paths import resolve_pkg_path
 

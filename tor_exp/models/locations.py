@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from tor_exp.errors import ConfigError
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.shape import ModelShape
 
 
 @dataclass
@@ -55,15 +55,16 @@ def location_keep(schedule: Schedule, index: int, state: Any, max_fraction: Opti
 
 
 def importance_sources(method: Any, schedule: Schedule, shape: Optional[ModelShape]) -> dict[int, int]:
-    """{location: the layer whose SSM output y ranks the tokens there} for a method that ranks on ``ssm_out``.
+    """{location: the layer whose mixer output y ranks the tokens there} for a method that ranks on ``ssm_out``.
 
-    The layer itself when it holds a Mamba mixer, else the nearest one before it (an attention or MLP layer of a
-    hybrid, METHOD.md §7). A location whose y would have to cross another location (the tokens changed in between),
-    or that has no Mamba mixer before it, is a one-line ConfigError. Empty when the method does not need y.
+    The layer itself when one of its parts :attr:`~tor_exp.models.shape.Part.ranks` (a Mamba mixer, a short
+    convolution, a delta rule), else the nearest such layer before it (an attention or MLP layer of a hybrid,
+    METHOD.md §7). A location whose y would have to cross another location (the tokens changed in between), or that
+    has no ranking layer before it, is a one-line ConfigError. Empty when the method does not need y.
     """
     if method is None or "ssm_out" not in (getattr(method, "needed_features", None) or set()):
         return {}
-    ssm_layers = set(shape.ssm_layers()) if shape is not None else None
+    ssm_layers = set(shape.ranking_layers()) if shape is not None else None
     sources: dict[int, int] = {}
     previous = -1
     for location in sorted(schedule.locations):
@@ -72,8 +73,8 @@ def importance_sources(method: Any, schedule: Schedule, shape: Optional[ModelSha
         else:
             before = [l for l in ssm_layers if l <= location]
             if not before:
-                raise ConfigError(f"reduction.locations={sorted(schedule.locations)}: layer {location} has no Mamba "
-                                  "mixer at or before it to rank tokens (reduction.importance_source=ssm_out); move "
+                raise ConfigError(f"reduction.locations={sorted(schedule.locations)}: layer {location} has no mixer "
+                                  "whose output ranks tokens at or before it (reduction.importance_source=ssm_out); move "
                                   "the location or use reduction.importance_source=mixer_out")
             source = max(before)
             if source <= previous:

@@ -197,12 +197,11 @@ def patch(model: nn.Module, method: Any, schedule: Any) -> nn.Module:
     bad = [l for l in schedule.locations if not 0 <= l < n_layer - 1]
     if bad:
         raise ConfigError(f"reduction.locations={schedule.locations}: {bad} outside [0, {n_layer - 2}]")
-    if adapter.hybrid:
-        importance_sources(method, schedule, adapter.shape(model))
+    importance_sources(method, schedule, adapter.shape(model))  # a location with nothing to rank on: refused here
     info = get_patch(model)
     original = info.original_class if info is not None else model.__class__
     setattr(model, _ATTR, PatchInfo(method=method, schedule=schedule, original_class=original))
-    if adapter.family != "mamba_ssm":  # no HF forward to swap there: reduced_forward reads the patch info
+    if adapter.hf_model:  # mamba_ssm's model has no HF forward to swap: reduced_forward reads the patch info
         model.__class__ = _patched_class(original)
     return model
 

@@ -18,8 +18,9 @@ from typing import Any, Iterator, Optional, Sequence
 from torch import nn
 
 from tor_exp.errors import ConfigError
-from tor_exp.models.flops import ModelShape, flops_reduction
+from tor_exp.models.flops import flops_reduction, kept_lengths_reduction
 from tor_exp.models.locations import Schedule, importance_sources
+from tor_exp.models.shape import ModelShape
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,14 @@ def default_locations(n_layer: int, shape: Optional[ModelShape] = None) -> list[
     """The paper's hierarchical pattern scaled to a depth (a checkpoint whose config gives none): start after
     about 20 % of the layers, stop by about 70 %, one location every ~8 % of the depth (at least one layer). In a
     hybrid each location moves to the nearest layer at or before it that holds a Mamba mixer (never before the
-    previous location), so every location ranks its tokens by its own layer's y."""
+    previous location), so every location ranks its tokens by its own layer's output (a layer with a part that
+    :attr:`~tor_exp.models.shape.Part.ranks`; where every layer ranks, the plain pattern)."""
     start, stop = max(1, round(0.2 * n_layer)), max(1, round(0.7 * n_layer))
     stride = max(1, round(0.08 * n_layer))
     plain = [l for l in range(start, stop + 1, stride) if l <= n_layer - 2]
-    if shape is None or shape.uniform:
+    if shape is None:
         return plain
-    mixers, moved = set(shape.ssm_layers()), []
+    mixers, moved = set(shape.ranking_layers()), []
     for l in plain:
         candidates = [m for m in mixers if (moved[-1] if moved else -1) < m <= l]
         if candidates:
@@ -117,34 +119,15 @@ def solve_keep_ratio(
 def needs_shape(reduction_cfg: Any, model_cfg: Any) -> bool:
     """Solving ρ needs the model's shape: total-scope FLOPs, a hybrid whose layers cost differently, or a
     chunk-aligned schedule (the chunk size)."""
-    from tor_exp.models.config import HYBRID_FAMILIES
+    from tor_exp.models.families.registry import family_info
 
-    family = getattr(model_cfg, "family", None)
-    return (getattr(reduction_cfg, "flops_scope", "backbone") == "total" or family in (*HYBRID_FAMILIES, "auto")
+    info = family_info(getattr(model_cfg, "family", None) or "auto")  # None for auto: any family may come
+    return (getattr(reduction_cfg, "flops_scope", "backbone") == "total" or info is None or info.hybrid
             or bool(getattr(reduction_cfg, "chunk_align", False)) or getattr(model_cfg, "n_layer", 1) is None)
 
 
 #: a chunk-aligned schedule meets its FLOPs target within this (absolute, in reduction units)
 ALIGN_TOLERANCE = 0.005
-
-
-def _kept_lengths_reduction(shape: Optional[ModelShape], n_layer: int, locations: Sequence[int],
-                            kept: Sequence[float], seq_len: float, scope: str, logits: str) -> float:
-    """FLOPs reduction when the location ``locations[i]`` leaves ``kept[i]`` tokens of ``seq_len``."""
-    lengths = [seq_len, *kept]
-    tokens = [lengths[sum(1 for l in locations if l < layer)] for layer in range(n_layer)]
-    if shape is None or (shape.uniform and scope == "backbone"):
-        return 1.0 - sum(tokens) / (n_layer * seq_len)
-    from tor_exp.models.flops import head_flop_terms, layer_cost
-
-    costs = [layer_cost(shape, l) for l in range(n_layer)]
-    full = sum(a * seq_len + b * seq_len ** 2 for a, b in costs)
-    reduced = sum(a * n + b * n * n for (a, b), n in zip(costs, tokens))
-    if scope == "total":
-        head = head_flop_terms(shape, 1, 1)
-        full += head["norm_f"] * seq_len + head["lm_head"] * (seq_len if logits == "all" else 1)
-        reduced += head["norm_f"] * tokens[-1] + head["lm_head"] * (tokens[-1] if logits == "all" else 1)
-    return 1.0 - reduced / full
 
 
 def align_schedule(schedule: Schedule, n_layer: int, chunk: int, seq_len: int, *, shape: Optional[ModelShape],
@@ -166,13 +149,13 @@ def align_schedule(schedule: Schedule, n_layer: int, chunk: int, seq_len: int, *
     n = float(seq_len)
     goal = schedule.target_flops
     if goal is None:
-        goal = _kept_lengths_reduction(shape, n_layer, locations, [rho ** (i + 1) * n for i in range(len(locations))],
+        goal = kept_lengths_reduction(shape, n_layer, locations, [rho ** (i + 1) * n for i in range(len(locations))],
                                        n, scope, logits)
     keep_min = 0.0 if max_fraction is None else 1.0 - max_fraction
     ideal = [rho ** (i + 1) * n for i in range(len(locations))]
 
     def reduction(kept: list[float]) -> float:
-        return _kept_lengths_reduction(shape, n_layer, locations, kept, n, scope, logits)
+        return kept_lengths_reduction(shape, n_layer, locations, kept, n, scope, logits)
 
     def last_exact(prefix: list[float]) -> Optional[float]:
         """The count the last location keeps so that the target is met (None when it cannot be)."""
@@ -264,16 +247,16 @@ def build_schedule(
 
 def _aligned(schedule: Schedule, reduction_cfg: Any, n_layer: int, shape: Optional[ModelShape],
              seq_len: Optional[int], scope: str, logits: str) -> Schedule:
-    from tor_exp.models.flops import DEFAULT_SEQ_LEN, chunk_size
+    from tor_exp.models.flops import DEFAULT_SEQ_LEN
     from tor_exp.reduction import registered_methods
 
     method_cls = registered_methods()[reduction_cfg.method][1]
     if not method_cls.counts_from_ratio:
         raise ConfigError(f"reduction.chunk_align=true: reduction={reduction_cfg.method} does not set its removal "
                           "counts from the keep ratio, so they cannot be aligned to chunks")
-    chunk = chunk_size(shape) if shape is not None else 0
+    chunk = shape.chunk if shape is not None else 0
     if not chunk:
-        log.info("reduction.chunk_align=true: the model's SSM does not scan in chunks; nothing to align")
+        log.info("reduction.chunk_align=true: no part of the model scans in chunks; nothing to align")
         return schedule
     return align_schedule(schedule, n_layer, chunk, int(seq_len or DEFAULT_SEQ_LEN), shape=shape, scope=scope,
                           logits=logits, max_fraction=method_cls.max_fraction)

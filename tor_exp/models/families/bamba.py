@@ -16,16 +16,16 @@ from torch import Tensor, nn
 from transformers import BambaConfig, BambaForCausalLM
 
 from tor_exp.errors import ConfigError
-from tor_exp.models.families.hybrid import HybridFamily, LayerCall, mamba_shape_keys, mamba_tiny_keys
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.families.hybrid import HybridFamily, LayerCall, attention_part, mamba2_part, mamba_tiny_keys
+from tor_exp.models.shape import MLP, Part
 
-#: HF layer type → the FLOP-model parts of the layer (every layer ends with the SwiGLU MLP)
-_PARTS = {"linear_attention": ("ssm", "mlp"), "full_attention": ("attention", "mlp")}
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "bamba", "hybrid": True, "model_types": ("bamba",)},)
+
 
 
 class BambaFamily(HybridFamily):
     family = "bamba"
-    model_types = ("bamba",)
 
     def model_class(self) -> type:
         return BambaForCausalLM
@@ -42,13 +42,10 @@ class BambaFamily(HybridFamily):
         return BambaConfig(**vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer, **mamba_tiny_keys(tiny),
                            tie_word_embeddings=False, use_cache=True, **keys)
 
-    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
-        return _PARTS[config.layers_block_type[index]]
-
-    def config_shape(self, config: Any) -> ModelShape:
-        layers = tuple(self.layer_parts(config, i) for i in range(config.num_hidden_layers))
-        return ModelShape(**mamba_shape_keys(config), layers=layers, mlp_size=config.intermediate_size,
-                          mlp_gated=True)
+    def layer_parts(self, config: Any, index: int) -> tuple[Part, ...]:
+        # a Mamba-2 mixer (linear_attention) or attention (full_attention), then the SwiGLU MLP
+        mixer = mamba2_part(config) if config.layers_block_type[index] == "linear_attention" else attention_part(config)
+        return mixer, MLP(size=config.intermediate_size, gated=True)
 
     def final_norm(self, model: nn.Module, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
         return self.base(model).final_layernorm(hidden if residual is None else residual + hidden)

@@ -8,7 +8,7 @@ Checkpoints: tiiuae/Falcon-H1-0.5B-Base, tiiuae/Falcon-H1-1.5B-Base. A layer is
 outside them are applied here: ``embedding_multiplier`` on the embeddings and ``lm_head_multiplier`` on the logits.
 Every layer holds a Mamba mixer, so each location ranks tokens by its own layer's y. The mixer ends with a gated
 RMSNorm ``norm(y, gate)`` when ``mamba_rms_norm`` is true, else with ``y·silu(gate)`` right after the scan (its
-``norm`` is an ``nn.Identity``); :func:`~tor_exp.models.families.capture.capture_ssm_out` captures y before the gate
+``norm`` is an ``nn.Identity``); :func:`~tor_exp.models.families.capture.capture_mamba2` captures y before the gate
 either way.
 """
 from __future__ import annotations
@@ -18,16 +18,16 @@ from typing import Any, Optional
 from torch import Tensor, nn
 from transformers import FalconH1Config, FalconH1ForCausalLM
 
-from tor_exp.models.families.hybrid import HybridFamily, LayerCall, mamba_shape_keys, mamba_tiny_keys
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.families.hybrid import HybridFamily, LayerCall, attention_part, mamba2_part, mamba_tiny_keys
+from tor_exp.models.shape import MLP, Part
 
-#: every Falcon-H1 layer: a Mamba-2 mixer and attention in parallel, then an MLP
-_PARTS = ("ssm", "attention", "mlp")
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "falcon_h1", "hybrid": True, "model_types": ("falcon_h1",)},)
+
 
 
 class FalconH1Family(HybridFamily):
     family = "falcon_h1"
-    model_types = ("falcon_h1",)
 
     def model_class(self) -> type:
         return FalconH1ForCausalLM
@@ -39,13 +39,9 @@ class FalconH1Family(HybridFamily):
                               mamba_d_ssm=tiny.d_model * tiny.expand, **mamba_tiny_keys(tiny),
                               tie_word_embeddings=False, use_cache=True, **keys)
 
-    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
-        return _PARTS
-
-    def config_shape(self, config: Any) -> ModelShape:
-        layers = tuple(self.layer_parts(config, i) for i in range(int(config.num_hidden_layers)))
-        return ModelShape(**mamba_shape_keys(config), layers=layers, mlp_size=config.intermediate_size,
-                          mlp_gated=True)
+    def layer_parts(self, config: Any, index: int) -> tuple[Part, ...]:
+        # every Falcon-H1 layer: a Mamba-2 mixer and attention in parallel, then a gated MLP
+        return mamba2_part(config), attention_part(config), MLP(size=config.intermediate_size, gated=True)
 
     def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
         base = self.base(model)

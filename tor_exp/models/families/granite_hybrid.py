@@ -22,16 +22,16 @@ from torch import Tensor, nn
 from transformers import GraniteMoeHybridConfig, GraniteMoeHybridForCausalLM
 
 from tor_exp.errors import ConfigError
-from tor_exp.models.families.hybrid import HybridFamily, LayerCall, mamba_shape_keys, mamba_tiny_keys
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.families.hybrid import HybridFamily, LayerCall, attention_part, mamba2_part, mamba_tiny_keys
+from tor_exp.models.shape import MLP, MoE, Part
 
-#: HF layer type → the layer's sequence mixer part in the FLOP model
-_MIXER_PART = {"linear_attention": "ssm", "full_attention": "attention"}
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "granite_hybrid", "hybrid": True, "model_types": ("granitemoehybrid",)},)
+
 
 
 class GraniteHybridFamily(HybridFamily):
     family = "granite_hybrid"
-    model_types = ("granitemoehybrid",)
 
     def model_class(self) -> type:
         return GraniteMoeHybridForCausalLM
@@ -49,19 +49,13 @@ class GraniteHybridFamily(HybridFamily):
         return GraniteMoeHybridConfig(**vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer,
                                       **mamba_tiny_keys(tiny), tie_word_embeddings=False, use_cache=True, **keys)
 
-    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
-        feed_forward = "moe" if (config.num_local_experts or 0) > 0 else "mlp"
-        return _MIXER_PART[config.layers_block_type[index]], feed_forward
-
-    def config_shape(self, config: Any) -> ModelShape:
-        layers = tuple(self.layer_parts(config, i) for i in range(config.num_hidden_layers))
-        return ModelShape(
-            **mamba_shape_keys(config), layers=layers,
-            # every SwiGLU: the shared MLP (an ``mlp`` part when there are no experts) and each expert
-            mlp_size=config.shared_intermediate_size, mlp_gated=True,
-            moe_experts=config.num_local_experts or 0, moe_top_k=config.num_experts_per_tok or 0,
-            moe_size=config.intermediate_size, moe_shared_size=config.shared_intermediate_size,
-        )
+    def layer_parts(self, config: Any, index: int) -> tuple[Part, ...]:
+        mixer = mamba2_part(config) if config.layers_block_type[index] == "linear_attention" else attention_part(config)
+        # every SwiGLU: the shared MLP (an MLP part when there are no experts) and each expert
+        if (config.num_local_experts or 0) > 0:
+            return mixer, MoE(experts=config.num_local_experts, top_k=config.num_experts_per_tok or 0,
+                              size=config.intermediate_size, shared_size=config.shared_intermediate_size, gated=True)
+        return mixer, MLP(size=config.shared_intermediate_size, gated=True)
 
     def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
         return self.given_embeddings(model, self.base(model).embed_tokens(input_ids))

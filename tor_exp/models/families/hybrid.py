@@ -21,15 +21,17 @@ what each layer holds (:meth:`layer_parts`, :meth:`mamba_mixer`) and how its lay
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, ContextManager, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.adapter import LayerInput, ModelAdapter, StepOutput
-from tor_exp.models.families.capture import capture_ssm_out
+from tor_exp.models.families.capture import capture_mamba2
+from tor_exp.models.shape import Attention, Mamba2, ModelShape, Part
 from tor_exp.models.tokens import gather_tokens, right_align_order
 
 #: attention implementations the 4-D masks are built for (flash attention takes no 4-D mask)
@@ -61,14 +63,17 @@ def mamba_tiny_keys(tiny: Any) -> dict[str, Any]:
                 mamba_expand=tiny.expand, mamba_chunk_size=tiny.chunk_size)
 
 
-def mamba_shape_keys(config: Any) -> dict[str, Any]:
-    """The :class:`ModelShape` fields of a config in those ``mamba_*`` names, with its attention heads."""
-    return dict(family="mamba2", d_model=config.hidden_size, n_layer=int(config.num_hidden_layers),
-                vocab_size=config.vocab_size, state_size=config.mamba_d_state, expand=int(config.mamba_expand),
-                conv_kernel=config.mamba_d_conv, head_dim=int(config.mamba_d_head), n_groups=config.mamba_n_groups,
-                chunk_size=config.mamba_chunk_size, ssm_heads=config.mamba_n_heads,
-                attn_heads=config.num_attention_heads, attn_kv_heads=config.num_key_value_heads,
-                attn_head_dim=attention_head_dim(config))
+def mamba2_part(config: Any) -> Mamba2:
+    """The Mamba-2 mixer of a config in those ``mamba_*`` names."""
+    heads, head_dim = int(config.mamba_n_heads), int(config.mamba_d_head)
+    return Mamba2(d_inner=heads * head_dim, heads=heads, head_dim=head_dim, state_size=config.mamba_d_state,
+                  n_groups=config.mamba_n_groups, conv_kernel=config.mamba_d_conv, chunk_size=config.mamba_chunk_size)
+
+
+def attention_part(config: Any, **extra: Any) -> Attention:
+    """The attention of a HF config (``num_attention_heads``, ``num_key_value_heads``, its head size)."""
+    return Attention(heads=config.num_attention_heads, kv_heads=config.num_key_value_heads,
+                     head_dim=attention_head_dim(config), **extra)
 
 
 def attention_head_dim(config: Any) -> int:
@@ -124,20 +129,33 @@ class HybridFamily(ModelAdapter):
         return getattr(self.base(model), "rotary_emb", None)
 
     # ---------------------------------------------------------------------------- what a layer holds
-    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
-        """The FLOP-model parts of layer ``index`` (``ssm``, ``attention``, ``mlp``, ``moe``, ``linear``)."""
+    def layer_parts(self, config: Any, index: int) -> tuple[Part, ...]:
+        """The parts of layer ``index`` (:mod:`tor_exp.models.shape`), in the order the layer computes them."""
         raise NotImplementedError
+
+    def config_shape(self, config: Any) -> ModelShape:
+        n_layer = int(config.num_hidden_layers)
+        return ModelShape(config.hidden_size, n_layer, config.vocab_size,
+                          tuple(self.layer_parts(config, i) for i in range(n_layer)))
 
     def mamba_mixer(self, block: nn.Module) -> Optional[nn.Module]:
         """The layer's Mamba mixer (whose y ranks tokens), None for a layer without one."""
         raise NotImplementedError
+
+    def capture_mixer(self, mixer: nn.Module, store: dict[str, Tensor]) -> ContextManager[None]:
+        """Capture y of the family's Mamba mixer (Mamba-2 by default; Jamba's are Mamba-1)."""
+        return capture_mamba2(mixer, store)
+
+    def capture_ranking(self, block: nn.Module, store: dict[str, Tensor]) -> Optional[ContextManager[None]]:
+        mixer = self.mamba_mixer(block)
+        return None if mixer is None else self.capture_mixer(mixer, store)
 
     def call_layer(self, model: nn.Module, index: int, block: nn.Module, x: Tensor, call: LayerCall) -> Tensor:
         """Run HF's decoder layer ``index`` on ``x`` [B, N, D]; returns its output stream [B, N, D]."""
         raise NotImplementedError
 
     def has_attention(self, model: nn.Module, index: int) -> bool:
-        return "attention" in self.layer_parts(model.config, index)
+        return any(isinstance(p, Attention) for p in self.layer_parts(model.config, index))
 
     # ---------------------------------------------------------------------------- one step
     def step(self, model: nn.Module, index: int, block: nn.Module, hidden: Tensor, residual: Optional[Tensor],
@@ -162,10 +180,11 @@ class HybridFamily(ModelAdapter):
             cache=inp.cache, streams=streams,
         )
         store: dict[str, Tensor] = {}
-        mixer = self.mamba_mixer(block)
-        if inp.want_ssm and mixer is None:
-            raise ConfigError(f"reduction.importance_source=ssm_out: layer {index} has no Mamba mixer")
-        with capture_ssm_out(mixer, store, enabled=inp.want_ssm):
+        capture = self.capture_ranking(block, store) if inp.want_ssm else nullcontext()
+        if capture is None:
+            raise ConfigError(f"reduction.importance_source=ssm_out: layer {index} has no mixer whose output ranks "
+                              "tokens")
+        with capture:
             out = self.call_layer(model, index, block, x, call)
         features = {"block_input": x, **store}
         if order is not None:

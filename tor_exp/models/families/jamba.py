@@ -6,7 +6,7 @@ Checkpoints: ai21labs/AI21-Jamba-Mini-1.6, ai21labs/Jamba-tiny-dev. A layer is `
 ``i % attn_layer_period == attn_layer_offset`` and holds a MoE when ``i % expert_layer_period ==
 expert_layer_offset`` (and ``num_experts > 1``); the config's ``layers_block_type`` / ``layers_num_experts`` say
 so. The Mamba mixer RMS-normalises dt, B and C (with weights) and calls its module's ``mamba_selective_scan``
-on every prefill (there is no fused path), so :mod:`tor_exp.models.families.capture` reads y there.
+on every prefill (there is no fused path), so :mod:`tor_exp.compat.transformers_mixers` reads y there.
 """
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ from transformers import JambaConfig, JambaForCausalLM
 from transformers.models.jamba.modeling_jamba import JambaAttentionDecoderLayer, JambaMambaDecoderLayer
 
 from tor_exp.errors import ConfigError
+from tor_exp.models.families.capture import capture_mamba1
 from tor_exp.models.families.hybrid import HybridFamily, LayerCall
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.shape import MLP, Attention, Mamba1, MoE, Part
+
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "jamba", "hybrid": True, "mixer_heads": False, "model_types": ("jamba",)},)
 
 
 class JambaFamily(HybridFamily):
     family = "jamba"
-    model_types = ("jamba",)
 
     def model_class(self) -> type:
         return JambaForCausalLM
@@ -46,23 +49,19 @@ class JambaFamily(HybridFamily):
             why = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
             raise ConfigError(f"model.tiny.config={dict(tiny.config)}: not a valid Jamba config ({why})") from None
 
-    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
-        mixer = "ssm" if config.layers_block_type[index] == "mamba" else "attention"
-        return mixer, ("moe" if config.layers_num_experts[index] > 1 else "mlp")
-
-    def config_shape(self, config: Any) -> ModelShape:
+    def layer_parts(self, config: Any, index: int) -> tuple[Part, ...]:
         heads = config.num_attention_heads
-        return ModelShape(
-            family="mamba", d_model=config.hidden_size, n_layer=config.num_hidden_layers,
-            vocab_size=config.vocab_size, state_size=config.mamba_d_state, expand=int(config.mamba_expand),
-            conv_kernel=config.mamba_d_conv, dt_rank=int(config.mamba_dt_rank),
-            layers=tuple(self.layer_parts(config, i) for i in range(config.num_hidden_layers)),
-            attn_heads=heads, attn_kv_heads=config.num_key_value_heads,
-            attn_head_dim=int(getattr(config, "head_dim", None) or config.hidden_size // heads),
-            mlp_size=config.intermediate_size, mlp_gated=True,  # SwiGLU MLP and experts
-            moe_experts=config.num_experts, moe_top_k=config.num_experts_per_tok,
-            moe_size=config.intermediate_size, moe_shared_size=0,
-        )
+        if config.layers_block_type[index] == "mamba":
+            mixer: Part = Mamba1(d_inner=int(config.mamba_expand) * config.hidden_size,
+                                 state_size=config.mamba_d_state, conv_kernel=config.mamba_d_conv,
+                                 dt_rank=int(config.mamba_dt_rank))
+        else:
+            mixer = Attention(heads=heads, kv_heads=config.num_key_value_heads,
+                              head_dim=int(getattr(config, "head_dim", None) or config.hidden_size // heads))
+        if config.layers_num_experts[index] > 1:  # SwiGLU MLP and experts
+            return mixer, MoE(experts=config.num_experts, top_k=config.num_experts_per_tok,
+                              size=config.intermediate_size, shared_size=0, gated=True)
+        return mixer, MLP(size=config.intermediate_size, gated=True)
 
     def final_norm(self, model: nn.Module, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
         return model.model.final_layernorm(hidden if residual is None else residual + hidden)
@@ -72,6 +71,9 @@ class JambaFamily(HybridFamily):
 
     def mamba_mixer(self, block: nn.Module) -> Optional[nn.Module]:
         return block.mamba if isinstance(block, JambaMambaDecoderLayer) else None
+
+    def capture_mixer(self, mixer: nn.Module, store: dict[str, Tensor]) -> Any:
+        return capture_mamba1(mixer, store)  # Jamba's Mamba mixers are Mamba-1
 
     def call_layer(self, model: nn.Module, index: int, block: nn.Module, x: Tensor, call: LayerCall) -> Tensor:
         if isinstance(block, JambaAttentionDecoderLayer):

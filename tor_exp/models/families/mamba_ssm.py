@@ -24,8 +24,11 @@ from transformers import Mamba2Config, MambaConfig
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.adapter import LayerInput, ModelAdapter, StepOutput
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.shape import ModelShape
 from tor_exp.paths import resolve_pkg_path
+
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "mamba_ssm", "backends": ("mamba_ssm",), "selectable": False},)
 
 # Defaults of mamba_ssm's Mamba / Mamba2 modules and MambaLMHeadModel, used for keys a config.json omits.
 _SSM_DEFAULTS = {
@@ -136,6 +139,7 @@ class MambaSSMFamily(ModelAdapter):
 
     family = "mamba_ssm"
     two_streams = True
+    hf_model = False
 
     def matches(self, model: nn.Module) -> bool:
         return type(model).__name__ == "MambaLMHeadModel" and hasattr(model, "backbone")

@@ -12,14 +12,15 @@ from torch import Tensor, nn
 from transformers import NemotronHConfig, NemotronHForCausalLM
 
 from tor_exp.models.families.hybrid import HybridFamily, LayerCall
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.shape import MLP, Attention, Mamba2, ModelShape, MoE, Part
 
-_PARTS = {"linear_attention": ("ssm",), "full_attention": ("attention",), "mlp": ("mlp",), "moe": ("moe",)}
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "nemotron_h", "hybrid": True, "model_types": ("nemotron_h",)},)
+
 
 
 class NemotronHFamily(HybridFamily):
     family = "nemotron_h"
-    model_types = ("nemotron_h",)
 
     def model_class(self) -> type:
         return NemotronHForCausalLM
@@ -41,22 +42,25 @@ class NemotronHFamily(HybridFamily):
             chunk_size=tiny.chunk_size, tie_word_embeddings=False, use_cache=True, **keys,
         )
 
-    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
-        return _PARTS[config.layers_block_type[index]]
+    def layer_parts(self, config: Any, index: int) -> tuple[Part, ...]:
+        kind = config.layers_block_type[index]
+        if kind == "linear_attention":
+            heads, head_dim = config.mamba_num_heads, config.mamba_head_dim
+            return (Mamba2(d_inner=heads * head_dim, heads=heads, head_dim=head_dim, state_size=config.ssm_state_size,
+                           n_groups=config.n_groups, conv_kernel=config.conv_kernel, chunk_size=config.chunk_size),)
+        if kind == "full_attention":
+            return (Attention(heads=config.num_attention_heads, kv_heads=config.num_key_value_heads,
+                              head_dim=config.head_dim),)
+        if kind == "mlp":
+            return (MLP(size=config.intermediate_size),)
+        return (MoE(experts=config.n_routed_experts, top_k=config.num_experts_per_tok,
+                    size=config.moe_intermediate_size,
+                    shared_size=config.moe_shared_expert_intermediate_size * config.n_shared_experts),)
 
     def config_shape(self, config: Any) -> ModelShape:
-        return ModelShape(
-            family="mamba2", d_model=config.hidden_size, n_layer=len(config.layers_block_type),
-            vocab_size=config.vocab_size, state_size=config.ssm_state_size, conv_kernel=config.conv_kernel,
-            head_dim=config.mamba_head_dim, n_groups=config.n_groups, chunk_size=config.chunk_size,
-            ssm_heads=config.mamba_num_heads,
-            layers=tuple(self.layer_parts(config, i) for i in range(len(config.layers_block_type))),
-            attn_heads=config.num_attention_heads, attn_kv_heads=config.num_key_value_heads,
-            attn_head_dim=config.head_dim, mlp_size=config.intermediate_size,
-            moe_experts=config.n_routed_experts, moe_top_k=config.num_experts_per_tok,
-            moe_size=config.moe_intermediate_size,
-            moe_shared_size=config.moe_shared_expert_intermediate_size * config.n_shared_experts,
-        )
+        n_layer = len(config.layers_block_type)
+        return ModelShape(config.hidden_size, n_layer, config.vocab_size,
+                          tuple(self.layer_parts(config, i) for i in range(n_layer)))
 
     def embed(self, model: nn.Module, input_ids: Tensor) -> Tensor:
         return model.model.embeddings(input_ids)

@@ -20,12 +20,15 @@ from transformers import Zamba2Config, Zamba2ForCausalLM
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.families.hybrid import HybridFamily, LayerCall
-from tor_exp.models.flops import ModelShape
+from tor_exp.models.shape import MLP, Attention, Linear, Mamba2, ModelShape, Part
+
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "zamba2", "hybrid": True, "model_types": ("zamba2",)},)
 
 #: the name of the original-embedding stream (TokenState.streams)
 EMBEDDINGS = "embeddings"
-#: layer kind → FLOP-model parts, in the order the layer computes them
-_PARTS = {"linear_attention": ("ssm",), "hybrid": ("attention", "mlp", "linear", "ssm")}
+#: the layer kinds of ``config.layers_block_type``
+_KINDS = ("linear_attention", "hybrid")
 #: the tiny model's layers (conf/model/tiny_zamba2.yaml states them too)
 _TINY_LAYERS = ["mamba", "mamba", "hybrid", "mamba", "mamba", "hybrid", "mamba", "hybrid"]
 
@@ -33,7 +36,7 @@ _TINY_LAYERS = ["mamba", "mamba", "hybrid", "mamba", "mamba", "hybrid", "mamba",
 def _layer_kinds(config: Any, key: str = "model.path: config.json's layers_block_type") -> list[str]:
     """Each layer's kind (HF has already renamed the legacy ``mamba`` to ``linear_attention``)."""
     kinds = list(config.layers_block_type)
-    unknown = sorted(set(kinds) - set(_PARTS))
+    unknown = sorted(set(kinds) - set(_KINDS))
     if unknown:
         raise ConfigError(f"{key}: Zamba2 layers are mamba (linear_attention) or hybrid, not {', '.join(unknown)}")
     return kinds
@@ -41,7 +44,6 @@ def _layer_kinds(config: Any, key: str = "model.path: config.json's layers_block
 
 class Zamba2Family(HybridFamily):
     family = "zamba2"
-    model_types = ("zamba2",)
 
     def model_class(self) -> type:
         return Zamba2ForCausalLM
@@ -52,7 +54,7 @@ class Zamba2Family(HybridFamily):
                     adapter_rank=8, use_mem_rope=True)
         keys.update(tiny.config)
         kinds = keys["layers_block_type"] = [str(kind) for kind in keys["layers_block_type"]]  # HF wants a list
-        if len(kinds) != tiny.n_layer or set(kinds) - {"mamba", *_PARTS}:
+        if len(kinds) != tiny.n_layer or set(kinds) - {"mamba", *_KINDS}:
             raise ConfigError(f"model.tiny.config.layers_block_type={kinds}: one of mamba (or linear_attention) or "
                               f"hybrid per layer, model.tiny.n_layer={tiny.n_layer} layers")
         kv_heads = keys.get("num_key_value_heads") or keys["num_attention_heads"]
@@ -69,23 +71,27 @@ class Zamba2Family(HybridFamily):
         )
         return config
 
-    def layer_parts(self, config: Any, index: int) -> tuple[str, ...]:
-        return _PARTS[_layer_kinds(config)[index]]
+    def layer_parts(self, config: Any, index: int) -> tuple[Part, ...]:
+        return self._parts(config, _layer_kinds(config)[index])
+
+    def _parts(self, config: Any, kind: str) -> tuple[Part, ...]:
+        """A Mamba-2 layer, or (in the order a hybrid layer computes them) the shared block — attention over
+        concat[hidden, embeddings], a gated MLP over d_model features — its linear projection, the Mamba-2 mixer."""
+        heads, head_dim = config.n_mamba_heads, config.mamba_headdim
+        mixer = Mamba2(d_inner=heads * head_dim, heads=heads, head_dim=head_dim, state_size=config.mamba_d_state,
+                       n_groups=config.mamba_ngroups, conv_kernel=config.mamba_d_conv, chunk_size=config.chunk_size)
+        if kind != "hybrid":
+            return (mixer,)
+        attention = Attention(heads=config.num_attention_heads, kv_heads=config.num_key_value_heads,
+                              head_dim=config.attention_head_dim, width=config.attention_hidden_size,
+                              adapter_rank=config.adapter_rank if config.use_shared_attention_adapter else 0)
+        mlp = MLP(size=config.intermediate_size, gated=True, adapter_rank=config.adapter_rank)
+        return attention, mlp, Linear(), mixer
 
     def config_shape(self, config: Any) -> ModelShape:
         kinds = _layer_kinds(config)
-        return ModelShape(
-            family="mamba2", d_model=config.hidden_size, n_layer=len(kinds), vocab_size=config.vocab_size,
-            state_size=config.mamba_d_state, expand=config.mamba_expand, conv_kernel=config.mamba_d_conv,
-            head_dim=config.mamba_headdim, n_groups=config.mamba_ngroups, chunk_size=config.chunk_size,
-            ssm_heads=config.n_mamba_heads, layers=tuple(_PARTS[kind] for kind in kinds),
-            # the shared block: attention over concat[hidden, embeddings], a gated MLP over d_model features
-            attn_heads=config.num_attention_heads, attn_kv_heads=config.num_key_value_heads,
-            attn_head_dim=config.attention_head_dim, attn_width=config.attention_hidden_size,
-            mlp_size=config.intermediate_size, mlp_gated=True,
-            attn_adapter_rank=config.adapter_rank if config.use_shared_attention_adapter else 0,
-            mlp_adapter_rank=config.adapter_rank,
-        )
+        return ModelShape(config.hidden_size, len(kinds), config.vocab_size,
+                          tuple(self._parts(config, kind) for kind in kinds))
 
     def streams(self, model: nn.Module, embeddings: Tensor) -> dict[str, Tensor]:
         # the shared block reads each token's original embedding at every use
