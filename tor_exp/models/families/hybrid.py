@@ -21,8 +21,9 @@ what each layer holds (:meth:`layer_parts`, :meth:`mamba_mixer`) and how its lay
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, ContextManager, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -141,6 +142,10 @@ class HybridFamily(ModelAdapter):
         """The layer's Mamba mixer (whose y ranks tokens), None for a layer without one."""
         raise NotImplementedError
 
+    def capture_ranking(self, block: nn.Module, store: dict[str, Tensor]) -> Optional[ContextManager[None]]:
+        mixer = self.mamba_mixer(block)
+        return None if mixer is None else capture_ssm_out(mixer, store)
+
     def call_layer(self, model: nn.Module, index: int, block: nn.Module, x: Tensor, call: LayerCall) -> Tensor:
         """Run HF's decoder layer ``index`` on ``x`` [B, N, D]; returns its output stream [B, N, D]."""
         raise NotImplementedError
@@ -171,10 +176,11 @@ class HybridFamily(ModelAdapter):
             cache=inp.cache, streams=streams,
         )
         store: dict[str, Tensor] = {}
-        mixer = self.mamba_mixer(block)
-        if inp.want_ssm and mixer is None:
-            raise ConfigError(f"reduction.importance_source=ssm_out: layer {index} has no Mamba mixer")
-        with capture_ssm_out(mixer, store, enabled=inp.want_ssm):
+        capture = self.capture_ranking(block, store) if inp.want_ssm else nullcontext()
+        if capture is None:
+            raise ConfigError(f"reduction.importance_source=ssm_out: layer {index} has no mixer whose output ranks "
+                              "tokens")
+        with capture:
             out = self.call_layer(model, index, block, x, call)
         features = {"block_input": x, **store}
         if order is not None:
