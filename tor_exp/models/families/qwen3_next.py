@@ -128,7 +128,7 @@ class Qwen3NextFamily(HybridFamily):
         experts = int(getattr(config, "num_experts", 0) or 0)
         if experts > 0 and index not in (config.mlp_only_layers or []) and (index + 1) % config.decoder_sparse_step == 0:
             return MoE(experts=experts, top_k=config.num_experts_per_tok, size=config.moe_intermediate_size,
-                       shared_size=config.shared_expert_intermediate_size, gated=True)
+                       shared_size=config.shared_expert_intermediate_size, gated=True, shared_gate=True)
         return MLP(size=config.intermediate_size, gated=True)
 
     def mamba_mixer(self, block: nn.Module) -> Optional[nn.Module]:
