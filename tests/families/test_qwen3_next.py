@@ -137,3 +137,45 @@ def test_left_padding_never_enters_a_conv_window_or_the_delta_rule_state(qwen):
     a = model(input_ids=ids, attention_mask=mask).logits[1, 9:]
     b = model(input_ids=noisy, attention_mask=mask).logits[1, 9:]
     assert (a - b).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5_moe"])
+def test_qwen3_5_matmul_flops_equal_the_flop_counter(family_models, name):
+    """Qwen3.5's Gated DeltaNet projects q·k·v, z, b and a apart (same total as Qwen3-Next's fused projections)."""
+    model = family_models[name][0]
+    unpatch(model)
+    shape = model_shape(model)
+    mixer = model.model.layers[0].linear_attn
+    assert hasattr(mixer, "in_proj_qkv") and hasattr(mixer, "in_proj_z")
+    for length in (37, 100):
+        with counting(model) as counter:
+            model(random_ids(1, length), use_cache=False)
+        assert model_flops(shape, [length] * shape.n_layer, n_logits=length, matmul_only=True,
+                           reference=True) == counter.get_total_flops(), length
+
+
+@torch.no_grad()
+def test_qwen3_5_text_stack_of_a_multimodal_checkpoint(family_models, tmp_path):
+    """`model=local` on a saved Qwen3_5ForConditionalGeneration (a tiny vision tower included): the family comes
+    from config.json (model_type qwen3_5), HF's text-only class loads the language model, and its logits (through
+    tor_exp's loop, unreduced) equal the multimodal model's on text; the FLOP shape reads the nested text_config."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    from tor_exp.config import compose
+    from tor_exp.models import load_model, reduced_forward
+    from tor_exp.models.loading import shape_from_model_config
+
+    text_model, tok, _ = family_models["qwen3_5"]
+    vision = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32, patch_size=4,
+                  spatial_merge_size=1, temporal_patch_size=1)
+    torch.manual_seed(0)
+    multimodal = Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=text_model.config.to_dict(),
+                                                               vision_config=vision)).eval()
+    multimodal.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    cfg = compose(["model=local", f"model.path={tmp_path}", "reduction=none"]).model
+    model, _ = load_model(cfg)
+    assert type(model).__name__ == "Qwen3_5ForCausalLM"
+    ids = random_ids(2, 20, seed=23)
+    assert (reduced_forward(model, ids).logits - multimodal(input_ids=ids).logits).abs().max() <= 1e-5
+    assert shape_from_model_config(cfg) == model_shape(model)

@@ -33,7 +33,7 @@ from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.families.hybrid import HybridFamily, LayerCall, attention_part
-from tor_exp.models.shape import MLP, DeltaRule, MoE, Part
+from tor_exp.models.shape import MLP, DeltaRule, ModelShape, MoE, Part
 
 #: this module's families, read without importing it (tor_exp.models.families.registry)
 FAMILY_INFO = ({"name": "qwen3_next", "hybrid": True, "mixer_heads": True, "model_types": ("qwen3_next",)},)
@@ -123,10 +123,17 @@ class Qwen3NextFamily(HybridFamily):
             mixer = attention_part(config, output_gate=True)
         return mixer, self.ffn_part(config, index)
 
+    def config_shape(self, config: Any) -> ModelShape:
+        config = self.text_config(config)
+        n_layer = int(config.num_hidden_layers)
+        return ModelShape(config.hidden_size, n_layer, config.vocab_size,
+                          tuple(self.layer_parts(config, i) for i in range(n_layer)))
+
     def ffn_part(self, config: Any, index: int) -> Part:
         """HF's rule: experts on every ``decoder_sparse_step``-th layer not in ``mlp_only_layers``."""
         experts = int(getattr(config, "num_experts", 0) or 0)
-        if experts > 0 and index not in (config.mlp_only_layers or []) and (index + 1) % config.decoder_sparse_step == 0:
+        sparse = (index + 1) % int(getattr(config, "decoder_sparse_step", 1) or 1) == 0
+        if experts > 0 and index not in (getattr(config, "mlp_only_layers", None) or []) and sparse:
             return MoE(experts=experts, top_k=config.num_experts_per_tok, size=config.moe_intermediate_size,
                        shared_size=config.shared_expert_intermediate_size, gated=True, shared_gate=True)
         return MLP(size=config.intermediate_size, gated=True)
