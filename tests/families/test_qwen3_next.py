@@ -1,4 +1,6 @@
-"""Qwen3-Next specifics the shared family tests do not reach: the FLOP shape (Gated DeltaNet, gated attention, MoE
+"""Gated DeltaNet families (Qwen3-Next, Qwen3.5, OLMo-Hybrid): what the shared family tests do not reach.
+
+Qwen3-Next: the FLOP shape (Gated DeltaNet, gated attention, MoE
 with a gated shared expert) equals torch's FLOP counter on HF's torch path, the ranking signal is the delta-rule
 output before the gated norm and ``out_proj``, and padding never enters a conv window or a delta-rule state (left
 padding leaking through the short conv into the state is the bug class to catch)."""
@@ -139,14 +141,15 @@ def test_left_padding_never_enters_a_conv_window_or_the_delta_rule_state(qwen):
     assert (a - b).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5_moe"])
-def test_qwen3_5_matmul_flops_equal_the_flop_counter(family_models, name):
-    """Qwen3.5's Gated DeltaNet projects q·k·v, z, b and a apart (same total as Qwen3-Next's fused projections)."""
+@pytest.mark.parametrize("name", ["qwen3_5", "qwen3_5_moe", "olmo_hybrid"])
+def test_other_gated_deltanet_families_matmul_flops_equal_the_flop_counter(family_models, name):
+    """Qwen3.5's Gated DeltaNet projects q·k·v, z, b and a apart, OLMo-Hybrid's q, k, v, a, b and g (same totals
+    as Qwen3-Next's fused projections); OLMo-Hybrid's attention has no output gate."""
     model = family_models[name][0]
     unpatch(model)
     shape = model_shape(model)
     mixer = model.model.layers[0].linear_attn
-    assert hasattr(mixer, "in_proj_qkv") and hasattr(mixer, "in_proj_z")
+    assert hasattr(mixer, "in_proj_z") or hasattr(mixer, "g_proj")
     for length in (37, 100):
         with counting(model) as counter:
             model(random_ids(1, length), use_cache=False)
@@ -179,3 +182,17 @@ def test_qwen3_5_text_stack_of_a_multimodal_checkpoint(family_models, tmp_path):
     ids = random_ids(2, 20, seed=23)
     assert (reduced_forward(model, ids).logits - multimodal(input_ids=ids).logits).abs().max() <= 1e-5
     assert shape_from_model_config(cfg) == model_shape(model)
+
+
+@torch.no_grad()
+def test_olmo_hybrid_ranks_by_the_delta_rule_output_before_o_norm(family_models):
+    """OLMo-Hybrid's gated norm is ``o_norm(output, g_proj(x))``: the captured signal rebuilds the mixer output."""
+    model = family_models["olmo_hybrid"][0]
+    mixer = model.model.layers[0].linear_attn
+    x = torch.randn(2, 17, model.config.hidden_size)
+    store: dict = {}
+    with capture_delta_rule(mixer, store, norm=mixer.o_norm):
+        out = mixer(x)
+    y, dv = store["ssm_out"], mixer.head_v_dim
+    rebuilt = mixer.o_proj(mixer.o_norm(y.reshape(-1, dv), mixer.g_proj(x).reshape(-1, dv)).reshape(2, 17, -1))
+    assert (rebuilt - out).abs().max() <= 1e-6

@@ -15,11 +15,11 @@ from tor_exp.errors import ConfigError
 
 #: the registered families (tor_exp.models.families; a test keeps the two lists equal), plus ``auto``
 FAMILIES = ("mamba", "mamba2", "falcon_mamba", "nemotron_h", "bamba", "granite_hybrid", "zamba2", "jamba",
-            "falcon_h1", "qwen3_next", "qwen3_5", "qwen3_5_moe")
+            "falcon_h1", "qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid")
 SOURCES = ("hf", "mamba_ssm", "tiny", "local")
 #: families with attention layers (their FLOPs depend on the layer and the length; decode needs key bookkeeping)
 HYBRID_FAMILIES = ("nemotron_h", "bamba", "granite_hybrid", "zamba2", "jamba", "falcon_h1", "qwen3_next", "qwen3_5",
-                   "qwen3_5_moe")
+                   "qwen3_5_moe", "olmo_hybrid")
 #: families whose SSM is Mamba-1 (no heads); the others' Mamba-2 mixers split d_model·expand into heads
 MAMBA1_FAMILIES = ("mamba", "falcon_mamba", "jamba")
 DTYPES = ("float32", "bfloat16", "float16")

@@ -43,9 +43,11 @@ GDN_CHUNK = 64
 
 
 @contextmanager
-def capture_delta_rule(mixer: nn.Module, store: dict[str, Tensor]) -> Iterator[None]:
+def capture_delta_rule(mixer: nn.Module, store: dict[str, Tensor], norm: Optional[nn.Module] = None
+                       ) -> Iterator[None]:
     """Put the delta-rule output of ``mixer``'s next forward, before its gated norm ``norm(core_attn_out, z)``
-    and ``out_proj``, into ``store["ssm_out"]`` as [B, N, value_heads·value_head_dim].
+    (``mixer.norm`` unless given: OLMo-Hybrid's is ``o_norm``) and ``out_proj``, into ``store["ssm_out"]`` as
+    [B, N, value_heads·value_head_dim].
 
     HF flattens the output to [B·N·heads, head_dim] before the norm, so a pre-hook on the mixer records B and N."""
     size: dict[str, tuple[int, int]] = {}
@@ -59,7 +61,7 @@ def capture_delta_rule(mixer: nn.Module, store: dict[str, Tensor]) -> Iterator[N
         store["ssm_out"] = args[0].reshape(batch, length, -1)
 
     handles = [mixer.register_forward_pre_hook(on_mixer, with_kwargs=True),
-               mixer.norm.register_forward_pre_hook(on_norm)]
+               (mixer.norm if norm is None else norm).register_forward_pre_hook(on_norm)]
     try:
         yield
     finally:
