@@ -89,6 +89,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.tiny, dict):
             self.tiny = TinyModelConfig(**self.tiny)
+        from tor_exp.models.refusals import check_not_refused
+
+        check_not_refused(family=self.family)
         if self.family not in (*FAMILIES, "auto"):
             raise ConfigError(f"model.family={self.family!r}: must be one of {', '.join(FAMILIES)} or auto")
         if self.source not in SOURCES:
