@@ -237,7 +237,10 @@ def validate(cfg: DictConfig) -> ValidatedConfig:
     from tor_exp.evaluation.config import resolve_alignment
 
     validated.eval.alignment = resolve_alignment(validated.eval.alignment, validated.reduction.method)
-    if getattr(validated.reduction, "parity", False) and validated.model.family not in ("mamba", "mamba2", "auto"):
+    from tor_exp.models.families.registry import family_info
+
+    info = family_info(validated.model.family)  # None for auto: the checkpoint tells, after loading
+    if getattr(validated.reduction, "parity", False) and info is not None and not info.parity:
         raise ConfigError(f"reduction={validated.reduction.method}: parity mode reproduces the released code, which "
                           f"runs Mamba and Mamba-2 only, not model.family={validated.model.family}; use "
                           "the paper-mode method (utrc, evit, pumer)")

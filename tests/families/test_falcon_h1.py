@@ -14,7 +14,7 @@ from transformers.cache_utils import DynamicCache
 import test_families as shared
 from family_cases import padded_mask, random_ids
 from tor_exp.models import model_shape, unpatch
-from tor_exp.models.families.capture import capture_ssm_out
+from tor_exp.models.families.capture import capture_mamba2 as capture_ssm_out
 from tor_exp.models.flops import layer_flop_terms
 
 GATED_NORM = ("model.tiny.config.mamba_rms_norm=true", "+model.tiny.config.mamba_norm_before_gate=false")

@@ -491,7 +491,7 @@ def run_benchmark(model: Any, tokenizer: Any, model_cfg: Any, reduction_cfg: Any
     from tor_exp.bench.report import markdown_table, plot_rows
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    if adapter_of(model).family == "mamba_ssm":
+    if not adapter_of(model).hf_model:
         from tor_exp.errors import ConfigError
 
         raise ConfigError("model.backend=mamba_ssm: the benchmarks drive HF models (the mamba_ssm adapter has no "

@@ -9,8 +9,9 @@ from tor_exp._lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(["ModelConfig", "TinyModelConfig"], "config"),
-    **dict.fromkeys(["ModelShape", "flops_reduction", "layer_flop_terms", "layer_flops", "model_flops",
+    **dict.fromkeys(["flops_reduction", "layer_flop_terms", "layer_flops", "model_flops",
                      "realised_flops_reduction"], "flops"),
+    "ModelShape": "shape",
     **dict.fromkeys(["Schedule", "build_reduction", "build_schedule", "reducing", "resolve_locations",
                      "solve_keep_ratio"], "schedule"),
     **dict.fromkeys(["adapter_for", "adapter_of", "model_shape"], "families"),

@@ -5,13 +5,16 @@ Nothing outside ``tor_exp/models`` names a HF class or a config field: callers a
 :func:`tor_exp.models.backbone.forward`). A new family fills in one :class:`ModelAdapter` subclass in
 ``tor_exp/models/families/`` and registers it (see docs/architecture.md, "Adding a model family"):
 
-* ``model_types`` / ``model_classes``: the HF ``config.model_type`` values and model classes it handles;
+* ``FAMILY_INFO`` in its module: its name, HF ``config.model_type`` values and config-time capabilities (hybrid,
+  parity, backends), read without importing it (:mod:`tor_exp.models.families.registry`);
+* :meth:`~ModelAdapter.model_class`: the HF model class it handles;
 * :meth:`~ModelAdapter.shape`: the dimensions the FLOP model needs (per-layer parts for hybrids);
 * :meth:`~ModelAdapter.embed`, :meth:`~ModelAdapter.blocks`, :meth:`~ModelAdapter.final_norm`,
   :meth:`~ModelAdapter.logits`: where the embedding, the blocks, the final norm and the LM head are (with any
   multipliers the family applies around them);
 * :meth:`~ModelAdapter.step`: how one block steps on the two streams (``hidden``, ``residual``), shaped like
-  mamba_ssm's ``Block``; it captures the SSM output y when asked and keeps padding out of every cache;
+  mamba_ssm's ``Block``; it keeps padding out of every cache and, when asked, captures the ranking signal
+  through :meth:`~ModelAdapter.capture_ranking` (the adapter knows its mixer kind);
 * :meth:`~ModelAdapter.new_cache` / :meth:`~ModelAdapter.decode_step`: how the cache is laid out and how one
   token is decoded after a (reduced) prefill;
 * :meth:`~ModelAdapter.tiny_config` / :meth:`~ModelAdapter.model_class`: a random tiny model of the family.
@@ -20,13 +23,14 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, ContextManager, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from tor_exp.models.families.registry import FamilyInfo
     from tor_exp.models.shape import ModelShape
 
 
@@ -95,14 +99,22 @@ class ModelAdapter:
 
     #: family name used in configs (``model.family``)
     family: ClassVar[str] = ""
-    #: HF ``config.model_type`` values of the family's checkpoints
-    model_types: ClassVar[tuple[str, ...]] = ()
     #: does a block return the two streams apart (mamba_ssm's Block) or one sum (HF decoder layers)
     two_streams: ClassVar[bool] = False
     #: the family has attention layers (a KV cache, RoPE, quadratic FLOPs)
     hybrid: ClassVar[bool] = False
     #: :class:`tor_exp.models.static_decode.StaticDecoder` can decode it (pure Mamba / Mamba-2 blocks)
     static_decode: ClassVar[bool] = False
+    #: the model is a HF causal LM: its forward is swapped by ``patch`` and its cache filled by a prefill (the
+    #: benchmarks, generation); False for mamba_ssm's own ``MambaLMHeadModel``
+    hf_model: ClassVar[bool] = True
+
+    @property
+    def info(self) -> "FamilyInfo":
+        """The family's declaration (name, model types, config-time capabilities)."""
+        from tor_exp.models.families.registry import family_info
+
+        return family_info(self.family)
 
     # -------------------------------------------------------------------------------- what the family is
     def model_class(self) -> type:
@@ -157,6 +169,14 @@ class ModelAdapter:
     def step(self, model: nn.Module, index: int, block: nn.Module, hidden: Tensor, residual: Optional[Tensor],
              inp: LayerInput) -> StepOutput:
         raise NotImplementedError
+
+    def capture_ranking(self, block: nn.Module, store: dict[str, Tensor]) -> Optional[ContextManager[None]]:
+        """A context in which ``block``'s next forward puts the per-token output its ranking part yields (the part
+        whose :attr:`~tor_exp.models.shape.Part.ranks` is true: a Mamba mixer's y before its gate, a short
+        convolution's gated output, ...) into ``store["ssm_out"]`` ([B, N, D']); None when the block has no such
+        part. Prefer a forward hook on a submodule (:mod:`tor_exp.models.families.capture`); a rebinding of a
+        dependency's function belongs in :mod:`tor_exp.compat`."""
+        return None
 
     def final_norm(self, model: nn.Module, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
         raise NotImplementedError

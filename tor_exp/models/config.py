@@ -12,16 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from tor_exp.errors import ConfigError
+from tor_exp.models.families.registry import family_info, family_names
+from tor_exp.models.refusals import check_not_refused
 
-#: the registered families (tor_exp.models.families; a test keeps the two lists equal), plus ``auto``
-FAMILIES = ("mamba", "mamba2", "falcon_mamba", "nemotron_h", "bamba", "granite_hybrid", "zamba2", "jamba",
-            "falcon_h1", "qwen3_next", "qwen3_5", "qwen3_5_moe", "olmo_hybrid")
+#: the declared families (each family module's FAMILY_INFO, read without importing it); ``auto`` besides
+FAMILIES = family_names()
 SOURCES = ("hf", "mamba_ssm", "tiny", "local")
 #: families with attention layers (their FLOPs depend on the layer and the length; decode needs key bookkeeping)
-HYBRID_FAMILIES = ("nemotron_h", "bamba", "granite_hybrid", "zamba2", "jamba", "falcon_h1", "qwen3_next", "qwen3_5",
-                   "qwen3_5_moe", "olmo_hybrid")
-#: families whose SSM is Mamba-1 (no heads); the others' Mamba-2 mixers split d_model·expand into heads
-MAMBA1_FAMILIES = ("mamba", "falcon_mamba", "jamba")
+HYBRID_FAMILIES = tuple(name for name in FAMILIES if family_info(name).hybrid)
 DTYPES = ("float32", "bfloat16", "float16")
 BACKENDS = ("hf", "mamba_ssm")
 
@@ -49,7 +47,8 @@ class TinyModelConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"model.tiny.{key}={value!r}: must be a positive integer")
-        if family not in MAMBA1_FAMILIES:
+        info = family_info(family)
+        if info is None or info.mixer_heads:  # a Mamba-2-style mixer splits d_model·expand into heads
             inner = self.d_model * self.expand
             if inner % self.head_dim:
                 raise ConfigError(f"model.tiny.head_dim={self.head_dim}: must divide d_model*expand={inner}")
@@ -89,8 +88,6 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.tiny, dict):
             self.tiny = TinyModelConfig(**self.tiny)
-        from tor_exp.models.refusals import check_not_refused
-
         check_not_refused(family=self.family)
         if self.family not in (*FAMILIES, "auto"):
             raise ConfigError(f"model.family={self.family!r}: must be one of {', '.join(FAMILIES)} or auto")
@@ -105,9 +102,10 @@ class ModelConfig:
         if self.source == "tiny" and self.path:
             raise ConfigError(f"model.path={self.path!r}: model.source=tiny builds a random model and reads no "
                               "checkpoint; for a saved checkpoint use model=local model.path=DIR")
-        if self.backend == "mamba_ssm" and self.family not in ("mamba", "mamba2"):
-            raise ConfigError(f"model.backend=mamba_ssm: mamba_ssm's kernels run Mamba and Mamba-2 models only, "
-                              f"not model.family={self.family}; use model.backend=hf")
+        info = family_info(self.family)
+        if info is not None and self.backend not in info.backends:
+            raise ConfigError(f"model.backend={self.backend}: model.family={self.family} runs on "
+                              f"model.backend={' or '.join(info.backends)}")
         if self.family == "auto" and self.source not in ("local", "hf"):
             raise ConfigError(f"model.family=auto: reads the family from config.json, so model.source must be "
                               f"local or hf, got {self.source}")

@@ -202,7 +202,7 @@ def patch(model: nn.Module, method: Any, schedule: Any) -> nn.Module:
     info = get_patch(model)
     original = info.original_class if info is not None else model.__class__
     setattr(model, _ATTR, PatchInfo(method=method, schedule=schedule, original_class=original))
-    if adapter.family != "mamba_ssm":  # no HF forward to swap there: reduced_forward reads the patch info
+    if adapter.hf_model:  # mamba_ssm's model has no HF forward to swap: reduced_forward reads the patch info
         model.__class__ = _patched_class(original)
     return model
 

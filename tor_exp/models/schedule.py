@@ -119,10 +119,10 @@ def solve_keep_ratio(
 def needs_shape(reduction_cfg: Any, model_cfg: Any) -> bool:
     """Solving ρ needs the model's shape: total-scope FLOPs, a hybrid whose layers cost differently, or a
     chunk-aligned schedule (the chunk size)."""
-    from tor_exp.models.config import HYBRID_FAMILIES
+    from tor_exp.models.families.registry import family_info
 
-    family = getattr(model_cfg, "family", None)
-    return (getattr(reduction_cfg, "flops_scope", "backbone") == "total" or family in (*HYBRID_FAMILIES, "auto")
+    info = family_info(getattr(model_cfg, "family", None) or "auto")  # None for auto: any family may come
+    return (getattr(reduction_cfg, "flops_scope", "backbone") == "total" or info is None or info.hybrid
             or bool(getattr(reduction_cfg, "chunk_align", False)) or getattr(model_cfg, "n_layer", 1) is None)
 
 

@@ -338,11 +338,14 @@ class ShortConv(Part):
     matmul_terms: ClassVar[frozenset[str]] = frozenset({"conv_in_proj", "conv_conv", "conv_out_proj"})
 
     def terms(self, d_model: int, seq_len: int, reference: bool = False) -> dict[str, float]:
+        """``reference``: HF's torch path convolves the input padded by kernel − 1 on both sides and keeps the
+        first n outputs, so it computes n + kernel − 1 of them."""
         n, d, w = float(seq_len), d_model, self.width
+        computed = n + self.kernel - 1 if reference and seq_len > 0 else n
         return {
             "conv_norm": 4.0 * n * d,
             "conv_in_proj": 2.0 * n * d * 3 * w,
-            "conv_conv": 2.0 * n * w * self.kernel,
+            "conv_conv": 2.0 * computed * w * self.kernel,
             "conv_gates": 2.0 * n * w,                            # B ∘ x and C ∘ conv
             "conv_out_proj": 2.0 * n * w * d,
         }

@@ -187,12 +187,16 @@ class StaticDecoder:
         self.model = model
         backbone = model.backbone
         self.backbone = backbone
-        self.family = "mamba2" if hasattr(backbone.layers[0].mixer, "num_heads") else "mamba"
-        self.step_fn = mamba2_mixer_step if self.family == "mamba2" else mamba1_mixer_step
+        from tor_exp.models.families import model_shape
+        from tor_exp.models.shape import Mamba2
+
+        # the mixer kind from the model's layer parts (every layer of a statically decodable model is one mixer)
+        self.mamba2 = isinstance(model_shape(model).parts(0)[0], Mamba2)
+        self.step_fn = mamba2_mixer_step if self.mamba2 else mamba1_mixer_step
         device = next(model.parameters()).device
         self.device = device
         self.ops = ops if ops is not None else (fused_ops(device) if fused else FusedOps())
-        if self.family == "mamba":  # the gated/grouped norm kernels are Mamba-2 only
+        if not self.mamba2:  # the gated/grouped norm kernels are Mamba-2 only
             self.ops.add_norm = self.ops.gated_norm = None
         # A = −exp(A_log) is constant: computed once, not per step
         self.A = [-torch.exp(block.mixer.A_log.detach().float()) for block in backbone.layers]

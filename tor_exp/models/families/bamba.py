@@ -19,11 +19,13 @@ from tor_exp.errors import ConfigError
 from tor_exp.models.families.hybrid import HybridFamily, LayerCall, attention_part, mamba2_part, mamba_tiny_keys
 from tor_exp.models.shape import MLP, Part
 
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "bamba", "hybrid": True, "model_types": ("bamba",)},)
+
 
 
 class BambaFamily(HybridFamily):
     family = "bamba"
-    model_types = ("bamba",)
 
     def model_class(self) -> type:
         return BambaForCausalLM

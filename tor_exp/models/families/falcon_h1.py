@@ -8,7 +8,7 @@ Checkpoints: tiiuae/Falcon-H1-0.5B-Base, tiiuae/Falcon-H1-1.5B-Base. A layer is
 outside them are applied here: ``embedding_multiplier`` on the embeddings and ``lm_head_multiplier`` on the logits.
 Every layer holds a Mamba mixer, so each location ranks tokens by its own layer's y. The mixer ends with a gated
 RMSNorm ``norm(y, gate)`` when ``mamba_rms_norm`` is true, else with ``y·silu(gate)`` right after the scan (its
-``norm`` is an ``nn.Identity``); :func:`~tor_exp.models.families.capture.capture_ssm_out` captures y before the gate
+``norm`` is an ``nn.Identity``); :func:`~tor_exp.models.families.capture.capture_mamba2` captures y before the gate
 either way.
 """
 from __future__ import annotations
@@ -21,11 +21,13 @@ from transformers import FalconH1Config, FalconH1ForCausalLM
 from tor_exp.models.families.hybrid import HybridFamily, LayerCall, attention_part, mamba2_part, mamba_tiny_keys
 from tor_exp.models.shape import MLP, Part
 
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "falcon_h1", "hybrid": True, "model_types": ("falcon_h1",)},)
+
 
 
 class FalconH1Family(HybridFamily):
     family = "falcon_h1"
-    model_types = ("falcon_h1",)
 
     def model_class(self) -> type:
         return FalconH1ForCausalLM

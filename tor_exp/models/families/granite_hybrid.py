@@ -25,11 +25,13 @@ from tor_exp.errors import ConfigError
 from tor_exp.models.families.hybrid import HybridFamily, LayerCall, attention_part, mamba2_part, mamba_tiny_keys
 from tor_exp.models.shape import MLP, MoE, Part
 
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "granite_hybrid", "hybrid": True, "model_types": ("granitemoehybrid",)},)
+
 
 
 class GraniteHybridFamily(HybridFamily):
     family = "granite_hybrid"
-    model_types = ("granitemoehybrid",)
 
     def model_class(self) -> type:
         return GraniteMoeHybridForCausalLM

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.adapter import LayerInput, ModelAdapter, StepOutput
-from tor_exp.models.families.capture import capture_ssm_out
+from tor_exp.models.families.capture import capture_mamba2
 from tor_exp.models.shape import Attention, Mamba2, ModelShape, Part
 from tor_exp.models.tokens import gather_tokens, right_align_order
 
@@ -142,9 +142,13 @@ class HybridFamily(ModelAdapter):
         """The layer's Mamba mixer (whose y ranks tokens), None for a layer without one."""
         raise NotImplementedError
 
+    def capture_mixer(self, mixer: nn.Module, store: dict[str, Tensor]) -> ContextManager[None]:
+        """Capture y of the family's Mamba mixer (Mamba-2 by default; Jamba's are Mamba-1)."""
+        return capture_mamba2(mixer, store)
+
     def capture_ranking(self, block: nn.Module, store: dict[str, Tensor]) -> Optional[ContextManager[None]]:
         mixer = self.mamba_mixer(block)
-        return None if mixer is None else capture_ssm_out(mixer, store)
+        return None if mixer is None else self.capture_mixer(mixer, store)
 
     def call_layer(self, model: nn.Module, index: int, block: nn.Module, x: Tensor, call: LayerCall) -> Tensor:
         """Run HF's decoder layer ``index`` on ``x`` [B, N, D]; returns its output stream [B, N, D]."""

@@ -6,7 +6,7 @@ Checkpoints: ai21labs/AI21-Jamba-Mini-1.6, ai21labs/Jamba-tiny-dev. A layer is `
 ``i % attn_layer_period == attn_layer_offset`` and holds a MoE when ``i % expert_layer_period ==
 expert_layer_offset`` (and ``num_experts > 1``); the config's ``layers_block_type`` / ``layers_num_experts`` say
 so. The Mamba mixer RMS-normalises dt, B and C (with weights) and calls its module's ``mamba_selective_scan``
-on every prefill (there is no fused path), so :mod:`tor_exp.models.families.capture` reads y there.
+on every prefill (there is no fused path), so :mod:`tor_exp.compat.transformers_mixers` reads y there.
 """
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ from transformers import JambaConfig, JambaForCausalLM
 from transformers.models.jamba.modeling_jamba import JambaAttentionDecoderLayer, JambaMambaDecoderLayer
 
 from tor_exp.errors import ConfigError
+from tor_exp.models.families.capture import capture_mamba1
 from tor_exp.models.families.hybrid import HybridFamily, LayerCall
 from tor_exp.models.shape import MLP, Attention, Mamba1, MoE, Part
+
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "jamba", "hybrid": True, "mixer_heads": False, "model_types": ("jamba",)},)
 
 
 class JambaFamily(HybridFamily):
     family = "jamba"
-    model_types = ("jamba",)
 
     def model_class(self) -> type:
         return JambaForCausalLM
@@ -68,6 +71,9 @@ class JambaFamily(HybridFamily):
 
     def mamba_mixer(self, block: nn.Module) -> Optional[nn.Module]:
         return block.mamba if isinstance(block, JambaMambaDecoderLayer) else None
+
+    def capture_mixer(self, mixer: nn.Module, store: dict[str, Tensor]) -> Any:
+        return capture_mamba1(mixer, store)  # Jamba's Mamba mixers are Mamba-1
 
     def call_layer(self, model: nn.Module, index: int, block: nn.Module, x: Tensor, call: LayerCall) -> Tensor:
         if isinstance(block, JambaAttentionDecoderLayer):

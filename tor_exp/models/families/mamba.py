@@ -8,7 +8,8 @@ forward: an SSM state has no positions, so a reduced prefill leaves nothing for 
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from contextlib import nullcontext
+from typing import Any, ContextManager, Optional, Sequence
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -24,16 +25,23 @@ from transformers import (
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.adapter import LayerInput, ModelAdapter, StepOutput
-from tor_exp.models.families.capture import capture_ssm_out
+from tor_exp.models.families.capture import capture_mamba1, capture_mamba2
 from tor_exp.models.shape import Mamba1, Mamba2, ModelShape, Part
 from tor_exp.models.tokens import gather_tokens, right_align_order
+
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = (
+    {"name": "mamba", "parity": True, "backends": ("hf", "mamba_ssm"), "mixer_heads": False,
+     "model_types": ("mamba",)},
+    {"name": "mamba2", "parity": True, "backends": ("hf", "mamba_ssm"), "model_types": ("mamba2",)},
+    {"name": "falcon_mamba", "mixer_heads": False, "model_types": ("falcon_mamba",)},
+)
 
 
 class MambaFamily(ModelAdapter):
     """Mamba-1 blocks on ``model.backbone`` (HF ``MambaForCausalLM``)."""
 
     family = "mamba"
-    model_types = ("mamba",)
     two_streams = True
     static_decode = True
 
@@ -77,12 +85,15 @@ class MambaFamily(ModelAdapter):
             inverse = torch.argsort(order, dim=1)
             normed, mask = gather_tokens(normed, order), torch.gather(inp.valid, 1, order)
         store: dict[str, Tensor] = {}
-        with capture_ssm_out(block.mixer, store, enabled=inp.want_ssm):
+        with self.capture_ranking(block, store) if inp.want_ssm else nullcontext():
             out = block.mixer(normed, cache=inp.cache, attention_mask=mask)
         if order is not None:
             out = gather_tokens(out, inverse)
             store = {k: gather_tokens(v, inverse) for k, v in store.items()}
         return StepOutput(out, residual, store)
+
+    def capture_ranking(self, block: nn.Module, store: dict[str, Tensor]) -> ContextManager[None]:
+        return capture_mamba1(block.mixer, store)
 
     def final_norm(self, model: nn.Module, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
         return model.backbone.norm_f(hidden if residual is None else residual + hidden)
@@ -92,13 +103,15 @@ class Mamba2Family(MambaFamily):
     """Mamba-2 blocks on ``model.backbone`` (HF ``Mamba2ForCausalLM``)."""
 
     family = "mamba2"
-    model_types = ("mamba2",)
 
     def model_class(self) -> type:
         return Mamba2ForCausalLM
 
     def config_class(self) -> type:
         return Mamba2Config
+
+    def capture_ranking(self, block: nn.Module, store: dict[str, Tensor]) -> ContextManager[None]:
+        return capture_mamba2(block.mixer, store)
 
     def mixer_part(self, config: Any) -> Part:
         inner = int(config.expand) * config.hidden_size
@@ -119,7 +132,6 @@ class FalconMambaFamily(MambaFamily):
     """Falcon-Mamba: Mamba-1 blocks whose mixer RMS-normalises B, C and dt (HF ``FalconMambaForCausalLM``)."""
 
     family = "falcon_mamba"
-    model_types = ("falcon_mamba",)
     static_decode = False  # its mixer normalises B, C and dt, which the static step does not
 
     def model_class(self) -> type:

@@ -26,6 +26,9 @@ from tor_exp.models.adapter import LayerInput, ModelAdapter, StepOutput
 from tor_exp.models.shape import ModelShape
 from tor_exp.paths import resolve_pkg_path
 
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "mamba_ssm", "backends": ("mamba_ssm",), "selectable": False},)
+
 # Defaults of mamba_ssm's Mamba / Mamba2 modules and MambaLMHeadModel, used for keys a config.json omits.
 _SSM_DEFAULTS = {
     "mamba": {"d_state": 16, "d_conv": 4, "expand": 2, "dt_rank": "auto", "conv_bias": True, "bias": False,
@@ -121,6 +124,7 @@ class MambaSSMFamily(ModelAdapter):
 
     family = "mamba_ssm"
     two_streams = True
+    hf_model = False
 
     def matches(self, model: nn.Module) -> bool:
         return type(model).__name__ == "MambaLMHeadModel" and hasattr(model, "backbone")

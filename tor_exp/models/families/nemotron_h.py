@@ -14,11 +14,13 @@ from transformers import NemotronHConfig, NemotronHForCausalLM
 from tor_exp.models.families.hybrid import HybridFamily, LayerCall
 from tor_exp.models.shape import MLP, Attention, Mamba2, ModelShape, MoE, Part
 
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "nemotron_h", "hybrid": True, "model_types": ("nemotron_h",)},)
+
 
 
 class NemotronHFamily(HybridFamily):
     family = "nemotron_h"
-    model_types = ("nemotron_h",)
 
     def model_class(self) -> type:
         return NemotronHForCausalLM

@@ -34,7 +34,6 @@ FAMILY_INFO = ({"name": "olmo_hybrid", "hybrid": True, "mixer_heads": True, "mod
 
 class OlmoHybridFamily(HybridFamily):
     family = "olmo_hybrid"
-    model_types = ("olmo_hybrid",)
 
     def model_class(self) -> type:
         return OlmoHybridForCausalLM

@@ -29,7 +29,6 @@ FAMILY_INFO = (
 
 class Qwen35Family(Qwen3NextFamily):
     family = "qwen3_5"
-    model_types = ("qwen3_5", "qwen3_5_text")
 
     def model_class(self) -> type:
         return Qwen3_5ForCausalLM
@@ -49,7 +48,6 @@ class Qwen35Family(Qwen3NextFamily):
 
 class Qwen35MoeFamily(Qwen35Family):
     family = "qwen3_5_moe"
-    model_types = ("qwen3_5_moe", "qwen3_5_moe_text")
 
     def model_class(self) -> type:
         return Qwen3_5MoeForCausalLM

@@ -87,7 +87,6 @@ def gdn_tiny_keys(tiny: Any) -> dict[str, Any]:
 
 class Qwen3NextFamily(HybridFamily):
     family = "qwen3_next"
-    model_types = ("qwen3_next",)
 
     def model_class(self) -> type:
         return Qwen3NextForCausalLM

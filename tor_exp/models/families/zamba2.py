@@ -22,6 +22,9 @@ from tor_exp.errors import ConfigError
 from tor_exp.models.families.hybrid import HybridFamily, LayerCall
 from tor_exp.models.shape import MLP, Attention, Linear, Mamba2, ModelShape, Part
 
+#: this module's families, read without importing it (tor_exp.models.families.registry)
+FAMILY_INFO = ({"name": "zamba2", "hybrid": True, "model_types": ("zamba2",)},)
+
 #: the name of the original-embedding stream (TokenState.streams)
 EMBEDDINGS = "embeddings"
 #: the layer kinds of ``config.layers_block_type``
@@ -41,7 +44,6 @@ def _layer_kinds(config: Any, key: str = "model.path: config.json's layers_block
 
 class Zamba2Family(HybridFamily):
     family = "zamba2"
-    model_types = ("zamba2",)
 
     def model_class(self) -> type:
         return Zamba2ForCausalLM
