@@ -1,6 +1,4 @@
-"""LFM2 prune-only reference from HF's own decoder layers, rotary module and causal mask (see references.py): the
-short-convolution layers get no mask (batch 1, no padding), the attention layers RoPE at the kept tokens' original
-positions; the final norm is HF's ``embedding_norm``."""
+"""LFM2 prune-only reference from HF's own decoder layers, rotary module and causal mask (see references.py)."""
 from __future__ import annotations
 
 import torch
@@ -9,17 +7,17 @@ from transformers.masking_utils import create_causal_mask
 
 
 def prune_reference(model, ids: Tensor, location: int, keep: Tensor) -> Tensor:
-    base, config = model.model, model.config
+    base = model.model
     h = base.embed_tokens(ids)
 
     def run(h: Tensor, layers: range, positions: Tensor) -> Tensor:
-        causal = create_causal_mask(config=config, inputs_embeds=h, attention_mask=torch.ones_like(positions),
+        causal = create_causal_mask(config=model.config, inputs_embeds=h, attention_mask=torch.ones_like(positions),
                                     cache=None, position_ids=positions)
-        rotary = base.rotary_emb(h, positions)
+        rotary = base.rotary_emb(h, position_ids=positions)  # RoPE at the given (original) positions
         for i in layers:
-            conv = config.layer_types[i] == "conv"
-            h = base.layers[i](h, position_embeddings=rotary, attention_mask=None if conv else causal,
-                               position_ids=positions)
+            layer = base.layers[i]
+            mask = causal if layer.is_attention_layer else None
+            h = layer(h, position_embeddings=rotary, attention_mask=mask, position_ids=positions)
         return h
 
     n = ids.shape[1]
