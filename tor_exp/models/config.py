@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.families.registry import family_info, family_names
+from tor_exp.models.refusals import check_not_refused
 
 #: the declared families (each family module's FAMILY_INFO, read without importing it); ``auto`` besides
 FAMILIES = family_names()
@@ -89,6 +90,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if isinstance(self.tiny, dict):
             self.tiny = TinyModelConfig(**self.tiny)
+        check_not_refused(family=self.family)
         if self.family not in (*FAMILIES, "auto"):
             raise ConfigError(f"model.family={self.family!r}: must be one of {', '.join(FAMILIES)} or auto")
         if self.source not in SOURCES:

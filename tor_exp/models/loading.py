@@ -87,6 +87,9 @@ def resolve_family(cfg: ModelConfig, config: Any = None) -> str:
     config = config if config is not None else checkpoint_config(cfg)
     if config is None:
         raise ConfigError(f"model.family=auto: no config.json found at model.path={cfg.path!r} to tell the family")
+    from tor_exp.models.refusals import check_not_refused
+
+    check_not_refused(model_type=config.model_type)
     return family_of_model_type(config.model_type)
 
 

@@ -224,24 +224,33 @@ class MLP(Part):
 @dataclass(frozen=True)
 class MoE(Part):
     """Active FLOPs of a mixture of experts: a router over ``experts``, ``top_k`` experts of ``size`` hidden units
-    per token and a shared expert of ``shared_size`` (0: none); ``gated`` experts (SwiGLU)."""
+    per token and a shared expert of ``shared_size`` (0: none); ``gated`` experts (SwiGLU); ``shared_gate``: the
+    shared expert's output is scaled by a sigmoid of a d_model → 1 projection (Qwen3-Next, Qwen3.5-MoE)."""
 
     experts: int
     top_k: int
     size: int
     shared_size: int = 0
     gated: bool = False
+    shared_gate: bool = False
 
     kind: ClassVar[str] = "moe"
-    matmul_terms: ClassVar[frozenset[str]] = frozenset({"moe_router", "moe_experts", "moe_shared"})
+    matmul_terms: ClassVar[frozenset[str]] = frozenset({"moe_router", "moe_experts", "moe_shared",
+                                                        "moe_shared_gate"})
 
     def terms(self, d_model: int, seq_len: int, reference: bool = False) -> dict[str, float]:
         n, d = float(seq_len), d_model
         up = 2 if self.gated else 1
-        expert = 2.0 * d * up * self.size + 2.0 * self.size * d + (up + 1) * self.size
-        shared = 2.0 * d * up * self.shared_size + 2.0 * self.shared_size * d + (up + 1) * self.shared_size
-        return {"moe_norm": 4.0 * n * d, "moe_router": 2.0 * n * d * self.experts,
-                "moe_experts": n * self.top_k * expert, "moe_shared": n * shared}
+        # projections (what FlopCounterMode counts) apart from the activations (what it does not)
+        expert = 2.0 * d * up * self.size + 2.0 * self.size * d
+        shared = 2.0 * d * up * self.shared_size + 2.0 * self.shared_size * d
+        terms = {"moe_norm": 4.0 * n * d, "moe_router": 2.0 * n * d * self.experts,
+                 "moe_experts": n * self.top_k * expert, "moe_shared": n * shared,
+                 "moe_act": n * (up + 1) * (self.top_k * self.size + self.shared_size)}
+        if self.shared_gate:
+            terms["moe_shared_gate"] = 2.0 * n * d               # the d_model → 1 projection
+            terms["moe_shared_scale"] = n * (4.0 + d)           # its sigmoid, times the shared output
+        return terms
 
 
 @register_part
@@ -267,9 +276,14 @@ class DeltaRule(Part):
     query/key heads of ``key_head_dim``, ``value_heads`` value heads of ``value_head_dim``, a depthwise conv of
     ``conv_kernel`` taps on q, k, v, an output gate and a gated RMSNorm before ``out_proj``.
 
-    The terms are a first-order count of the chunked algorithm (per token and head: the in-chunk k·kᵀ, q·kᵀ and
-    attention·value products, three state-sized products); the family that uses this part checks them against
-    ``FlopCounterMode`` on HF's torch path and refines them where that path differs."""
+    The terms follow HF's torch chunked path (``torch_chunk_gated_delta_rule``), checked term by term against
+    ``FlopCounterMode`` on the tiny Qwen3-Next (tests/families/test_qwen3_next.py): q and k are repeated to the
+    value heads, so every per-head product runs over ``value_heads``; per chunk of C tokens and head the matmuls
+    are k_β·kᵀ and q·kᵀ (C²·d_k each), the in-chunk attention times the corrected values (C²·d_v), and three
+    state-sized products (the state read for the values' correction, the queries' read, the state update:
+    C·d_k·d_v each). The two unit-triangular solves of the UT transform (C²/2 multiply-adds per right-hand-side
+    column, d_k + d_v columns) are real work the counter does not see (``delta_solve``). HF's causal conv pads
+    ``conv_kernel − 1`` steps and computes their outputs too (``reference``)."""
 
     key_heads: int
     value_heads: int
@@ -283,7 +297,8 @@ class DeltaRule(Part):
     ranks: ClassVar[bool] = True
     matmul_terms: ClassVar[frozenset[str]] = frozenset({"delta_in_proj", "delta_conv", "delta_intra",
                                                         "delta_state", "delta_out_proj"})
-    padded_terms: ClassVar[frozenset[str]] = frozenset({"delta_intra", "delta_state"})
+    padded_terms: ClassVar[frozenset[str]] = frozenset({"delta_intra", "delta_state", "delta_solve",
+                                                        "delta_elementwise"})
 
     @property
     def chunk(self) -> int:
@@ -293,14 +308,17 @@ class DeltaRule(Part):
         n, d, q = float(seq_len), d_model, self.chunk_size
         hk, hv, dk, dv = self.key_heads, self.value_heads, self.key_head_dim, self.value_head_dim
         padded = float(math.ceil(seq_len / q) * q) if reference else n
+        conv_steps = n + self.conv_kernel - 1 if reference and seq_len > 0 else n
         gate_width = hv * dk if self.channel_gate else hv  # KDA's per-channel decay, Gated DeltaNet's per head
         projected = 2 * hk * dk + 2 * hv * dv + hv + gate_width  # q, k, v, output gate z, β, decay
         return {
             "delta_norm": 4.0 * n * d,
             "delta_in_proj": 2.0 * n * d * projected,
-            "delta_conv": 2.0 * n * (2 * hk * dk + hv * dv) * self.conv_kernel,
-            "delta_intra": 2.0 * padded * q * hv * (2 * dk + dv),
-            "delta_state": 3 * 2.0 * padded * hv * dk * dv,
+            "delta_conv": 2.0 * conv_steps * (2 * hk * dk + hv * dv) * self.conv_kernel,
+            "delta_intra": 2.0 * padded * q * hv * (2 * dk + dv),      # k_β·kᵀ, q·kᵀ, attention · new values
+            "delta_state": 3 * 2.0 * padded * hv * dk * dv,            # state reads (values, queries), update
+            "delta_solve": padded * q * hv * (dk + dv),                # UT transform: two triangular solves
+            "delta_elementwise": padded * hv * (3 * q + 6 * dk + 4 * dv),  # decays, β scaling, l2 norms, gates
             "delta_gated_norm": 7.0 * n * hv * dv,
             "delta_out_proj": 2.0 * n * hv * dv * d,
         }
