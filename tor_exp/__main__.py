@@ -139,31 +139,10 @@ def restored_logging() -> Iterator[None]:
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:]
-    with one_line_interrupts(_split_argv(argv)[1]), restored_logging(), data_parallel_exit():
-        _main(argv)
-
-
-@contextlib.contextmanager
-def data_parallel_exit() -> Iterator[None]:
-    """A data-parallel rank's end: normally, wait for the others; failing, tell them (they end with the same
-    line: a ``fail`` has said it already, anything else is named by rank). One process: nothing."""
     from tor_exp import distributed
 
-    try:
-        yield
-    except SystemExit as err:
-        if err.code not in (0, None) and distributed.active():
-            distributed.end_all(f"error: rank {distributed.rank()} failed with exit code {err.code} (its log has "
-                                "the trace)", err.code if isinstance(err.code, int) else 1)
-        raise
-    except KeyboardInterrupt:
-        raise
-    except BaseException as err:
-        if distributed.active():
-            first = (str(err).strip().splitlines() or [""])[0]
-            distributed.end_all(f"error: rank {distributed.rank()}: {type(err).__name__}: {first}", 1)
-        raise
-    distributed.finish()
+    with one_line_interrupts(_split_argv(argv)[1]), restored_logging(), distributed.ending_together():
+        _main(argv)
 
 
 def join_data_parallel(argv: list[str]) -> list[str]:
@@ -200,7 +179,13 @@ def _quoted(value: str) -> str:
 
 def _main(argv: list[str]) -> None:
     if not any(a in _INFO_FLAGS for a in argv):
-        precheck(argv)
+        try:
+            precheck(argv)
+        except SystemExit as err:
+            from tor_exp import distributed
+
+            distributed.say_before_exit(err.code if isinstance(err.code, int) else 1)
+            raise
         joined = join_data_parallel(argv)
         if joined is not argv:
             sys.argv = [sys.argv[0], *joined]  # Hydra reads its overrides from sys.argv

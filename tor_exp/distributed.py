@@ -18,12 +18,13 @@ Core layer: imports nothing of tor_exp; torch is imported only when a process gr
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 #: exit status of a rank ended because another rank vanished (killed, out of memory)
 PEER_LOST_EXIT = 1
@@ -113,6 +114,24 @@ def init_from_env() -> bool:
     _session.watchdog = threading.Thread(target=_watch, args=(_session,), name="tor_exp-watchdog", daemon=True)
     _session.watchdog.start()
     return True
+
+
+def say_before_exit(code: int) -> None:
+    """Every rank failed the same check before the run started (a bad override) and has said its line: meet once,
+    then leave at once with ``code``, deaf to the launcher's SIGTERM (a launcher ends the other processes at the
+    first exit, maybe before they speak, and their exit code would be the signal's). One process: returns."""
+    if launched_world_size() <= 1:
+        return
+    import signal
+
+    try:
+        init_from_env()
+        barrier()
+    except Exception:  # noqa: BLE001  (the line is said; the launcher ends the rest)
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def finish() -> None:
@@ -281,3 +300,50 @@ def wait_for_failure_line(timeout: float = 1.0) -> Optional[tuple[str, int]]:
         if found is not None or time.monotonic() >= deadline:
             return found
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def ending_together() -> Iterator[None]:
+    """Around an entry point's work: a rank that ends normally waits for the others (:func:`finish`); a failing
+    one tells them (they end with the same line: a ``fail`` has published it already, anything else is named by
+    rank). One process: nothing."""
+    try:
+        yield
+    except SystemExit as err:
+        if err.code not in (0, None) and active():
+            end_all(f"error: rank {rank()} failed with exit code {err.code} (its log has the trace)",
+                    err.code if isinstance(err.code, int) else 1)
+        raise
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:
+        if active():
+            first = (str(err).strip().splitlines() or [""])[0]
+            end_all(f"error: rank {rank()}: {type(err).__name__}: {first}", 1)
+        raise
+    finish()
+
+
+@contextlib.contextmanager
+def terminated_with_failure_line() -> Iterator[None]:
+    """SIGTERM (a launcher ending this rank because another one failed) → that failure's line and exit code, when
+    this is a data-parallel rank and one is known; otherwise SIGTERM as before. For entry points without their
+    own SIGTERM handling (``python -m tor_exp`` has it)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: object) -> None:
+        found = wait_for_failure_line() if active() else None
+        line, code = found if found is not None else ("interrupted (SIGTERM)", 143)
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        os._exit(code)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
