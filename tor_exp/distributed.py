@@ -83,7 +83,11 @@ def local_device(device: str) -> str:
     """``cuda`` → this rank's GPU ``cuda:<LOCAL_RANK>`` in a data-parallel run; anything else unchanged."""
     if _session is None or not str(device).startswith("cuda"):
         return device
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
+    import torch
+
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    # one GPU visible: the launcher (Slurm's per-task binding) already gave this rank its own
+    return f"cuda:{local if torch.cuda.device_count() > local else 0}"
 
 
 def init_from_env() -> bool:
@@ -148,6 +152,14 @@ def finish() -> None:
         s.watchdog.join(timeout=2 * _POLL_S + 1)
     _session = None
     dist.destroy_process_group()
+
+
+def abandon() -> None:
+    """Leave the run without waiting for the others (this rank failed and said so with :func:`end_all`)."""
+    global _session
+    if _session is not None:
+        _session.closing.set()
+        _session = None
 
 
 # ------------------------------------------------------------------------------------------- collectives
