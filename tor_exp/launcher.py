@@ -272,7 +272,9 @@ def results_or_exit(jobs: Sequence[PlannedJob], handles: Sequence[Any], params: 
     failures: List[str] = []
     for job, handle in zip(jobs, handles):
         try:
-            ret = handle.result()  # raises when the job failed outside its task, or died without a result
+            # raises when the job failed outside its task, or died without a result; a data-parallel job
+            # (tasks_per_node=N) returns each rank's, rank 0's is the job's
+            ret = handle.results()[0]
             with contextlib.redirect_stderr(io.StringIO()):  # Hydra prints "Error executing job ..." first
                 _ = ret.return_value  # raises what the task raised (also submitit's "timed-out too many times")
         except Exception as err:
