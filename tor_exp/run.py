@@ -60,6 +60,11 @@ def check_data_parallel(v: ValidatedConfig) -> None:
     if distributed.world_size() > 1 and v.root.task != "eval":
         raise ConfigError(f"task={v.root.task}: a data-parallel run ({distributed.world_size()} processes) "
                           f"evaluates only (task=eval); run task={v.root.task} in one process")
+    limit = v.eval.limit
+    if distributed.world_size() > 1 and limit is not None and 1 <= float(limit) < distributed.world_size():
+        # lm-eval shards documents by rank: a rank without any would skip collectives the others wait in
+        raise ConfigError(f"eval.limit={limit}: fewer documents than the {distributed.world_size()} processes of "
+                          "this data-parallel run; use fewer processes or a larger limit")
 
 
 def output_dir() -> Path:
