@@ -274,7 +274,7 @@ def results_or_exit(jobs: Sequence[PlannedJob], handles: Sequence[Any], params: 
         try:
             # raises when the job failed outside its task, or died without a result; a data-parallel job
             # (tasks_per_node=N) returns each rank's, rank 0's is the job's
-            ret = handle.results()[0]
+            ret = handle.results()[0] if getattr(handle, "num_tasks", 1) > 1 else handle.result()
             with contextlib.redirect_stderr(io.StringIO()):  # Hydra prints "Error executing job ..." first
                 _ = ret.return_value  # raises what the task raised (also submitit's "timed-out too many times")
         except Exception as err:
