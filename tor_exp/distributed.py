@@ -323,8 +323,9 @@ def ending_together() -> Iterator[None]:
         yield
     except SystemExit as err:
         if err.code not in (0, None) and active():
-            end_all(f"error: rank {rank()} failed with exit code {err.code} (its log has the trace)",
-                    err.code if isinstance(err.code, int) else 1)
+            code = err.code if isinstance(err.code, int) else 1
+            end_all(f"error: rank {rank()} failed with exit code {err.code} (its log has the trace)", code)
+            _exit_now(code)
         raise
     except KeyboardInterrupt:
         raise
@@ -332,8 +333,20 @@ def ending_together() -> Iterator[None]:
         if active():
             first = (str(err).strip().splitlines() or [""])[0]
             end_all(f"error: rank {rank()}: {type(err).__name__}: {first}", 1)
+            import traceback
+
+            traceback.print_exc()
+            _exit_now(1)
         raise
     finish()
+
+
+def _exit_now(code: int) -> None:
+    """Leave with ``code`` at once: the launcher ends the other ranks as soon as one exits and would end this
+    one by signal (its exit code lost) while it unwinds; its line is said and its folder released by now."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @contextlib.contextmanager

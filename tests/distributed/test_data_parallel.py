@@ -134,3 +134,27 @@ def test_lm_eval_command_line_two_ranks_equal_one(tmp_path: Path) -> None:
     a, b = (json.loads(r[0].read_text())["results"] for r in (ra, rb))
     assert abs(a["reference_heldout"]["bits_per_byte,none"] - b["reference_heldout"]["bits_per_byte,none"]) <= 1e-6
     assert a["reference_heldout_mc"]["acc,none"] == b["reference_heldout_mc"]["acc,none"]
+
+
+@pytest.mark.slow
+def test_an_error_on_one_rank_ends_every_rank_with_its_line(tmp_path: Path) -> None:
+    """Rank 0 alone claims the folder; another process holds it, so rank 0 fails: rank 1 (loading its replica)
+    ends with rank 0's line and exit code."""
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import filelock, sys, time; "
+                               f"lock = filelock.FileLock({str(busy / '.tor_exp.lock')!r}); lock.acquire(); "
+                               f"open({str(busy / '.tor_exp.owner')!r}, 'w').write('pid 999 (test)'); "
+                               "print('held', flush=True); time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run([*TORCHRUN, "-m", "tor_exp", "model=reference", "eval.limit=6", f"hydra.run.dir={busy}"],
+                   tmp_path, timeout=180)
+    finally:
+        holder.kill()
+    line = (f"error: output dir {busy} is in use by another run (pid 999 (test)); wait for it to end or choose "
+            "another hydra.run.dir / hydra.sweep.dir")
+    assert error_lines(proc.stderr) == [line, line], proc.stderr[-2000:]
+    codes = [ln.split(":", 1)[1].split("(")[0].strip() for ln in proc.stderr.splitlines()
+             if ln.strip().startswith("exitcode")]
+    assert codes == ["2", "2"], proc.stderr[-2000:]
