@@ -136,7 +136,6 @@ def test_lm_eval_command_line_two_ranks_equal_one(tmp_path: Path) -> None:
     assert a["reference_heldout_mc"]["acc,none"] == b["reference_heldout_mc"]["acc,none"]
 
 
-@pytest.mark.slow
 def test_an_error_on_one_rank_ends_every_rank_with_its_line(tmp_path: Path) -> None:
     """Rank 0 alone claims the folder; another process holds it, so rank 0 fails: rank 1 (loading its replica)
     ends with rank 0's line and exit code."""
