@@ -121,19 +121,22 @@ def test_killed_rank_ends_the_job_with_a_line_naming_it(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_lm_eval_command_line_two_ranks_equal_one(tmp_path: Path) -> None:
-    """`-m tor_exp.lm_eval --model tor_exp` with LTMP (thresholds calibrated, then rank 0's broadcast)."""
+    """`-m tor_exp.lm_eval --model tor_exp` with LTMP (thresholds calibrated, then rank 0's broadcast),
+    `--batch_size auto` (the ranks' minimum) and one W&B run (rank 0's)."""
     args = ["-m", "tor_exp.lm_eval", "--model", "tor_exp", "--model_args",
             "model=reference,reduction=ltmp,reduction.target_flops=0.3", "--tasks",
-            "reference_heldout,reference_heldout_mc", "--limit", "6", "--batch_size", "4"]
+            "reference_heldout,reference_heldout_mc", "--limit", "6", "--batch_size", "auto"]
     one = run([sys.executable, *args, "--output_path", str(tmp_path / "one")], tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run([*TORCHRUN, *args, "--output_path", str(tmp_path / "two")], tmp_path)
+    two = run([*TORCHRUN, *args, "--output_path", str(tmp_path / "two"), "--wandb_args",
+               "project=tor_exp_dp,mode=offline"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     ra, rb = (list((tmp_path / n).rglob("results_*.json")) for n in ("one", "two"))
     assert len(ra) == len(rb) == 1
     a, b = (json.loads(r[0].read_text())["results"] for r in (ra, rb))
     assert abs(a["reference_heldout"]["bits_per_byte,none"] - b["reference_heldout"]["bits_per_byte,none"]) <= 1e-6
     assert a["reference_heldout_mc"]["acc,none"] == b["reference_heldout_mc"]["acc,none"]
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1  # rank 0's run only
 
 
 def test_an_error_on_one_rank_ends_every_rank_with_its_line(tmp_path: Path) -> None:
