@@ -105,7 +105,8 @@ def init_from_env() -> bool:
 
     if not dist.is_initialized():
         if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+            local = int(os.environ["LOCAL_RANK"])
+            torch.cuda.set_device(local if torch.cuda.device_count() > local else 0)  # Slurm may bind one per task
         dist.init_process_group("gloo", timeout=dt.timedelta(minutes=30))
     me = dist.get_rank()
     store = dist.PrefixStore(f"tor_exp/{os.environ.get('TORCHELASTIC_RUN_ID', '')}/"
@@ -269,13 +270,12 @@ def _alive(pid: int) -> bool:
 def _lost_rank(s: _Session) -> Optional[str]:
     host = socket.gethostname()
     for r in range(s.world):
-        if r == s.rank or s.store.check([f"done/{r}"]):
+        if r == s.rank:
             continue
         where, pid = s.store.get(f"pid/{r}").decode().rsplit(" ", 1)
-        if where == host and not _alive(int(pid)):
-            if s.store.check([f"done/{r}"]):
-                continue
-            return f"error: rank {r} of {s.world} (pid {pid}) ended without a word (killed?); the run ends on every rank"
+        if where == host and not _alive(int(pid)):  # no rank exits before all are in finish()'s barrier
+            return (f"error: rank {r} of {s.world} (pid {pid}) ended without a word (killed?); the run ends on "
+                    "every rank")
     return None
 
 
@@ -292,15 +292,6 @@ def _watch(s: _Session) -> None:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
         os._exit(code)
-
-
-def mark_done() -> None:
-    """This rank ended its work normally (its exit is not a failure)."""
-    if _session is not None:
-        try:
-            _session.store.set(f"done/{_session.rank}", "1")
-        except Exception:
-            pass
 
 
 def wait_for_failure_line(timeout: float = 1.0) -> Optional[tuple[str, int]]:

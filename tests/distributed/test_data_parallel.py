@@ -139,6 +139,7 @@ def test_lm_eval_command_line_two_ranks_equal_one(tmp_path: Path) -> None:
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1  # rank 0's run only
 
 
+@pytest.mark.slow
 def test_an_error_on_one_rank_ends_every_rank_with_its_line(tmp_path: Path) -> None:
     """Rank 0 alone claims the folder; another process holds it, so rank 0 fails: rank 1 (loading its replica)
     ends with rank 0's line and exit code."""
