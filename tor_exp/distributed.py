@@ -220,15 +220,20 @@ def min_over_ranks(value: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------- failures
-def end_all(line: str, code: int) -> None:
+def end_all(line: str, code: int, wait_s: float = 2.0) -> None:
     """Tell every other rank to end with ``line`` and exit ``code`` (the first failure wins); a no-op for one
-    process. The caller then ends its own process as it would alone."""
+    process. Waits up to ``wait_s`` for the others to have read it (rank 0 may host the store, which ends with
+    it); the caller then ends its own process as it would alone."""
     s = _session
     if s is None:
         return
     try:
-        if s.store.add("error-claim", 1) == 1:
-            s.store.set(_ERROR_KEY, f"{code} {line}")
+        if s.store.add("error-claim", 1) != 1:
+            return
+        s.store.set(_ERROR_KEY, f"{code} {line}")
+        deadline = time.monotonic() + wait_s
+        while s.store.add("error-seen", 0) < s.world - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
     except Exception:  # the store is gone: the launcher ends the others
         pass
 
@@ -288,7 +293,11 @@ def _watch(s: _Session) -> None:
         if s.closing.wait(_POLL_S * 2):  # the run was ending normally (rank 0's store went away with it)
             return
         line, code = found
-        end_all(line, code)
+        end_all(line, code, wait_s=0)  # a vanished rank: this one publishes it
+        try:
+            s.store.add("error-seen", 1)
+        except Exception:  # noqa: BLE001  (the store went with its host)
+            pass
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
         os._exit(code)
