@@ -6,7 +6,8 @@
 # Device tool call (docs/benchmarks.md):
 #   run(command="bash launchers/gpu_bench.sh", carry=[".whl", ".vendor"], timeout_s=560)
 # Results (files under $OUT come back): summary.md, summary.json, log.txt, <preset>/results.json,
-# <preset>/bench_<preset>.md and .png. Extra arguments go to launchers/gpu_bench.py
+# <preset>/bench_<preset>.md and .png; with 2+ GPUs (or DP_BENCH=1) the data-parallel check: dp_summary.txt,
+# dp/n*/results.json, dp_n*.log. Extra arguments go to launchers/gpu_bench.py
 # (e.g. --presets prefill,generate, --set generate.new_tokens=50, --method utrc_official).
 #
 # What it does, each step tolerant of a missing piece (a fallback is printed, never silent):
@@ -67,6 +68,38 @@ echo "[gpu_bench.sh] setup took $(( $(date +%s) - t0 )) s"
 timeout --signal=INT "${BENCH_TIMEOUT:-420}" python launchers/gpu_bench.py --out "$OUT" "$@"
 rc=$?
 [ $rc -eq 124 ] && echo "[gpu_bench.sh] gpu_bench.py hit BENCH_TIMEOUT; tables of the finished presets are in $OUT"
+
+# Data-parallel evaluation (README "Multi-GPU (data parallel)"): one process vs one per GPU on the reference
+# model's full tasks, same numbers expected (bits/byte within 1e-6, same accuracy and token ledger). Runs when
+# 2+ GPUs are visible, or with DP_BENCH=1 on one GPU (2 ranks share it: checks the CUDA path, not the speed-up).
+NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+if [ "${NGPU:-0}" -ge 2 ] || [ -n "${DP_BENCH:-}" ]; then
+    NPROC=$(( NGPU >= 2 ? NGPU : 2 ))
+    DPJOB="model=reference eval=reference eval.compare_baseline=false eval.bootstrap_iters=0 device=cuda"
+    for n in 1 "$NPROC"; do
+        t1=$(date +%s.%N)
+        if [ "$n" = 1 ]; then
+            timeout "${DP_TIMEOUT:-240}" python -m tor_exp $DPJOB hydra.run.dir="$OUT/dp/n1" >"$OUT/dp_n1.log" 2>&1
+        else
+            timeout "${DP_TIMEOUT:-240}" torchrun --standalone --nproc_per_node "$n" -m tor_exp $DPJOB \
+                hydra.run.dir="$OUT/dp/n$n" >"$OUT/dp_n$n.log" 2>&1
+        fi
+        echo "[gpu_bench.sh] data parallel: $n process(es): exit $? after $(python -c "import time;print(round(time.time()-$t1,1))") s wall"
+    done
+    python - "$OUT/dp" <<'PY' | tee "$OUT/dp_summary.txt"
+import json, sys
+from pathlib import Path
+runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(sys.argv[1]).glob("n*/results.json"))}
+for name, r in runs.items():
+    m = r["metrics"]
+    print(name, "eval_s", round(r["timings"].get("eval_utrc_s", 0), 1), "bpb", m["reference_heldout"]["bits_per_byte"],
+          "mc_acc", m["reference_heldout_mc"]["acc"], "realised", r["realised_flops_reduction"])
+if "n1" in runs and len(runs) == 2:
+    other = next(v for k, v in runs.items() if k != "n1")
+    print("same tokens:", other["tokens_per_task"] == runs["n1"]["tokens_per_task"],
+          "speed-up (eval):", round(runs["n1"]["timings"]["eval_utrc_s"] / other["timings"]["eval_utrc_s"], 2))
+PY
+fi
 rm -rf "$SITE"
 echo "[gpu_bench.sh] exit $rc after $(( $(date +%s) - t0 )) s"
 exit $rc

@@ -117,6 +117,13 @@ def one_line_interrupts(multirun: bool) -> Iterator[None]:
         yield
     except KeyboardInterrupt as err:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
+        from tor_exp import distributed
+
+        # data parallel: a launcher ends the other ranks when one fails; they end with that rank's line
+        failure = distributed.wait_for_failure_line() if distributed.active() else None
+        if failure is not None:
+            sys.stderr.write(failure[0] + "\n")
+            raise SystemExit(failure[1]) from None
         sys.stderr.write(interrupted_message(multirun) + "\n")
         raise SystemExit(INTERRUPT_EXIT[signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT]) from None
     finally:
@@ -149,8 +156,42 @@ def restored_logging() -> Iterator[None]:
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:]
-    with one_line_interrupts(_split_argv(argv)[1]), restored_logging():
+    from tor_exp import distributed
+
+    with one_line_interrupts(_split_argv(argv)[1]), restored_logging(), distributed.ending_together():
         _main(argv)
+
+
+def join_data_parallel(argv: list[str]) -> list[str]:
+    """Under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1): join the other processes and take rank
+    0's output folders (Hydra's default ones hold the start time, which differs between processes), so every rank
+    runs the same job in the same folder. Returns the command line to run (``argv`` itself for one process)."""
+    from tor_exp import distributed
+
+    if distributed.launched_world_size() <= 1 or any(a in _INFO_FLAGS for a in argv):
+        return argv
+    from omegaconf import OmegaConf
+
+    from tor_exp.config import compose_dict
+
+    overrides, multirun = _split_argv(argv)
+    distributed.init_from_env()
+    dirs = None
+    if distributed.is_main():
+        cfg = compose_dict(overrides, return_hydra_config=True, multirun=multirun)
+        target = str(OmegaConf.select(cfg, "hydra.launcher._target_") or "")
+        dirs = (str(cfg.hydra.run.dir), str(cfg.hydra.sweep.dir), "submitit" in target or "tor_exp_launcher" in target)
+    run_dir, sweep_dir, submits = distributed.broadcast_object(dirs)
+    if multirun and submits:
+        fail("launcher=local/slurm inside a data-parallel launch: each process would submit the sweep; run the "
+             "sweep from one process with hydra.launcher.tasks_per_node=N instead")
+    kept = [a for a in argv if not a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    return kept + [f"hydra.run.dir={_quoted(run_dir)}", f"hydra.sweep.dir={_quoted(sweep_dir)}"]
+
+
+def _quoted(value: str) -> str:
+    """A Hydra override value as a quoted string (paths may hold characters its grammar reserves)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _main(argv: list[str]) -> None:
@@ -163,7 +204,16 @@ def _main(argv: list[str]) -> None:
         fail(str(err))
     sys.argv = [sys.argv[0], *argv]
     if not any(a in _INFO_FLAGS for a in argv):
-        precheck(argv)
+        try:
+            precheck(argv)
+        except SystemExit as err:
+            from tor_exp import distributed
+
+            distributed.say_before_exit(err.code if isinstance(err.code, int) else 1)
+            raise
+        joined = join_data_parallel(argv)
+        if joined is not argv:
+            sys.argv = [sys.argv[0], *joined]  # Hydra reads its overrides from sys.argv
 
     import hydra
     from omegaconf import DictConfig

@@ -25,6 +25,10 @@ def one_line(err: BaseException) -> str:
 
 
 def fail(message: str) -> NoReturn:
-    """End the program with ``error: <message>`` on one line of stderr and exit code 2."""
+    """End the program with ``error: <message>`` on one line of stderr and exit code 2 (in a data-parallel run,
+    every rank ends with the same line: :func:`tor_exp.distributed.end_all`)."""
+    from tor_exp import distributed
+
+    distributed.end_all(f"error: {message}", ERROR_EXIT)
     sys.stderr.write(f"error: {message}\n")
     raise SystemExit(ERROR_EXIT)

@@ -195,7 +195,20 @@ class SweepLauncher(submitit_launcher.BaseSubmititLauncher):
                  singleton_state: Dict[type, Singleton]) -> JobReturn:
         """In the job: the plugin's job body, once GPUs given are known to be GPUs used."""
         check_gpus_usable(job_num, self.job_devices.get(job_num, "auto"))
-        return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+        if not join_tasks():
+            return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+        from tor_exp import distributed
+
+        with distributed.ending_together():  # a rank's exception: every rank ends with its line
+            ret = super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+            if ret.status == JobStatus.FAILED:  # Hydra caught the task's exception: tell the other ranks
+                err = ret._return_value
+                first = (str(err).strip().splitlines() or [""])[0]
+                line = first if first.startswith("error: ") else \
+                    f"error: rank {distributed.rank()}: {type(err).__name__}: {first}"
+                distributed.end_all(line, JOB_FAILED_EXIT)
+                distributed.abandon()
+        return ret
 
     def executor(self, **params: Any) -> Any:
         """A submitit executor for the launcher keys (but tor_exp's own) and ``params``: keys the plugin's
@@ -360,7 +373,9 @@ def results_or_exit(jobs: Sequence[PlannedJob], handles: Sequence[Any], params: 
     failures: List[str] = []
     for job, handle in zip(jobs, handles):
         try:
-            ret = handle.result()  # raises when the job failed outside its task, or died without a result
+            # raises when the job failed outside its task, or died without a result; a data-parallel job
+            # (tasks_per_node=N) returns each rank's, rank 0's is the job's
+            ret = handle.results()[0] if getattr(handle, "num_tasks", 1) > 1 else handle.result()
             with contextlib.redirect_stderr(io.StringIO()):  # Hydra prints "Error executing job ..." first
                 _ = ret.return_value  # raises what the task raised (also submitit's "timed-out too many times")
         except Exception as err:
@@ -457,6 +472,24 @@ def job_slots(visible: Sequence[str], per_job: int, parallelism: Optional[int],
         cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
         slots = [()] * max(1, cpus // max(1, cpus_per_task or 1))
     return slots[:parallelism] if parallelism else slots
+
+
+def join_tasks() -> bool:
+    """In a job of several tasks (``hydra.launcher.tasks_per_node=N``): the tasks are the ranks of one
+    data-parallel job (submitit's ``TorchDistributedEnvironment`` exports ``RANK``, ``WORLD_SIZE``, ...;
+    the tasks' GPUs stay as Slurm binds them). False for a job of one task."""
+    import submitit
+
+    try:
+        tasks = submitit.JobEnvironment().num_tasks
+    except RuntimeError:  # not inside a submitit job
+        return False
+    if tasks <= 1:
+        return False
+    from tor_exp import distributed
+
+    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return distributed.init_from_env()
 
 
 def check_gpus_usable(job_num: int, device: str) -> None:

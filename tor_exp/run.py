@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from tor_exp import distributed
 from tor_exp.config import ValidatedConfig, validate
 from tor_exp.errors import ConfigError
 from tor_exp.records.folder import RunFolder, refusal
@@ -46,11 +47,24 @@ class Job:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The job's device; in a data-parallel run ``cuda`` is this rank's GPU (``LOCAL_RANK``)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(distributed.local_device("cuda" if torch.cuda.is_available() else "cpu"))
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda': no CUDA device is available (use device=cpu or device=auto)")
-    return torch.device(name)
+    return torch.device(distributed.local_device(name))
+
+
+def check_data_parallel(v: ValidatedConfig) -> None:
+    """A data-parallel run (several processes) shards lm-eval's requests: only ``task=eval`` has any to shard."""
+    if distributed.world_size() > 1 and v.root.task != "eval":
+        raise ConfigError(f"task={v.root.task}: a data-parallel run ({distributed.world_size()} processes) "
+                          f"evaluates only (task=eval); run task={v.root.task} in one process")
+    limit = v.eval.limit
+    if distributed.world_size() > 1 and limit is not None and 1 <= float(limit) < distributed.world_size():
+        # lm-eval shards documents by rank: a rank without any would skip collectives the others wait in
+        raise ConfigError(f"eval.limit={limit}: fewer documents than the {distributed.world_size()} processes of "
+                          "this data-parallel run; use fewer processes or a larger limit")
 
 
 def output_dir() -> Path:
@@ -142,18 +156,24 @@ def evaluate_task(job: Job) -> dict[str, Any]:
         t0 = time.perf_counter()
         baseline = evaluate(job.model, job.tokenizer, v.eval, reduction_label="none", keep_samples=paired)
         job.timings["eval_none_s"] = time.perf_counter() - t0
-        results["baseline"] = {"method": "none", "metrics": baseline["metrics"]}
         rows.append(("none", baseline))
     t0 = time.perf_counter()
     with reducing(job.model, method, schedule, tokenizer=job.tokenizer,
                   calibration_source=v.model.calibration_text, record=job.timings):
         out = evaluate(job.model, job.tokenizer, v.eval, reduction_label=v.reduction.method, keep_samples=paired)
     job.timings[f"eval_{v.reduction.method}_s"] = time.perf_counter() - t0
+    if not distributed.is_main():  # data parallel: rank 0 holds every rank's results and reports them
+        return {}
+    if compare:
+        results["baseline"] = {"method": "none", "metrics": rows[0][1]["metrics"]}
     rows.append((v.reduction.method, out))
     realised = [r for r in (out.get("flops") or {}).values() if isinstance(r, (int, float))]
     results.update({
         "metrics": out["metrics"],
         "flops_per_task": out.get("flops", {}),
+        # the ledger behind the realised reduction (summed over the ranks of a data-parallel run)
+        "tokens_per_task": {task: {k: d.get(k) for k in ("input_tokens", "layer_tokens_full", "layer_tokens_real")}
+                            for task, d in (out.get("flops_detail") or {}).items()},
         "alignment": out.get("alignment", {}),
         "num_requests": out.get("num_requests"),
         "aggregations": out.get("aggregations", {}),
@@ -237,6 +257,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     holds ``out_dir`` (:class:`RunFolder`) from its check that the folder is free to its record's final rename.
     """
     v = validate(cfg)
+    check_data_parallel(v)
     out_dir = Path(out_dir) if out_dir is not None else output_dir()
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     if isinstance(resolved.get("model"), dict) and resolved["model"].get("path") is not None:
@@ -245,6 +266,8 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
         from tor_exp.paths import usable_datasets_cache
 
         usable_datasets_cache()  # lm-eval's tasks write a datasets cache: a usable one before the model loads
+    if distributed.world_size() > 1:
+        return _run_data_parallel(v, out_dir, resolved, cfg)
     previous = first_look(out_dir, resolved, v)
     if previous is None or wandb_missing(previous, resolved):
         with RunFolder(out_dir, resolved) as folder:
@@ -262,6 +285,35 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     return previous
 
 
+def _run_data_parallel(v: ValidatedConfig, out_dir: Path, resolved: dict[str, Any],
+                       cfg: DictConfig) -> dict[str, Any]:
+    """One rank of a data-parallel job: rank 0 alone looks at, claims and writes the folder (its decision, skip
+    or refuse, is every rank's); every rank loads its replica and scores its shard of the requests."""
+    decision: tuple[str, Any] = ("run", None)
+    if distributed.is_main():
+        try:
+            previous = first_look(out_dir, resolved, v)
+            decision = ("run", None) if previous is None else ("skip", previous)
+        except ConfigError as err:
+            decision = ("refuse", str(err))
+    kind, value = distributed.broadcast_object(decision)
+    if kind == "refuse":
+        raise ConfigError(value)
+    if kind == "skip":
+        log.info("results for this config already in %s: skipped (resume=true)", out_dir / "results.json")
+        return value
+    if not distributed.is_main():
+        logging.getLogger("tor_exp").setLevel(logging.WARNING)  # rank 0 tells the story once
+        return _run_in(None, v, resolved)
+    with RunFolder(out_dir, resolved) as folder:
+        # the other ranks are already scoring: a record that appeared since first_look is recomputed, not reused
+        folder.make_room(resolved, resume=False, overwrite=v.root.overwrite)
+        folder.start_log()
+        write_hydra_record(folder, cfg)
+        log.info("data parallel: %d processes, this is rank 0 (writes the results)", distributed.world_size())
+        return _logged_run(folder, v, resolved)
+
+
 def _logged_run(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any]) -> dict[str, Any]:
     """W&B started before the work (an unusable W&B fails before anything is computed), the job, then W&B."""
     wandb_run = _start_wandb(v, folder.path, run_label(v), resolved, None)
@@ -275,10 +327,15 @@ def _logged_run(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any])
     return _to_wandb(folder, v, resolved, results, wandb_run)
 
 
-def _run_in(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any], wandb_run: Any = None) -> dict[str, Any]:
+def _run_in(folder: Optional[RunFolder], v: ValidatedConfig, resolved: dict[str, Any],
+            wandb_run: Any = None) -> dict[str, Any]:
     """The job proper, in the folder it holds: load, run the task, write the record (its W&B upload, when
-    ``wandb_run`` is started, noted as not done yet)."""
-    out_dir, chash = folder.path, folder.config_hash
+    ``wandb_run`` is started, noted as not done yet). ``folder`` None: a non-zero rank of a data-parallel job (it
+    scores its shard and writes nothing)."""
+    if folder is None:
+        out_dir, chash = output_dir(), ""
+    else:
+        out_dir, chash = folder.path, folder.config_hash
     from tor_exp.models import load_model, model_shape, partial_weights
     from tor_exp.models.schedule import build_reduction
     from tor_exp.models.kernels import kernels_used
@@ -319,7 +376,10 @@ def _run_in(folder: RunFolder, v: ValidatedConfig, resolved: dict[str, Any], wan
         results["keep_ratios"] = list(schedule.keep_ratios)
     if partial_weights(model) is not None:
         results["partial_weights"] = partial_weights(model)
-    results.update(TASKS[v.root.task](job))
+    part = TASKS[v.root.task](job)
+    if folder is None:
+        return part
+    results.update(part)
     results["timings"] = job.timings
     results.update(run_metadata())
     results["kernels"] = kernels_used(model, device)  # what each part of the forward really ran

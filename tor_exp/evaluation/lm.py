@@ -28,6 +28,7 @@ from lm_eval.models.utils import (
 from lm_eval.models.utils_hf import stop_sequences_criteria
 from tqdm import tqdm
 
+from tor_exp import distributed
 from tor_exp.errors import ConfigError
 from tor_exp.evaluation.config import AUTO, batch_size_setting, resolve_alignment
 from tor_exp.evaluation.scoring import PackedBatch, Scores, pack, protected_mask, score_continuations
@@ -89,6 +90,30 @@ class TaskStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "realised_reduction": self.realised_reduction, "realised_tokens": self.realised_tokens}
+
+    @classmethod
+    def total(cls, parts: list["TaskStats"]) -> "TaskStats":
+        """The ledger of several ranks' shards of one task: every count summed (exact: the counts and the FLOPs
+        are whole numbers far below 2**53)."""
+        out = cls()
+        for part in parts:
+            for key, value in asdict(part).items():
+                setattr(out, key, getattr(out, key) + value)
+        return out
+
+
+def request_tasks(requests: list[Any]) -> list[Optional[str]]:
+    """Each request's task, None for the copies lm-eval's evaluator appends in a data-parallel run so that every
+    rank gets as many requests as the busiest one (the same ``Instance`` object again beyond its ``repeats``):
+    they are scored (the evaluator expects answers) but kept out of the per-task ledger, which therefore sums
+    to the single-process one over the ranks."""
+    seen: dict[int, int] = {}
+    out: list[Optional[str]] = []
+    for req in requests:
+        n = seen[id(req)] = seen.get(id(req), 0) + 1
+        padding = distributed.world_size() > 1 and n > max(1, int(getattr(req, "repeats", 1) or 1))
+        out.append(None if padding else (getattr(req, "task_name", None) or UNKNOWN_TASK))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- the backend
@@ -163,7 +188,10 @@ class TorExpLM(TemplateLM):
         self.layers = adapter_of(model).num_layers(model)
         self.shape = model_shape(model)
         self.stats: dict[str, TaskStats] = {}
-        self._task_names: Optional[list[str]] = None
+        self._task_names: Optional[list[Optional[str]]] = None
+        # data parallel (torchrun / accelerate launch / Slurm tasks): lm-eval's evaluator gives this rank its
+        # shard of the requests and gathers the per-rank results through the three methods below
+        self._rank, self._world_size = distributed.rank(), distributed.world_size()
 
     # ------------------------------------------------------------------ properties lm-eval asks for
     @property
@@ -209,6 +237,16 @@ class TorExpLM(TemplateLM):
     def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
+    # ------------------------------------------------------------------ data parallel (lm-eval's LM API)
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return distributed.all_gather(tensor)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> Optional[list[Any]]:
+        return distributed.gather_object(obj, dst=dst)
+
+    def barrier(self) -> None:
+        distributed.barrier()
+
     # ------------------------------------------------------------------ statistics
     def reset_stats(self) -> None:
         self.stats = {}
@@ -216,12 +254,21 @@ class TorExpLM(TemplateLM):
     def stats_dict(self) -> dict[str, dict[str, Any]]:
         return {task: s.to_dict() for task, s in sorted(self.stats.items())}
 
+    def gathered_stats_dict(self) -> dict[str, dict[str, Any]]:
+        """:meth:`stats_dict` over every rank's shard, on rank 0 (every rank must call it; others get {}).
+        One process: :meth:`stats_dict` itself."""
+        parts = self.gather_object(self.stats, dst=0)
+        if parts is None:
+            return {}
+        tasks = sorted({task for part in parts for task in part})
+        return {task: TaskStats.total([part[task] for part in parts if task in part]).to_dict() for task in tasks}
+
     def _stat(self, task: str) -> TaskStats:
         return self.stats.setdefault(task, TaskStats())
 
     # ------------------------------------------------------------------ lm-eval entry points
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        self._task_names = [getattr(r, "task_name", None) or UNKNOWN_TASK for r in requests]
+        self._task_names = request_tasks(requests)
         try:
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         finally:
@@ -273,7 +320,8 @@ class TorExpLM(TemplateLM):
         on every call, as lm-eval does: each request type and each call has its own longest request)."""
         if self.batch_size != AUTO:
             return int(self.batch_size)
-        self.batch_sizes[kind] = detect_batch_size(probe, self.max_batch_size)
+        # every replica scores its shard with the size the most constrained one can hold (as HFLM does)
+        self.batch_sizes[kind] = distributed.min_over_ranks(detect_batch_size(probe, self.max_batch_size))
         log.info("batch_size=auto: %d for %s requests", self.batch_sizes[kind], kind)
         return self.batch_sizes[kind]
 
@@ -297,6 +345,8 @@ class TorExpLM(TemplateLM):
         flops_real = backbone_flops_rows(self.shape, counts)
         flops_full = backbone_flops_rows(self.shape, lengths[:, None].expand(-1, self.layers))
         for i, (_, _, task) in enumerate(chunk):
+            if task is None:  # lm-eval's padding copy (data parallel): answered, not counted
+                continue
             st = self._stat(task)
             st.requests += 1
             if score_all:
@@ -319,9 +369,8 @@ class TorExpLM(TemplateLM):
         """Perplexity-style scoring. Every position is scored, so every position is protected: nothing is
         reducible and the realised reduction is 0 for these requests (in both alignments)."""
         windows, owners, tasks = [], [], []
-        for n, req in enumerate(requests):
+        for n, (req, task) in enumerate(zip(requests, request_tasks(requests))):
             (string,) = req.args
-            task = getattr(req, "task_name", None) or UNKNOWN_TASK
             for ctx, cont in map(
                 lm_utils.make_disjoint_window,
                 lm_utils.get_rolling_token_windows(
@@ -355,7 +404,7 @@ class TorExpLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Generation with lm-eval's stop handling through :meth:`_model_generate`: a patched model reduces the
         prefill only (METHOD.md §5). Requests are counted; their FLOPs are not measured (no token counts)."""
-        reorder = Collator([(r.args, getattr(r, "task_name", None) or UNKNOWN_TASK) for r in requests],
+        reorder = Collator(list(zip([r.args for r in requests], request_tasks(requests))),
                            sort_fn=lambda x: (-len(self.tok_encode(x[0][0])), x[0][0]),
                            group_by="gen_kwargs", group_fn=lambda x: x[0][1])
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
@@ -383,9 +432,10 @@ class TorExpLM(TemplateLM):
             for row, (args, task), ctx_tokens in zip(sequences.tolist(), chunk, encoded):
                 text = postprocess_generated_text(self.tok_decode(row[width:]), until, None)
                 results.append(text)
-                st = self._stat(task)
-                st.requests += 1
-                st.generate_requests += 1
+                if task is not None:  # not lm-eval's padding copy
+                    st = self._stat(task)
+                    st.requests += 1
+                    st.generate_requests += 1
                 self.cache_hook.add_partial("generate_until", args, text)
             pbar.update(len(chunk))
         pbar.close()

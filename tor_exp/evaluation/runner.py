@@ -156,9 +156,9 @@ def evaluate(model, tokenizer, eval_cfg: EvalConfig, *, reduction_label: str,
             bootstrap_iters=eval_cfg.bootstrap_iters,
             batch_size=eval_cfg.batch_size,
         )
-    if raw is None:  # non-zero rank in a distributed run
+    stats = lm.gathered_stats_dict()  # every rank's shard of the ledger, summed on rank 0 (data parallel)
+    if raw is None:  # non-zero rank of a data-parallel run: rank 0 has every rank's results
         return {}
-    stats = lm.stats_dict()
     tasks = list(raw["results"].keys())
     flops: dict[str, float] = {}
     detail: dict[str, dict[str, Any]] = {}

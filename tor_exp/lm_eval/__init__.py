@@ -114,13 +114,17 @@ class TorExpByName(TorExpLM):
         from tor_exp.models import load_model, model_shape
         from tor_exp.models.schedule import build_reduction, reducing
 
+        from tor_exp import distributed
+
         v = compose_model_args(model, reduction, kwargs)
         from tor_exp.paths import usable_datasets_cache
 
         usable_datasets_cache()  # lm-eval's tasks write a datasets cache: a usable one before the model loads
+        distributed.init_from_env()  # under torchrun / accelerate launch: one replica per process
         # lm-eval's command line asks for cuda:0 unless told otherwise: like its HFLM, use the CPU when there is none
         dev = device if device and (not str(device).startswith("cuda") or torch.cuda.is_available()) else \
             ("cuda" if torch.cuda.is_available() else "cpu")
+        dev = distributed.local_device("cuda" if str(dev).startswith("cuda") else dev)  # this rank's GPU
         net, tok = load_model(v.model, device=dev)
         method, schedule = build_reduction(v.reduction, v.model, shape=model_shape(net))
         self._patched = ExitStack()
@@ -339,13 +343,35 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     from tor_exp.evaluation.runner import ExpectedNotices
 
+    from tor_exp import distributed
+
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     notices = ExpectedNotices()
     for name in notices.LOGGERS:  # lm-eval's hint about --metadata, printed for each bundled task
         logging.getLogger(name).addFilter(notices)
-    try:
-        with bundled_tasks(), model_args_checked_early(), cli_args_checked_early():
-            cli_evaluate()
-    except ConfigError as err:
-        fail(str(err))
+    if distributed.init_from_env() and not distributed.is_main():
+        sys.argv = without_wandb(sys.argv)  # lm-eval would start a W&B run in every process
+    with distributed.ending_together(), distributed.terminated_with_failure_line():
+        try:
+            with bundled_tasks(), model_args_checked_early(), cli_args_checked_early():
+                cli_evaluate()
+        except ConfigError as err:
+            fail(str(err))
+
+
+def without_wandb(argv: list[str]) -> list[str]:
+    """``argv`` without lm-eval's W&B options (``--wandb_args X``, ``--wandb_args=X``, and the config ones): a
+    data-parallel run's other ranks log nothing, rank 0 logs the one run with every rank's results."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--wandb_args", "--wandb_config_args"):
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out

@@ -273,6 +273,15 @@ def build_reduction(reduction_cfg: Any, model_cfg: Any, *, shape: Optional[Model
     return method, schedule
 
 
+def share_calibration(method: Any) -> None:
+    """In a data-parallel run every rank takes rank 0's calibrated thresholds, so every replica reduces with the
+    same ones whatever its device's arithmetic (each rank calibrated on the same text; one process: no-op)."""
+    from tor_exp import distributed
+
+    if distributed.world_size() > 1 and hasattr(method, "state_dict"):
+        method.load_state_dict(distributed.broadcast_object(method.state_dict()))
+
+
 @contextmanager
 def reducing(model: nn.Module, method: Any, schedule: Optional[Schedule], *, tokenizer: Any = None,
              calibration_source: Optional[str] = None, record: Optional[dict[str, Any]] = None) -> Iterator[nn.Module]:
@@ -298,6 +307,7 @@ def reducing(model: nn.Module, method: Any, schedule: Optional[Schedule], *, tok
                              source=calibration_source)
             if record is not None:
                 record["calibration_sequences"] = used
+            share_calibration(method)
         yield model
     finally:
         unpatch(model)
