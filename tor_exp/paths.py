@@ -97,22 +97,18 @@ def usable_datasets_cache() -> str:
     import sys
     import tempfile
 
-    from tor_exp.records.files import unwritable
-
     current = datasets_cache()
-    problem = unwritable(current)
+    problem = unwritable_folder(Path(current).expanduser())
     if problem is None:
         return current
     fallback = os.path.join(tempfile.gettempdir(), f"tor_exp-datasets-cache-{os.getuid()}")
-    other = unwritable(fallback)
+    other = unwritable_folder(Path(fallback))
     if other is not None:
         raise ConfigError(f"HF_DATASETS_CACHE={current}: {problem}, and the fallback {fallback}: {other}; set "
                           "HF_DATASETS_CACHE (or HF_HOME) to a writable folder")
     os.environ["HF_DATASETS_CACHE"] = fallback
     loaded = sys.modules.get("datasets.config")
     if loaded is not None:  # its paths were computed at import
-        from pathlib import Path
-
         loaded.HF_DATASETS_CACHE = Path(fallback)
         loaded.DOWNLOADED_DATASETS_PATH = Path(fallback, loaded.DOWNLOADED_DATASETS_DIR)
         loaded.EXTRACTED_DATASETS_PATH = Path(fallback, loaded.DOWNLOADED_DATASETS_DIR,

@@ -128,10 +128,10 @@ def test_relative_model_path_with_job_chdir_runs_and_records_the_absolute_path(c
 @pytest.fixture()
 def no_task_index(monkeypatch):
     """lm-eval's full task index (12-15 s) stood in by an empty one: names it would not know either."""
-    import tor_exp.evaluation.runner as runner
+    import tor_exp.evaluation.config as eval_config
 
     calls = []
-    monkeypatch.setattr(runner, "indexed_task_names", lambda paths: calls.append(paths) or set(), raising=False)
+    monkeypatch.setattr(eval_config, "indexed_task_names", lambda paths: calls.append(paths) or set())
     return calls
 
 

@@ -163,6 +163,20 @@ def lm_eval_task_file_names() -> frozenset[str]:
     return frozenset(names)
 
 
+@functools.lru_cache(maxsize=8)
+def task_index(paths: tuple[str, ...], include_defaults: bool):
+    """lm-eval's TaskManager over ``paths`` (with its own tasks when ``include_defaults``: 12-15 s), one per folder
+    set and process: config validation and the evaluation share it."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=list(paths) or None, include_defaults=include_defaults)
+
+
+def indexed_task_names(paths: tuple[str, ...]) -> set[str]:
+    """Every name lm-eval's full task index (its own tasks and ``paths``) knows."""
+    return set(task_index(paths, True).task_index)
+
+
 def check_task_names(tasks: list[str], include_paths: list[str]) -> None:
     """Every ``eval.tasks`` entry is a task lm-eval will find, checked before anything loads: names defined in
     the ``include_paths`` folders are found by reading their YAML files (milliseconds), lm-eval's own by a text
@@ -173,8 +187,6 @@ def check_task_names(tasks: list[str], include_paths: list[str]) -> None:
     missing = [t for t in missing if t not in lm_eval_task_file_names()]
     if not missing:
         return
-    from tor_exp.evaluation.runner import indexed_task_names
-
     unknown = [t for t in missing if t not in indexed_task_names(tuple(folders))]
     if unknown:
         raise ConfigError(f"eval.tasks: unknown lm-eval task(s) {unknown} (not in lm-eval's task index nor in "

@@ -16,32 +16,19 @@ from typing import Any, Iterator
 from tor_exp.compat import lm_eval_harness as compat_lm_eval
 from tor_exp.compat.tqdm import only_bars_starting_with
 from tor_exp.errors import ConfigError
-from tor_exp.evaluation.config import EvalConfig, resolve_include_path
+from tor_exp.evaluation.config import EvalConfig, resolve_include_path, task_index
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- tasks
-@functools.lru_cache(maxsize=8)
-def _indexed(paths: tuple[str, ...], include_defaults: bool):
-    """One TaskManager per folder set and process: config validation and the evaluation share the index."""
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_path=list(paths) or None, include_defaults=include_defaults)
-
-
-def indexed_task_names(paths: tuple[str, ...]) -> set[str]:
-    """Every name lm-eval's full task index (its own tasks and ``paths``) knows."""
-    return set(_indexed(paths, True).task_index)
-
-
 def task_manager(include_paths: list[str], task_names: list[str]):
     """A TaskManager over the include paths; lm-eval's built-in index (12-15 s) only when a name needs it."""
     paths = tuple(resolve_include_path(p) for p in include_paths)
-    tm = _indexed(paths, False)
+    tm = task_index(paths, False)
     if all(name in tm.task_index for name in task_names):
         return tm
-    tm = _indexed(paths, True)
+    tm = task_index(paths, True)
     missing = [name for name in task_names if name not in tm.task_index]
     if missing:
         raise ConfigError(f"eval.tasks: unknown lm-eval task(s) {missing}")

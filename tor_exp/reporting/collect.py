@@ -49,6 +49,26 @@ def task_column(task: str) -> Optional[str]:
     return name if name in TASK_STEMS else None
 
 
+def task_columns(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(task, metric, header) per table column: the paper's metric per task (acc_norm for HellaSwag and ARC-C,
+    LAMBADA perplexity — per byte where the task reports it — and acc); any other task shows its perplexity (per
+    byte first) if it has one, else its accuracy (acc, then acc_norm)."""
+    columns = []
+    for task in sorted(metrics):
+        reported = {k.split(",", 1)[0] for k in metrics[task]}
+        stem = task_column(task)
+        if stem == "lambada":
+            wanted = ["byte_perplexity" if "byte_perplexity" in reported else "perplexity", "acc"]
+        elif stem is not None:
+            wanted = [next((m for m in COLUMN_METRICS[stem] if m in reported), COLUMN_METRICS[stem][0])]
+        else:  # the reference model's tasks: held-out perplexity per byte; the 4-choice task's accuracy
+            wanted = [next((m for m in ("byte_perplexity", "perplexity", "acc", "acc_norm") if m in reported), "acc")]
+        short = task.replace("_fixture", "").replace("_openai", "")
+        columns += [(task, m, f"{short} {m.replace('byte_perplexity', 'ppl/byte').replace('perplexity', 'ppl')}")
+                    for m in wanted if m in reported]
+    return columns
+
+
 def _clean_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Drop lm-eval's ``,none`` filter suffix and non-numbers."""
     out: dict[str, float] = {}
@@ -209,8 +229,6 @@ def load_wandb_group(group: str, *, entity: Optional[str] = None, project: str =
 def other_columns(metrics: dict[str, dict[str, Any]]) -> dict[str, Optional[float]]:
     """The headline metric(s) of each task that has no paper column, keyed ``"<task> <metric>"`` (the console
     table's choice: per-byte perplexity first, else perplexity, else acc / acc_norm)."""
-    from tor_exp.reporting.console import task_columns  # console imports this module: import here
-
     out: dict[str, Optional[float]] = {}
     for task, metric, _ in task_columns(metrics or {}):
         if task_column(task) is None:

@@ -7,27 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tor_exp.reporting.collect import COLUMN_METRICS, task_column
-
-
-def task_columns(metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(task, metric, header) per table column: the paper's metric per task (acc_norm for HellaSwag and ARC-C,
-    LAMBADA perplexity — per byte where the task reports it — and acc); any other task shows its perplexity (per
-    byte first) if it has one, else its accuracy (acc, then acc_norm)."""
-    columns = []
-    for task in sorted(metrics):
-        reported = {k.split(",", 1)[0] for k in metrics[task]}
-        stem = task_column(task)
-        if stem == "lambada":
-            wanted = ["byte_perplexity" if "byte_perplexity" in reported else "perplexity", "acc"]
-        elif stem is not None:
-            wanted = [next((m for m in COLUMN_METRICS[stem] if m in reported), COLUMN_METRICS[stem][0])]
-        else:  # the reference model's tasks: held-out perplexity per byte; the 4-choice task's accuracy
-            wanted = [next((m for m in ("byte_perplexity", "perplexity", "acc", "acc_norm") if m in reported), "acc")]
-        short = task.replace("_fixture", "").replace("_openai", "")
-        columns += [(task, m, f"{short} {m.replace('byte_perplexity', 'ppl/byte').replace('perplexity', 'ppl')}")
-                    for m in wanted if m in reported]
-    return columns
+from tor_exp.reporting.collect import task_column, task_columns
 
 
 def mean_accuracy(metrics: dict[str, dict[str, Any]]) -> float | None:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from tor_exp.reporting.console import task_columns
+from tor_exp.reporting.collect import task_columns
 from tor_exp.reporting.intervals import aggregation, interval_seed, paired_difference, per_document
 
 #: the method every other one is also compared with, at the same FLOPs target
