@@ -90,3 +90,31 @@ def test_the_ranking_signal_is_the_kda_output_before_its_gated_norm(kimi):
     gated = normed * torch.sigmoid(seen["gate"].reshape(2, 21, heads, dim))
     assert (gated.reshape(2, 21, -1) - seen["normed"]).abs().max() <= 1e-5
     assert adapter_of(model).capture_ranking(model.model.layers[2], store) is None  # attention ranks nothing
+
+
+@torch.no_grad()
+def test_left_padding_never_enters_a_conv_window_or_the_kda_state(kimi):
+    """A reduced prefill of a left-padded row (9 padding tokens, more than the conv window) leaves the same conv and
+    KDA states (its per-channel decay at padding only multiplies a zero state) and the same logits as the row
+    alone; the latent-attention cache holds the row's latents."""
+    from tor_exp.models import build_reduction, reducing
+    from tor_exp.models.generation import prefill
+    from test_families import build_cfg
+
+    model, tok, cfg = kimi
+    ids, mask = random_ids(2, 30, seed=21), torch.ones(2, 30, dtype=torch.long)
+    mask[1, :9] = 0
+    reduction, schedule = build_reduction(build_cfg("utrc", keep_ratio=0.7), cfg, shape=model_shape(model))
+    with reducing(model, reduction, schedule, tokenizer=tok):
+        batch = prefill(model, ids, mask)
+        alone = prefill(model, ids[1:, 9:])
+    assert (batch.logits[1] - alone.logits[0]).abs().max() <= 1e-4
+    linear = [i for i, t in enumerate(model.config.layer_types) if t == "linear_attention"]
+    for i in linear:
+        assert (batch.cache.get_conv_state(i)[1] - alone.cache.get_conv_state(i)[0]).abs().max() <= 1e-5, i
+        assert (batch.cache.get_recurrent_state(i)[1] - alone.cache.get_recurrent_state(i)[0]).abs().max() <= 1e-5, i
+    noisy = ids.clone()
+    noisy[1, :9] = 255 - noisy[1, :9]
+    a = model(input_ids=ids, attention_mask=mask).logits[1, 9:]
+    b = model(input_ids=noisy, attention_mask=mask).logits[1, 9:]
+    assert (a - b).abs().max() <= 1e-5
