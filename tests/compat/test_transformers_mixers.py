@@ -18,6 +18,7 @@ NEEDED = {
     "transformers.models.mamba.modeling_mamba": (MAMBA1_SCAN,),
     "transformers.models.falcon_mamba.modeling_falcon_mamba": (MAMBA1_SCAN,),
     "transformers.models.jamba.modeling_jamba": (MAMBA1_SCAN,),
+    "transformers.models.zamba.modeling_zamba": (MAMBA1_SCAN,),
     "transformers.models.falcon_h1.modeling_falcon_h1": MAMBA2_SCANS,
 }
 

@@ -122,7 +122,8 @@ def test_batch_of_eight_equals_each_row_alone(tiny_family, method):
             offset = int(torch.nonzero(row)[0])
             kept = batch.positions[b][batch.valid[b]]
             assert torch.equal(kept - offset, alone.positions[0, :n]), (method, b)
-            assert (batch.logits[b][batch.valid[b]] - alone.logits[0, :n]).abs().max() <= TOL, (method, b)
+            # a threshold method (LTMP, uncalibrated here) may remove every token of a row, alone and in the batch
+            assert n == 0 or (batch.logits[b][batch.valid[b]] - alone.logits[0, :n]).abs().max() <= TOL, (method, b)
         assert batch.flops["backbone"] > 0.0
 
 

@@ -1,12 +1,12 @@
 """Reading a Mamba mixer's y before its gate where HF's modeling code offers no module to hook.
 
-Written against transformers 5.24 and 5.25. A Mamba-1-style mixer (Mamba, Falcon-Mamba, Jamba) gates y inside its
-selective-scan function, which the modeling module calls by its module-level name :data:`MAMBA1_SCAN`; a Mamba-2
-mixer without a gated norm (Falcon-H1 with ``mamba_rms_norm: false``) gates y right after its scans
-:data:`MAMBA2_SCANS`. For the duration of one call those names are rebound to wrappers that run the scan with
-``z=None``, store y and apply the gate ``y·silu(z)`` afterwards (the operations HF performs). transformers 5.25 binds
-these names to ``kernels`` ``Func`` modules, 5.24 to plain functions: the wrappers call whatever is bound, so both
-work. :func:`missing_symbols` lists what a modeling module lacks (the compat test calls it for every family).
+Written against transformers 5.24 and 5.25. A Mamba-1-style mixer (Mamba, Falcon-Mamba, Jamba, Zamba) gates y inside
+its selective-scan function, which the modeling module calls by its module-level name :data:`MAMBA1_SCAN` (Zamba
+once per head); a Mamba-2 mixer without a gated norm (Falcon-H1 with ``mamba_rms_norm: false``) gates y right
+after its scans :data:`MAMBA2_SCANS`. For the duration of one call those names are rebound to wrappers that run the
+scan with ``z=None``, store y and apply the gate ``y·silu(z)`` afterwards (the operations HF performs). transformers
+5.25 binds these names to ``kernels`` ``Func`` modules, 5.24 to plain functions: the wrappers call whatever is bound,
+so both work. :func:`missing_symbols` lists what a modeling module lacks (the compat test calls it for every family).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Iterator
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -48,15 +49,20 @@ def _require(mixer: nn.Module, names: tuple[str, ...]) -> ModuleType:
 
 
 @contextmanager
-def capturing_mamba1_scan(mixer: nn.Module, store: dict[str, Tensor], key: str = "ssm_out") -> Iterator[None]:
-    """Put y ([B, L, D']) of the Mamba-1 ``mixer``'s next scan into ``store[key]``."""
+def capturing_mamba1_scan(mixer: nn.Module, store: dict[str, Tensor], key: str = "ssm_out",
+                          by_head: bool = False) -> Iterator[None]:
+    """Put y ([B, L, D']) of the Mamba-1 ``mixer``'s next scan into ``store[key]``. ``by_head``: the mixer scans
+    each of its heads with a call of its own, in channel order (Zamba's multi-head Mamba): y is the calls' outputs
+    concatenated along the channels."""
     module = _require(mixer, (MAMBA1_SCAN,))
     original = getattr(module, MAMBA1_SCAN)
+    heads: list[Tensor] = []
 
     def scan_capturing(*args, z=None, return_last_state=False, **kwargs):
         result = original(*args, z=None, return_last_state=return_last_state, **kwargs)
         y, last = result if return_last_state else (result, None)
-        store[key] = y.transpose(1, 2)
+        heads.append(y.transpose(1, 2))
+        store[key] = torch.cat(heads, dim=-1) if by_head else heads.pop()
         if z is not None:
             y = y * F.silu(z)
         return (y, last) if return_last_state else y

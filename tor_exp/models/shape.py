@@ -195,6 +195,41 @@ class Attention(Part):
 
 @register_part
 @dataclass(frozen=True)
+class LatentAttention(Attention):
+    """Multi-head latent attention (DeepSeek's MLA; Kimi-Linear's, with no RoPE): queries projected directly
+    (``q_rank`` 0) or through a rank-``q_rank`` bottleneck, keys and values from one shared latent of ``kv_rank``
+    (plus a shared ``rope_dim`` key part), expanded per head to ``head_dim`` = nope + rope query/key features and
+    ``value_dim`` value features. ``heads`` = ``kv_heads``. Scores and values are counted dense, as for
+    :class:`Attention`; its 4-D mask and quadratic cost are an attention's (it is one)."""
+
+    kv_rank: int = 0
+    rope_dim: int = 0
+    value_dim: int = 0
+    q_rank: int = 0
+
+    kind: ClassVar[str] = "latent_attention"
+
+    def terms(self, d_model: int, seq_len: int, reference: bool = False) -> dict[str, float]:
+        n, d = float(seq_len), d_model
+        h, dq, dv, r = self.heads, self.head_dim, self.value_dim, self.kv_rank
+        nope = dq - self.rope_dim
+        if self.q_rank:
+            query = 2.0 * n * d * self.q_rank + 2.0 * n * self.q_rank * h * dq
+        else:
+            query = 2.0 * n * d * h * dq
+        terms = {
+            "attn_norm": 4.0 * n * d + 4.0 * n * (r + self.q_rank),      # pre-norm, latent (and query) norms
+            "attn_qkv": query + 2.0 * n * d * (r + self.rope_dim) + 2.0 * n * r * h * (nope + dv),
+            "attn_scores": 2.0 * n * n * h * dq,
+            "attn_softmax": 5.0 * n * n * h,
+            "attn_values": 2.0 * n * n * h * dv,
+            "attn_out": 2.0 * n * h * dv * d,
+        }
+        return terms
+
+
+@register_part
+@dataclass(frozen=True)
 class MLP(Part):
     """A feed-forward block of ``size`` hidden units reading ``width`` features (0: d_model) and writing d_model;
     ``gated``: a gated (SwiGLU-style) up projection; ``adapter_rank``: a low-rank adapter on the up projection
@@ -283,7 +318,11 @@ class DeltaRule(Part):
     state-sized products (the state read for the values' correction, the queries' read, the state update:
     C·d_k·d_v each). The two unit-triangular solves of the UT transform (C²/2 multiply-adds per right-hand-side
     column, d_k + d_v columns) are real work the counter does not see (``delta_solve``). HF's causal conv pads
-    ``conv_kernel − 1`` steps and computes their outputs too (``reference``)."""
+    ``conv_kernel − 1`` steps and computes their outputs too (``reference``).
+
+    ``channel_gate`` (KDA, Kimi-Linear): a decay per key channel instead of per head, q, k, v projected apart, the
+    decay and the output gate through rank-``gate_rank`` bottlenecks (d → r → heads·head_dim); the terms then
+    follow HF's torch ``chunk_kimi_delta_attention`` (:meth:`kda_terms`)."""
 
     key_heads: int
     value_heads: int
@@ -292,6 +331,7 @@ class DeltaRule(Part):
     conv_kernel: int = 4
     chunk_size: int = 64
     channel_gate: bool = False
+    gate_rank: int = 0
 
     kind: ClassVar[str] = "delta_rule"
     ranks: ClassVar[bool] = True
@@ -305,12 +345,13 @@ class DeltaRule(Part):
         return self.chunk_size
 
     def terms(self, d_model: int, seq_len: int, reference: bool = False) -> dict[str, float]:
+        if self.channel_gate:
+            return self.kda_terms(d_model, seq_len, reference)
         n, d, q = float(seq_len), d_model, self.chunk_size
         hk, hv, dk, dv = self.key_heads, self.value_heads, self.key_head_dim, self.value_head_dim
         padded = float(math.ceil(seq_len / q) * q) if reference else n
         conv_steps = n + self.conv_kernel - 1 if reference and seq_len > 0 else n
-        gate_width = hv * dk if self.channel_gate else hv  # KDA's per-channel decay, Gated DeltaNet's per head
-        projected = 2 * hk * dk + 2 * hv * dv + hv + gate_width  # q, k, v, output gate z, β, decay
+        projected = 2 * hk * dk + 2 * hv * dv + 2 * hv  # q, k, v, output gate z, β, decay (one per head)
         return {
             "delta_norm": 4.0 * n * d,
             "delta_in_proj": 2.0 * n * d * projected,
@@ -319,6 +360,35 @@ class DeltaRule(Part):
             "delta_state": 3 * 2.0 * padded * hv * dk * dv,            # state reads (values, queries), update
             "delta_solve": padded * q * hv * (dk + dv),                # UT transform: two triangular solves
             "delta_elementwise": padded * hv * (3 * q + 6 * dk + 4 * dv),  # decays, β scaling, l2 norms, gates
+            "delta_gated_norm": 7.0 * n * hv * dv,
+            "delta_out_proj": 2.0 * n * hv * dv * d,
+        }
+
+    def kda_terms(self, d_model: int, seq_len: int, reference: bool = False) -> dict[str, float]:
+        """KDA as HF's torch path computes it (matmul terms checked equal to ``FlopCounterMode`` on the tiny
+        Kimi-Linear, tests/families/test_kimi_linear.py). Projections: q, k, v (d → heads·head_dim each), β
+        (d → heads), the decay and the output gate (d → r → heads·head_dim each). Per chunk of C tokens and head
+        the counted matmuls are the in-chunk inverse times v_β and times k_β·exp(g) (C²·d_v, C²·d_k), the
+        in-chunk attention times the new values (C²·d_v), and three state-sized products (C·d_k·d_v each). Not
+        counted:
+        the per-channel decayed k·k and q·k products, elementwise over C²·d_k each (``delta_elementwise``), and
+        the forward substitution that inverts the unit-triangular in-chunk matrix, Σ i² ≈ C³/3 multiply-adds
+        per chunk and head (``delta_solve``)."""
+        n, d, q = float(seq_len), d_model, self.chunk_size
+        hk, hv, dk, dv = self.key_heads, self.value_heads, self.key_head_dim, self.value_head_dim
+        r = self.gate_rank or dk
+        padded = float(math.ceil(seq_len / q) * q) if reference else n
+        conv_steps = n + self.conv_kernel - 1 if reference and seq_len > 0 else n
+        return {
+            "delta_norm": 4.0 * n * d,
+            "delta_in_proj": 2.0 * n * d * (2 * hk * dk + hv * dv + hv + 2 * r) + 2.0 * n * r * hv * (dk + dv),
+            "delta_conv": 2.0 * conv_steps * (2 * hk * dk + hv * dv) * self.conv_kernel,
+            "delta_intra": 2.0 * padded * q * hv * (dk + 2 * dv),
+            "delta_state": 3 * 2.0 * padded * hv * dk * dv,
+            "delta_solve": padded * hv * 2.0 * q * q / 3.0,
+            # decayed k·k and q·k (3 per pair and channel each, plus the decay's exp), decay and β scaling,
+            # l2 norms, softplus/exp of the decay
+            "delta_elementwise": padded * hv * (7 * q * dk + 10 * dk + 4 * dv),
             "delta_gated_norm": 7.0 * n * hv * dv,
             "delta_out_proj": 2.0 * n * hv * dv * d,
         }

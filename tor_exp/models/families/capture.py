@@ -42,8 +42,10 @@ def capture_mamba2(mixer: nn.Module, store: dict[str, Tensor], enabled: bool = T
     return capture_input(mixer.norm, store)
 
 
-def capture_mamba1(mixer: nn.Module, store: dict[str, Tensor], enabled: bool = True) -> ContextManager[None]:
-    """y ([B, L, D']) of a Mamba-1 mixer's next forward, before its gate, into ``store["ssm_out"]``."""
+def capture_mamba1(mixer: nn.Module, store: dict[str, Tensor], enabled: bool = True,
+                   by_head: bool = False) -> ContextManager[None]:
+    """y ([B, L, D']) of a Mamba-1 mixer's next forward, before its gate, into ``store["ssm_out"]``; ``by_head``:
+    the mixer scans each head with its own call (Zamba)."""
     if not enabled:
         return nullcontext()
-    return capturing_mamba1_scan(mixer, store, RANKING_FEATURE)
+    return capturing_mamba1_scan(mixer, store, RANKING_FEATURE, by_head=by_head)
