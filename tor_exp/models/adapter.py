@@ -40,10 +40,12 @@ class DecodeState:
 
     ``key_valid``: per attention layer, [B, K] which cached key/value slots are real tokens (each layer saw its
     own, possibly reduced and padded, sequence); ``next_position`` [B]: the original position of the next token of
-    each row (its prompt's real length plus the tokens decoded so far), used for RoPE.
+    each row (its prompt's real length plus the tokens decoded so far), used for RoPE. ``key_positions``: per
+    sliding-window attention layer, [B, K] the original position of each cached slot (LFM3's window rule).
     """
 
     key_valid: dict[int, Tensor] = field(default_factory=dict)
+    key_positions: dict[int, Tensor] = field(default_factory=dict)
     next_position: Optional[Tensor] = None
 
 
