@@ -4,7 +4,7 @@
 [--repeats 3]`` loads each model once and runs lm-eval's ``simple_evaluate`` on ``reference_heldout_mc`` with
 :class:`~tor_exp.evaluation.lm.TorExpLM` (``reduction=none``: the unpatched model through
 :func:`~tor_exp.models.backbone.forward`) and with ``lm_eval.models.huggingface.HFLM(pretrained=<the same model
-object>)`` in the same process, alternating the two (so a drifting shared machine slows both alike), and reports the
+object>)`` in the same process, interleaved (so a drifting shared machine slows both alike), and reports the
 minimum over repeats of
 
 * ``eval``: the whole ``simple_evaluate`` call (task building, requests, scoring, metrics), and
@@ -24,6 +24,8 @@ from typing import Any, Optional, Sequence
 
 TASK = "reference_heldout_mc"
 TASK_FOLDER = "pkg://tor_exp/reference/task"
+#: items of the untimed warm-up round (first calls allocate and fill lm-eval's and torch's caches)
+WARMUP_ITEMS = 8
 
 
 @dataclass
@@ -108,8 +110,8 @@ def model_config(name: str) -> Any:
 
 
 def compare(model_name: str, limit: int, batch_size: int, repeats: int, tm: Any) -> Result:
-    """Load ``model=<model_name>`` once; time both LMs on it, interleaved, ``repeats`` times (after one warm-up
-    each, which also gives the log-likelihoods to compare)."""
+    """Load ``model=<model_name>`` once; time both LMs on it, interleaved (who goes first alternates), ``repeats``
+    times after a short warm-up of each; the first timed round gives the log-likelihoods to compare."""
     from lm_eval.models.huggingface import HFLM
 
     from tor_exp.evaluation.lm import TorExpLM
@@ -122,14 +124,14 @@ def compare(model_name: str, limit: int, batch_size: int, repeats: int, tm: Any)
     _timed_loglikelihood(ours, ours_t)
     _timed_loglikelihood(hflm, hflm_t)
     samples = {}
-    for rnd in range(repeats + 1):  # round 0 warms up both (not recorded)
-        for name, lm, timing in (("ours", ours, ours_t), ("hflm", hflm, hflm_t)) if rnd % 2 == 0 else \
+    for rnd in range(repeats + 1):  # round 0 warms both up on a few items (not recorded)
+        for name, lm, timing in (("ours", ours, ours_t), ("hflm", hflm, hflm_t)) if rnd % 2 else \
                 (("hflm", hflm, hflm_t), ("ours", ours, ours_t)):  # alternate who goes first
             timing.model_s.append(0.0)
             t0 = time.perf_counter()
-            raw = evaluate_once(lm, tm, limit)
+            raw = evaluate_once(lm, tm, min(limit, WARMUP_ITEMS) if rnd == 0 else limit)
             timing.eval_s.append(time.perf_counter() - t0)
-            if rnd == 0:
+            if rnd == 1:  # the first timed round gives the log-likelihoods to compare
                 samples[name] = per_request(raw)
     for timing in (ours_t, hflm_t):  # drop the warm-up round
         del timing.eval_s[0], timing.model_s[0]
@@ -146,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--models", nargs="+", default=["reference", "reference_hybrid"])
     ap.add_argument("--limit", type=int, default=200, help="items of reference_heldout_mc (default 200)")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per LM after one warm-up (default 3)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per LM after a warm-up (default 3)")
     ap.add_argument("--tol", type=float, default=1e-4, help="largest |Δ log-likelihood| allowed, nats")
     args = ap.parse_args(argv)
     for key in ("limit", "batch_size", "repeats"):
