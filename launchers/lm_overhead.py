@@ -1,6 +1,6 @@
 """What the backbone loop costs when it does not reduce: tor_exp's lm-eval backend vs lm-eval's own HFLM.
 
-``python -m tor_exp.bench.lm_overhead [--models reference reference_hybrid] [--limit 200] [--batch-size 8]
+``python launchers/lm_overhead.py [--models reference reference_hybrid] [--limit 200] [--batch-size 8]
 [--repeats 3]`` loads each model once and runs lm-eval's ``simple_evaluate`` on ``reference_heldout_mc`` with
 :class:`~tor_exp.evaluation.lm.TorExpLM` (``reduction=none``: the unpatched model through
 :func:`~tor_exp.models.backbone.forward`) and with ``lm_eval.models.huggingface.HFLM(pretrained=<the same model
@@ -12,7 +12,8 @@ minimum over repeats of
 
 as ratios TorExpLM / HFLM. It also checks that every request's log-likelihood agrees (|Δ| ≤ ``--tol``, 1e-4 nats):
 a faster loop that scores differently is no result. Exit 1 when they disagree. The numbers are in
-docs/benchmarks.md ("The loop without a reduction").
+docs/benchmarks.md ("The loop without a reduction"). A script beside the package, not part of it: it composes
+configs (``tor_exp.config``) and drives lm-eval, as the entry points do.
 """
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 TASK = "reference_heldout_mc"
 TASK_FOLDER = "pkg://tor_exp/reference/task"
@@ -143,7 +149,7 @@ def compare(model_name: str, limit: int, batch_size: int, repeats: int, tm: Any)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tor_exp.bench.lm_overhead",
+    ap = argparse.ArgumentParser(prog="python launchers/lm_overhead.py",
                                  description="tor_exp's lm-eval backend (reduction=none) vs lm-eval's HFLM")
     ap.add_argument("--models", nargs="+", default=["reference", "reference_hybrid"])
     ap.add_argument("--limit", type=int, default=200, help="items of reference_heldout_mc (default 200)")
