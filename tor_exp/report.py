@@ -180,8 +180,8 @@ def build_wandb_report_spec(entity: str, project: str, group: str, *, title: Opt
     panels.append(wr.RunComparer(diff_only="split"))
     blocks: list[Any] = [
         wr.H1(text=title or f"tor_exp: {group}"),
-        wr.P(text=f"Sweep group {group}: token reduction on Mamba / Mamba-2 (paper: Rethinking Token Reduction "
-                  "for State Space Models). Accuracies from lm-eval; x axis = FLOPs reduction target."),
+        wr.P(text=f"Sweep group {group}: token reduction on SSM and hybrid language models (method: "
+                  "Rethinking Token Reduction for State Space Models). Accuracies from lm-eval; x axis = FLOPs reduction target."),
         wr.PanelGrid(runsets=runsets, panels=panels),
     ]
     if markdown:

@@ -1,4 +1,5 @@
-"""lm-eval ``LM`` backend for (token-reduced) Mamba / Mamba-2 models.
+"""lm-eval ``LM`` backend for (token-reduced) models of every family tor_exp drives: Mamba, Mamba-2 and the
+hybrids that mix Mamba-2, Gated DeltaNet / KDA or short-convolution layers with attention.
 
 ``TorExpLM(model=..., tokenizer=...)`` scores an in-memory model, patched or not. Importing this module
 registers nothing: the lm-eval model name ``tor_exp`` (models built by config name, which needs the config layer
@@ -146,7 +147,8 @@ def detect_batch_size(probe: Callable[[int], Any], start: int) -> int:
 
 
 class TorExpLM(TemplateLM):
-    """lm-eval backend over an in-memory (patched or plain) HF Mamba / Mamba-2 model and its tokenizer.
+    """lm-eval backend over an in-memory (patched or plain) model of any family (:mod:`tor_exp.models.families`) and
+    its tokenizer.
 
     Models given by config name (lm-eval's ``model_args``) are built by ``tor_exp.lm_eval.TorExpByName``,
     registered with lm-eval as ``tor_exp``. The model is called in two places only: :meth:`_model_call`
@@ -391,7 +393,8 @@ class TorExpLM(TemplateLM):
 
     def _generation_probe(self, requests) -> Callable[[int], Any]:
         """``probe(n)``: the longest prompt of ``requests`` ``n`` times through ``generate`` for one new token (the
-        (reduced) prefill is the memory peak: a Mamba decode step keeps a fixed-size state per row)."""
+        (reduced) prefill is the memory peak: a recurrent layer's decode step keeps a fixed-size state per row, an
+        attention layer's cache grows by one slot)."""
         longest = max((self.tok_encode(r.args[0])[-(self.max_length - self.max_gen_toks):] for r in requests),
                       key=len, default=[self.prefix_token_id]) or [self.prefix_token_id]
 

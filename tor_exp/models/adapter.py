@@ -72,7 +72,9 @@ class LayerInput:
     real tokens (RoPE; 0 at padding; only for hybrids); streams: other per-token streams that travel with the
     tokens (Zamba2's embedding stream); cache: the HF cache being filled (prefill) or read (decode); want_ssm:
     capture this block's SSM output y; bookkeeping: the cache's :class:`DecodeState` (hybrids with a cache);
-    decode: this is a decode step on top of a filled cache.
+    decode: this is a decode step on top of a filled cache; segment: what a step derives from the token state
+    alone (a hybrid's attention mask, rotary tables, left-alignment order), shared by the layers of one segment
+    (the loop starts a new dict after each reduction and per forward), so it is computed once there, not per layer.
     """
 
     valid: Tensor
@@ -83,6 +85,7 @@ class LayerInput:
     want_ssm: bool = False
     bookkeeping: Optional[DecodeState] = None
     decode: bool = False
+    segment: dict[Any, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -81,18 +81,26 @@ def drive_backbone(
             bookkeeping.key_valid.clear()
             bookkeeping.next_position = valid.sum(dim=1)
         offset = first_real_column(valid)
-    all_valid = bool(state.valid.all())  # re-read only where a reduction can change it (one sync per location)
+
+    def segment_positions() -> Optional[Tensor]:
+        """Each token's original position among its row's real tokens (hybrids): fixed between reductions."""
+        if offset is None:
+            return None
+        if decoding is not None:
+            return decoding.next_position[:, None] + torch.arange(length, device=h.device)[None, :]
+        return (state.positions - offset[:, None]).clamp(min=0)
+
+    # re-read only where a reduction can change them (one sync per location): the token state is the same for
+    # every layer of a segment, and so is what a step derives from it (LayerInput.segment)
+    all_valid = bool(state.valid.all())
+    positions, segment = segment_positions(), {}
     hidden, residual, counts = h, None, []
     captured: dict[int, Tensor] = {}
     for layer, block in enumerate(adapter.blocks(model)):
         counts.append(state.valid.sum(dim=1))
-        positions = None
-        if offset is not None:
-            positions = (decoding.next_position[:, None] + torch.arange(length, device=h.device)[None, :]
-                         if decoding is not None else (state.positions - offset[:, None]).clamp(min=0))
         out = adapter.step(model, layer, block, hidden, residual, LayerInput(
             valid=state.valid, all_valid=all_valid, positions=positions, streams=state.streams, cache=cache,
-            want_ssm=layer in capture_at, bookkeeping=bookkeeping, decode=decoding is not None))
+            want_ssm=layer in capture_at, bookkeeping=bookkeeping, decode=decoding is not None, segment=segment))
         hidden, residual = out.hidden, out.residual
         if layer in capture_at:
             captured[layer] = out.features["ssm_out"]
@@ -108,6 +116,7 @@ def drive_backbone(
             state = run_reduction(method, state, features, keep, layer, observers)
             hidden, residual = state.hidden, state.residual
             all_valid = bool(state.valid.all())
+            positions, segment = segment_positions(), {}
     if decoding is not None:
         decoding.next_position = decoding.next_position + length
     return BackboneOutput(adapter.final_norm(model, hidden, residual), state, torch.stack(counts, dim=1))

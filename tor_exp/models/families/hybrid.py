@@ -161,24 +161,35 @@ class HybridFamily(ModelAdapter):
     def step(self, model: nn.Module, index: int, block: nn.Module, hidden: Tensor, residual: Optional[Tensor],
              inp: LayerInput) -> StepOutput:
         x = hidden if residual is None else residual + hidden
-        valid, positions, streams = inp.valid, inp.positions, inp.streams
+        seg = inp.segment  # what depends on the token state only: computed by the segment's first layer that needs it
         order = inverse = None
         if inp.cache is not None and not inp.decode and not inp.all_valid:
-            order = right_align_order(valid)
-            inverse = torch.argsort(order, dim=1)
-            x, valid = gather_tokens(x, order), torch.gather(valid, 1, order)
-            positions = torch.gather(positions, 1, order)
-            streams = {name: gather_tokens(t, order) for name, t in streams.items()}
+            if "aligned" not in seg:
+                order = right_align_order(inp.valid)
+                seg["aligned"] = (order, torch.argsort(order, dim=1), torch.gather(inp.valid, 1, order),
+                                  torch.gather(inp.positions, 1, order),
+                                  {name: gather_tokens(t, order) for name, t in inp.streams.items()})
+            order, inverse, valid, positions, streams = seg["aligned"]
+            x = gather_tokens(x, order)
+        else:
+            valid, positions, streams = inp.valid, inp.positions, inp.streams
         attention_mask = None
         if self.has_attention(model, index):
             attention_mask = self._attention_mask(model, index, valid, inp)
+        position_embeddings = None
         rotary = self.rotary(model)
-        call = LayerCall(
-            ssm_mask=None if (inp.all_valid or inp.decode) else valid.to(x.dtype),
-            attention_mask=attention_mask, position_ids=positions,
-            position_embeddings=rotary(x, position_ids=positions) if rotary is not None else None,
-            cache=inp.cache, streams=streams,
-        )
+        if rotary is not None:
+            key = ("rotary", id(rotary), x.dtype, x.device)  # HF's (cos, sin) follow x's dtype and device only
+            if key not in seg:
+                seg[key] = rotary(x, position_ids=positions)
+            position_embeddings = seg[key]
+        ssm_mask = None
+        if not (inp.all_valid or inp.decode):
+            if ("ssm_mask", x.dtype) not in seg:
+                seg["ssm_mask", x.dtype] = valid.to(x.dtype)
+            ssm_mask = seg["ssm_mask", x.dtype]
+        call = LayerCall(ssm_mask=ssm_mask, attention_mask=attention_mask, position_ids=positions,
+                         position_embeddings=position_embeddings, cache=inp.cache, streams=streams)
         store: dict[str, Tensor] = {}
         capture = self.capture_ranking(block, store) if inp.want_ssm else nullcontext()
         if capture is None:
@@ -198,12 +209,13 @@ class HybridFamily(ModelAdapter):
             raise ConfigError(f"model attn_implementation={implementation!r}: tor_exp reduces tokens under "
                               f"{' or '.join(MASKED_ATTENTION)} attention (a per-row mask of the surviving tokens)")
         book = inp.bookkeeping
-        if inp.decode:
+        if inp.decode:  # each layer's cached slots are its own: no mask to share
             allowed = allowed_keys(valid, book.key_valid[index])
             book.key_valid[index] = torch.cat([book.key_valid[index], valid], dim=1)
-        else:
-            allowed = allowed_keys(valid)
-            if book is not None and inp.cache is not None:
-                book.key_valid[index] = valid
-        dtype = next(model.parameters()).dtype
-        return mask_format(allowed, implementation, dtype)
+            return mask_format(allowed, implementation, next(model.parameters()).dtype)
+        if book is not None and inp.cache is not None:
+            book.key_valid[index] = valid
+        key = ("attention_mask", implementation)  # a prefill's mask depends on the segment's tokens only
+        if key not in inp.segment:
+            inp.segment[key] = mask_format(allowed_keys(valid), implementation, next(model.parameters()).dtype)
+        return inp.segment[key]
