@@ -189,19 +189,34 @@ def test_lr_schedule() -> None:
     assert math.isclose(lr_at(50, args, time_frac=1.0), 1e-4)
 
 
-@pytest.mark.parametrize("arch", ["mamba2", "nemotron_h"])
+@pytest.mark.parametrize("arch", ["mamba2", "nemotron_h", "qwen3_next"])
 def test_train_step_lowers_loss_on_toy_model(arch: str) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     args = build_parser().parse_args(["--data", "x", "--out", "y", "--arch", arch, "--d-model", "32",
                                       "--n-layer", "2", "--head-dim", "16", "--state-size", "16", "--chunk-size", "16",
-                                      "--pattern", "M*-M", "--attn-heads", "2", "--attn-head-dim", "16",
-                                      "--mlp-size", "64", "--lr", "3e-3"])
+                                      "--pattern", {"qwen3_next": "GGA"}.get(arch, "M*-M"), "--attn-heads", "2",
+                                      "--attn-head-dim", "16", "--mlp-size", "64", "--linear-heads", "2",
+                                      "--linear-key-dim", "8", "--linear-value-dim", "16", "--lr", "3e-3"])
     model = build_model(args)
-    assert type(model).__name__ == {"mamba2": "Mamba2ForCausalLM", "nemotron_h": "NemotronHForCausalLM"}[arch]
+    assert type(model).__name__ == {"mamba2": "Mamba2ForCausalLM", "nemotron_h": "NemotronHForCausalLM",
+                                    "qwen3_next": "Qwen3NextForCausalLM"}[arch]
     assert model.config.vocab_size == 258
     if arch == "nemotron_h":  # the pattern sets the depth: Mamba-2, attention, MLP, Mamba-2
         assert model.config.layers_block_type == ["linear_attention", "full_attention", "mlp", "linear_attention"]
+    if arch == "qwen3_next":  # two Gated DeltaNet layers, then gated attention; dense MLPs, no experts
+        assert model.config.layer_types == ["linear_attention", "linear_attention", "full_attention"]
+        assert all(type(layer.mlp).__name__ == "Qwen3NextMLP" for layer in model.model.layers)
+
+
+def test_the_gdn_reference_architecture_has_the_size_of_the_shipped_ones() -> None:
+    """The default Qwen3-Next-style reference (GGGA x 4, d 160, MLP 224): GDN : attention = 3 : 1, about 4 M
+    parameters like the shipped Mamba-2 (4.07 M) and hybrid (4.25 M)."""
+    args = build_parser().parse_args(["--data", "x", "--out", "y", "--arch", "qwen3_next", "--mlp-size", "224"])
+    model = build_model(args)
+    kinds = model.config.layer_types
+    assert kinds.count("linear_attention") == 3 * kinds.count("full_attention") == 12
+    assert 3.9e6 < sum(p.numel() for p in model.parameters()) < 4.6e6
     opt = make_optimizer(model, args)
     batch = torch.tensor([list(b"the cat sat on the mat. " * 2)[:33]] * 2)
     with torch.no_grad():

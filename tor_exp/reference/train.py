@@ -1,5 +1,7 @@
-"""Train a small reference byte-level LM on CPU: the Mamba-2 (``--arch mamba2``) or the Nemotron-H-style hybrid
-(``--arch nemotron_h``: Mamba-2 mixers, attention and MLP blocks in the order of ``--pattern``).
+"""Train a small reference byte-level LM on CPU: the Mamba-2 (``--arch mamba2``), the Nemotron-H-style hybrid
+(``--arch nemotron_h``: Mamba-2 mixers, attention and MLP blocks in the order of ``--pattern``) or the
+Qwen3-Next-style Gated DeltaNet hybrid (``--arch qwen3_next``: ``--pattern`` of G = Gated DeltaNet, A = gated
+attention, each layer followed by a dense gated MLP).
 
 Usage: ``python -m tor_exp.reference.train --data /tmp/refdata --out /tmp/reftrain`` (every hyper-parameter is an
 argparse option with its default; the full set is written to ``<out>/train_args.json``). The run logs one JSON line
@@ -19,7 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Mamba2Config, Mamba2ForCausalLM, NemotronHConfig, NemotronHForCausalLM, PreTrainedConfig
+from transformers import (Mamba2Config, Mamba2ForCausalLM, NemotronHConfig, NemotronHForCausalLM, PreTrainedConfig,
+                          Qwen3NextConfig, Qwen3NextForCausalLM)
 
 from tor_exp.reference.data import read_split
 from tor_exp.reference.tokenizer import EOS_ID, PAD_ID, VOCAB_SIZE, build_byte_tokenizer
@@ -30,12 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", type=Path, required=True, help="folder written by tor_exp.reference.data")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--arch", choices=sorted(ARCHS), default="mamba2")
-    ap.add_argument("--pattern", default="M-M*M-M-M*M-M-M-M*M-M-M-",
+    ap.add_argument("--pattern", default=None,
                     help="nemotron_h: one block per character, M = Mamba-2 mixer, * = attention, - = MLP "
-                         "(Nemotron-H's hybrid_override_pattern); sets the depth")
-    ap.add_argument("--attn-heads", type=int, default=5, help="nemotron_h: attention heads (key/value heads alike)")
-    ap.add_argument("--attn-head-dim", type=int, default=32, help="nemotron_h")
-    ap.add_argument("--mlp-size", type=int, default=640, help="nemotron_h: MLP intermediate size (ReLU²)")
+                         f"(Nemotron-H's hybrid_override_pattern; default {PATTERNS['nemotron_h']}); qwen3_next: "
+                         f"one layer per character, G = Gated DeltaNet, A = gated attention (default "
+                         f"{PATTERNS['qwen3_next']}); sets the depth")
+    ap.add_argument("--attn-heads", type=int, default=5,
+                    help="nemotron_h, qwen3_next: attention heads (key/value heads alike)")
+    ap.add_argument("--attn-head-dim", type=int, default=32, help="nemotron_h, qwen3_next")
+    ap.add_argument("--mlp-size", type=int, default=640,
+                    help="nemotron_h: MLP intermediate size (ReLU²); qwen3_next: each layer's gated MLP")
+    ap.add_argument("--linear-heads", type=int, default=4, help="qwen3_next: Gated DeltaNet key and value heads")
+    ap.add_argument("--linear-key-dim", type=int, default=32, help="qwen3_next: Gated DeltaNet key head size")
+    ap.add_argument("--linear-value-dim", type=int, default=64, help="qwen3_next: Gated DeltaNet value head size")
     ap.add_argument("--d-model", type=int, default=160)
     ap.add_argument("--n-layer", type=int, default=24)
     ap.add_argument("--expand", type=int, default=2)
@@ -71,16 +81,41 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: the default ``--pattern`` of each hybrid architecture (the shipped hybrid's; a 3 : 1 Gated DeltaNet hybrid)
+PATTERNS = {"nemotron_h": "M-M*M-M-M*M-M-M-M*M-M-M-", "qwen3_next": "GGGA" * 4}
+
+
+def pattern(args: argparse.Namespace) -> str:
+    """``--pattern``, or the architecture's default."""
+    return args.pattern or PATTERNS.get(args.arch, "")
+
+
 def model_config(args: argparse.Namespace) -> PreTrainedConfig:
     """HF config of ``--arch``; the Mamba-2 mixers' num_heads follows from expand * d_model / head_dim."""
+    if args.arch == "qwen3_next":
+        layers = pattern(args)
+        if not layers or set(layers) - set("GA"):
+            raise ValueError(f"--pattern={layers!r}: qwen3_next layers are G (Gated DeltaNet) or A (attention)")
+        kinds = {"G": "linear_attention", "A": "full_attention"}
+        # dense MLPs only (no experts at this size); untied head, like the shipped hybrid
+        return Qwen3NextConfig(
+            vocab_size=VOCAB_SIZE, hidden_size=args.d_model, num_hidden_layers=len(layers),
+            layer_types=[kinds[c] for c in layers], mlp_only_layers=list(range(len(layers))), num_experts=0,
+            intermediate_size=args.mlp_size, num_attention_heads=args.attn_heads,
+            num_key_value_heads=args.attn_heads, head_dim=args.attn_head_dim,
+            linear_num_key_heads=args.linear_heads, linear_num_value_heads=args.linear_heads,
+            linear_key_head_dim=args.linear_key_dim, linear_value_head_dim=args.linear_value_dim,
+            linear_conv_kernel_dim=args.conv_kernel, tie_word_embeddings=False, eos_token_id=EOS_ID,
+            bos_token_id=EOS_ID, pad_token_id=PAD_ID, use_cache=True,
+        )
     d_inner = args.expand * args.d_model
     if d_inner % args.head_dim:
         raise ValueError(f"expand*d_model={d_inner} not divisible by head_dim={args.head_dim}")
     if args.arch == "nemotron_h":
         # Nemotron-H's class never ties the LM head to the embedding, so the config must not claim it does
         return NemotronHConfig(
-            vocab_size=VOCAB_SIZE, hidden_size=args.d_model, hybrid_override_pattern=args.pattern,
-            num_hidden_layers=len(args.pattern), num_attention_heads=args.attn_heads,
+            vocab_size=VOCAB_SIZE, hidden_size=args.d_model, hybrid_override_pattern=pattern(args),
+            num_hidden_layers=len(pattern(args)), num_attention_heads=args.attn_heads,
             num_key_value_heads=args.attn_heads, head_dim=args.attn_head_dim, intermediate_size=args.mlp_size,
             mamba_num_heads=d_inner // args.head_dim, mamba_head_dim=args.head_dim, ssm_state_size=args.state_size,
             n_groups=args.n_groups, conv_kernel=args.conv_kernel, chunk_size=args.chunk_size,
@@ -96,7 +131,7 @@ def model_config(args: argparse.Namespace) -> PreTrainedConfig:
     )
 
 
-ARCHS = {"mamba2": Mamba2ForCausalLM, "nemotron_h": NemotronHForCausalLM}
+ARCHS = {"mamba2": Mamba2ForCausalLM, "nemotron_h": NemotronHForCausalLM, "qwen3_next": Qwen3NextForCausalLM}
 
 
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
@@ -203,6 +238,7 @@ def _deadline_ts(hhmm: str | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    args.pattern = pattern(args) or None  # train_args.json records the pattern that was used
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     args.out.mkdir(parents=True, exist_ok=True)
