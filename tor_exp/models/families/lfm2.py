@@ -47,22 +47,37 @@ class Lfm2Family(HybridFamily):
     def model_class(self) -> type:
         return Lfm2ForCausalLM
 
+    #: the ``layer_types`` a layer may have, and the tiny config's pattern
+    layer_kinds: frozenset[str] = frozenset({"conv", "full_attention"})
+    tiny_layers: tuple[str, ...] = tuple(_TINY_LAYERS)
+
+    def config_class(self) -> type:
+        return Lfm2Config
+
+    def tiny_defaults(self, tiny: Any) -> dict[str, Any]:
+        """The family's tiny-config keys before ``model.tiny.config`` overrides them."""
+        return dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=2 * tiny.d_model,
+                    block_auto_adjust_ff_dim=False)
+
     def tiny_config(self, tiny: Any, vocab: dict[str, int]) -> Any:
-        keys = dict(layer_types=_TINY_LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                    intermediate_size=2 * tiny.d_model, block_auto_adjust_ff_dim=False)
+        keys = dict(layer_types=list(self.tiny_layers), **self.tiny_defaults(tiny))
         keys.update(tiny.config)
         kinds = keys["layer_types"] = [str(kind) for kind in keys["layer_types"]]
-        if len(kinds) != tiny.n_layer or set(kinds) - {"conv", "full_attention"}:
-            raise ConfigError(f"model.tiny.config.layer_types={kinds}: one of conv or full_attention per layer, "
-                              f"model.tiny.n_layer={tiny.n_layer} layers")
-        return Lfm2Config(**vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer,
-                          conv_L_cache=tiny.conv_kernel, tie_word_embeddings=False, use_cache=True, **keys)
+        if len(kinds) != tiny.n_layer or set(kinds) - self.layer_kinds:
+            raise ConfigError(f"model.tiny.config.layer_types={kinds}: one of {' or '.join(sorted(self.layer_kinds))} "
+                              f"per layer, model.tiny.n_layer={tiny.n_layer} layers")
+        return self.config_class()(**vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer,
+                                   conv_L_cache=tiny.conv_kernel, tie_word_embeddings=False, use_cache=True, **keys)
+
+    def feed_forward(self, config: Any, index: int) -> Part:
+        """The part after layer ``index``'s operator."""
+        return MLP(size=feed_forward_size(config), gated=True)
 
     def layer_parts(self, config: Any, index: int) -> tuple[Part, ...]:
-        mlp = MLP(size=feed_forward_size(config), gated=True)
+        ffn = self.feed_forward(config, index)
         if config.layer_types[index] == "conv":
-            return ShortConv(width=config.hidden_size, kernel=config.conv_L_cache), mlp
-        return attention_part(config), mlp
+            return ShortConv(width=config.hidden_size, kernel=config.conv_L_cache), ffn
+        return attention_part(config), ffn
 
     def final_norm(self, model: nn.Module, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
         return self.base(model).embedding_norm(hidden if residual is None else residual + hidden)

@@ -17,10 +17,8 @@ from typing import Any, Optional
 from torch import nn
 from transformers import Lfm2MoeConfig, Lfm2MoeForCausalLM
 
-from tor_exp.errors import ConfigError
-from tor_exp.models.families.hybrid import attention_part
 from tor_exp.models.families.lfm2 import Lfm2Family
-from tor_exp.models.shape import MLP, MoE, Part, ShortConv
+from tor_exp.models.shape import MLP, MoE, Part
 
 #: this module's families, read without importing it (tor_exp.models.families.registry)
 FAMILY_INFO = ({"name": "lfm2_moe", "hybrid": True, "mixer_heads": False, "model_types": ("lfm2_moe",)},)
@@ -35,27 +33,20 @@ class Lfm2MoeFamily(Lfm2Family):
     def model_class(self) -> type:
         return Lfm2MoeForCausalLM
 
-    def tiny_config(self, tiny: Any, vocab: dict[str, int]) -> Any:
-        keys = dict(layer_types=_TINY_LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                    intermediate_size=2 * tiny.d_model, moe_intermediate_size=tiny.d_model, num_experts=4,
-                    num_experts_per_tok=2, num_dense_layers=1)
-        keys.update(tiny.config)
-        kinds = keys["layer_types"] = [str(kind) for kind in keys["layer_types"]]
-        if len(kinds) != tiny.n_layer or set(kinds) - {"conv", "full_attention"}:
-            raise ConfigError(f"model.tiny.config.layer_types={kinds}: one of conv or full_attention per layer, "
-                              f"model.tiny.n_layer={tiny.n_layer} layers")
-        return Lfm2MoeConfig(**vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer,
-                             conv_L_cache=tiny.conv_kernel, tie_word_embeddings=False, use_cache=True, **keys)
+    tiny_layers = tuple(_TINY_LAYERS)
 
-    def layer_parts(self, config: Any, index: int) -> tuple[Part, ...]:
+    def config_class(self) -> type:
+        return Lfm2MoeConfig
+
+    def tiny_defaults(self, tiny: Any) -> dict[str, Any]:
+        return dict(num_attention_heads=4, num_key_value_heads=2, intermediate_size=2 * tiny.d_model,
+                    moe_intermediate_size=tiny.d_model, num_experts=4, num_experts_per_tok=2, num_dense_layers=1)
+
+    def feed_forward(self, config: Any, index: int) -> Part:
         if index < config.num_dense_layers:
-            ffn: Part = MLP(size=config.intermediate_size, gated=True)
-        else:
-            ffn = MoE(experts=config.num_experts, top_k=config.num_experts_per_tok,
-                      size=config.moe_intermediate_size, gated=True)
-        if config.layer_types[index] == "conv":
-            return ShortConv(width=config.hidden_size, kernel=config.conv_L_cache), ffn
-        return attention_part(config), ffn
+            return MLP(size=config.intermediate_size, gated=True)
+        return MoE(experts=config.num_experts, top_k=config.num_experts_per_tok, size=config.moe_intermediate_size,
+                   gated=True)
 
     def rotary(self, model: nn.Module) -> Optional[nn.Module]:
         return self.base(model).pos_emb

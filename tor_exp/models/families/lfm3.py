@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 from transformers import Lfm3Config, Lfm3ForCausalLM
 
-from tor_exp.errors import ConfigError
 from tor_exp.models.families.hybrid import LayerCall, attention_head_dim
 from tor_exp.models.families.lfm2 import Lfm2Family
 from tor_exp.models.shape import MLP, Attention, Part, ShortConv, register_part
@@ -87,16 +86,15 @@ class Lfm3Family(Lfm2Family):
     def model_class(self) -> type:
         return Lfm3ForCausalLM
 
-    def tiny_config(self, tiny: Any, vocab: dict[str, int]) -> Any:
-        keys = dict(layer_types=_TINY_LAYERS, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                    intermediate_size=2 * tiny.d_model, sliding_window=8)
-        keys.update(tiny.config)
-        kinds = keys["layer_types"] = [str(kind) for kind in keys["layer_types"]]
-        if len(kinds) != tiny.n_layer or set(kinds) - _KINDS:
-            raise ConfigError(f"model.tiny.config.layer_types={kinds}: one of {', '.join(sorted(_KINDS))} per "
-                              f"layer, model.tiny.n_layer={tiny.n_layer} layers")
-        return Lfm3Config(**vocab, hidden_size=tiny.d_model, num_hidden_layers=tiny.n_layer,
-                          conv_L_cache=tiny.conv_kernel, tie_word_embeddings=False, use_cache=True, **keys)
+    layer_kinds = frozenset(_KINDS)
+    tiny_layers = tuple(_TINY_LAYERS)
+
+    def config_class(self) -> type:
+        return Lfm3Config
+
+    def tiny_defaults(self, tiny: Any) -> dict[str, Any]:
+        return dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=2 * tiny.d_model,
+                    sliding_window=8)
 
     def layer_parts(self, config: Any, index: int) -> tuple[Part, ...]:
         kind = config.layer_types[index]
