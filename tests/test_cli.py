@@ -107,13 +107,15 @@ def test_default_job_end_to_end_on_a_few_items(tmp_path: Path) -> None:
     _check_default_results(tmp_path, 3)
 
 
-def test_hybrid_reference_job_end_to_end_on_a_few_items(tmp_path: Path) -> None:
-    """The trained hybrid (Mamba-2, attention and MLP blocks) through the same default job, from another directory:
-    the shipped weights load from the package, UTRC 20 % realises its FLOPs, and the unreduced model is trained."""
-    proc = _run("model=reference_hybrid", "eval.limit=3", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+@pytest.mark.parametrize("model", ["reference_hybrid", "reference_gdn"])
+def test_hybrid_reference_job_end_to_end_on_a_few_items(model: str, tmp_path: Path) -> None:
+    """The trained hybrids (Mamba-2, attention and MLP blocks; Gated DeltaNet and gated attention) through the same
+    default job, from another directory: the shipped weights load from the package, UTRC 20 % realises its FLOPs,
+    and the unreduced model is trained."""
+    proc = _run(f"model={model}", "eval.limit=3", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _check_default_results(tmp_path, 3, model="reference_hybrid")
-    assert "reference_hybrid" in proc.stdout
+    _check_default_results(tmp_path, 3, model=model)
+    assert model in proc.stdout
 
 
 @pytest.mark.slow

@@ -36,7 +36,8 @@ def test_dotted_eval_keys_apply_on_top_of_the_models_default(compose):
     assert sorted(v.eval.tasks) == sorted(PAPER_TASKS) and v.eval.limit == 3
 
 
-@pytest.mark.parametrize("args", [(), ("model=reference",), ("model=reference_hybrid",), ("model=tiny_mamba2",),
+@pytest.mark.parametrize("args", [(), ("model=reference",), ("model=reference_hybrid",), ("model=reference_gdn",),
+                                  ("model=tiny_mamba2",),
                                   ("model=tiny_mamba",)])
 def test_reference_and_tiny_models_keep_the_offline_set(compose, args):
     assert compose(*args).eval.tasks == OFFLINE

@@ -61,6 +61,7 @@ def test_wheel_built_from_the_sdist_runs_from_another_directory(tmp_path: Path) 
                    "tor_exp/evaluation/tasks/piqa_fixture.jsonl", "tor_exp/evaluation/tasks/task_data.py",
                    "tor_exp/reference/task/reference_heldout.jsonl", "tor_exp/reference/assets/model.safetensors",
                    "tor_exp/reference/hybrid/model.safetensors", "tor_exp/conf/model/reference_hybrid.yaml",
+                   "tor_exp/reference/gdn/model.safetensors", "tor_exp/conf/model/reference_gdn.yaml",
                    "tor_exp/lm_eval/__main__.py"):
         assert needed in files, needed
 
@@ -83,6 +84,13 @@ def test_wheel_built_from_the_sdist_runs_from_another_directory(tmp_path: Path) 
     assert 0.0 <= results["metrics"]["piqa_fixture"]["acc"] <= 1.0
     assert results["metrics"]["lambada_fixture"]["perplexity"] > 1.0
     assert results["versions"]["tor_exp"] == "0.1.0"
+    # a shipped trained model from the wheel's own files (the Gated DeltaNet reference), offline, elsewhere
+    out = tmp_path / "run_gdn"
+    run([python, "-m", "tor_exp", "model=reference_gdn", "eval.limit=2", f"hydra.run.dir={out}"], cwd=elsewhere,
+        env=env)
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"] == "reference_gdn" and Path(results["checkpoint"]["path"]).is_relative_to(tmp_path / "venv")
+    assert results["baseline"]["metrics"]["reference_heldout"]["bits_per_byte"] < 3.0
 
     # the console script of the wheel: lm-eval's command line, a bundled task by name
     cli_out = tmp_path / "lm_eval_out"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tor_exp.reference import ASSETS_DIR, HYBRID_DIR, TASK_DIR
+from tor_exp.reference import ASSETS_DIR, GDN_DIR, HYBRID_DIR, TASK_DIR
 from tor_exp.reference.data import clean_rst, split_of
 from tor_exp.reference.evaluate import ngram_logprobs, sequence_nll_per_byte
 from tor_exp.reference.make_task import CONT_MAX, CONT_MIN, CTX_MAX, CTX_MIN, sampled, shingle_hashes
@@ -25,8 +25,11 @@ TRAIN_SNIPPET = ("If you do much work on computers, eventually you find that the
                  "files, or rename and rearrange a bunch of photo files in a complicated way.")
 
 
-# Both shipped models: the Mamba-2 reference and the Nemotron-H-style hybrid, each with its model config
-SHIPPED = {"reference": ASSETS_DIR, "reference_hybrid": HYBRID_DIR}
+# The three shipped models: the Mamba-2 reference, the Nemotron-H-style hybrid and the Qwen3-Next-style Gated
+# DeltaNet hybrid, each with its model config
+SHIPPED = {"reference": ASSETS_DIR, "reference_hybrid": HYBRID_DIR, "reference_gdn": GDN_DIR}
+#: each shipped model's depth (layers or blocks)
+DEPTH = {"reference": 24, "reference_hybrid": 24, "reference_gdn": 16}
 
 
 @pytest.fixture(scope="module", params=list(SHIPPED))
@@ -100,15 +103,19 @@ def test_shipped_weights_are_small_fp16(which: str, metrics: dict) -> None:
     assert dtypes == {"F16"}
     cfg = json.loads((SHIPPED[which] / "config.json").read_text())
     depth = len(cfg["layers_block_type"]) if which == "reference_hybrid" else cfg["num_hidden_layers"]
-    assert depth >= 24 and metrics["n_params"] > 1_000_000
+    assert depth == DEPTH[which] and 3_900_000 < metrics["n_params"] < 4_600_000
     if which == "reference_hybrid":  # a real hybrid: Mamba-2, attention and MLP blocks
         assert cfg["model_type"] == "nemotron_h"
         assert set(cfg["layers_block_type"]) == {"linear_attention", "full_attention", "mlp"}
+    if which == "reference_gdn":  # Gated DeltaNet : gated attention = 3 : 1, dense MLPs (no experts)
+        assert cfg["model_type"] == "qwen3_next" and cfg["num_experts"] == 0
+        assert cfg["layer_types"] == ["linear_attention"] * 3 + ["full_attention"] + \
+            (["linear_attention"] * 3 + ["full_attention"]) * 3
 
 
-def test_shipped_weights_reproduce_recorded_loss(shipped, metrics: dict) -> None:
+def test_shipped_weights_reproduce_recorded_loss(which: str, shipped, metrics: dict) -> None:
     model, tok = shipped
-    assert next(model.parameters()).dtype == torch.float32 and model.config.num_hidden_layers == 24
+    assert next(model.parameters()).dtype == torch.float32 and model.config.num_hidden_layers == DEPTH[which]
     ref = metrics["reference_items"]
     texts = [ITEMS[i]["context"] + ITEMS[i]["continuation"] for i in ref["ids"]]
     assert tok(texts[0])["input_ids"] == list(texts[0].encode())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tor_exp.reference import ASSETS_DIR, HYBRID_DIR, TASK_DIR
+from tor_exp.reference import ASSETS_DIR, GDN_DIR, HYBRID_DIR, TASK_DIR
 from tor_exp.reference.data import split_of
 from tor_exp.reference.make_task import MC_CTX_MAX, MC_CTX_MIN, sampled, shingle_hashes
 
@@ -114,7 +114,8 @@ def test_mc_cheap_independent_scorer_beats_chance() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- (d)
-SHIPPED = {"reference": ASSETS_DIR, "reference_hybrid": HYBRID_DIR}  # the Mamba-2 and the hybrid reference
+# the Mamba-2, the Nemotron-H-style hybrid and the Gated DeltaNet hybrid reference
+SHIPPED = {"reference": ASSETS_DIR, "reference_hybrid": HYBRID_DIR, "reference_gdn": GDN_DIR}
 
 
 def _model_accuracy(limit: int | None, assets: Path = ASSETS_DIR) -> dict:

@@ -33,10 +33,12 @@ EXPECTED = {
                                                "pumer_official"]),
     # the hybrid reference: paper-mode methods only (parity modes are refused on hybrids)
     "reference_quality_hybrid": _grid(["reference_hybrid"], ["utrc", "evit", "pumer", "ltmp"]),
+    # the Gated DeltaNet reference: the same four paper-mode methods
+    "reference_quality_gdn": _grid(["reference_gdn"], ["utrc", "evit", "pumer", "ltmp"]),
 }
 COUNTS = {"table1_mamba2": 20, "table2_mamba": 20, "parity": 20, "table3_metric": 8, "table4_locations": 6,
           "table5_design": 7, "table6_ltmp": 7, "smoke": 2, "reference_quality": 22,
-          "reference_quality_hybrid": 13}
+          "reference_quality_hybrid": 13, "reference_quality_gdn": 13}
 
 
 def expand(experiment: str, only: list[int] | None = None) -> list[tuple[list[str], object]]:
@@ -81,8 +83,9 @@ def test_sweep_spec_expands_to_the_expected_jobs(experiment):
     assert len(set(overrides)) == len(overrides)
     if experiment in EXPECTED:
         got = [_cell_of(ov) for ov, _ in jobs]
-        if experiment in ("table6_ltmp", "reference_quality", "reference_quality_hybrid"):
-            model = {"table6_ltmp": "mamba2_2.7b", "reference_quality": "reference"}.get(experiment, "reference_hybrid")
+        if experiment in ("table6_ltmp", "reference_quality", "reference_quality_hybrid", "reference_quality_gdn"):
+            model = {"table6_ltmp": "mamba2_2.7b", "reference_quality": "reference",
+                     "reference_quality_gdn": "reference_gdn"}.get(experiment, "reference_hybrid")
             got = [(model, m, f) for _, m, f in got]
         assert len(set(got)) == len(got) and set(got) == EXPECTED[experiment]
 
@@ -105,7 +108,8 @@ def _check_job(experiment: str, cfg) -> tuple:
     if experiment == "smoke":
         assert v.model.name == "tiny_mamba2" and v.eval.tasks == ["lambada_fixture"] and v.eval.limit <= 4
     elif experiment.startswith("reference_quality"):
-        assert v.model.name == {"reference_quality": "reference"}.get(experiment, "reference_hybrid")
+        assert v.model.name == {"reference_quality": "reference",
+                                "reference_quality_gdn": "reference_gdn"}.get(experiment, "reference_hybrid")
         assert "reference_heldout" in v.eval.tasks and v.eval.log_samples
         assert v.eval.compare_baseline is False and v.eval.limit is None
     else:
@@ -123,6 +127,8 @@ def _check_job(experiment: str, cfg) -> tuple:
         assert locations == L48
     elif model in ("reference", "reference_hybrid"):
         assert locations == [5, 8, 11, 14, 17]
+    elif model == "reference_gdn":  # the same relative depths in 16 layers
+        assert locations == [3, 5, 7, 9, 11]
     else:
         assert experiment in ("smoke", "table4_locations")
     flops = v.reduction.target_flops if v.reduction.keep_ratio is None else None
