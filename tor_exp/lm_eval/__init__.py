@@ -112,7 +112,7 @@ class TorExpByName(TorExpLM):
         import torch
 
         from tor_exp.models import load_model, model_shape
-        from tor_exp.models.schedule import build_reduction, reducing
+        from tor_exp.models.schedule import reducing
 
         from tor_exp import distributed
 
@@ -126,7 +126,7 @@ class TorExpByName(TorExpLM):
             ("cuda" if torch.cuda.is_available() else "cpu")
         dev = distributed.local_device("cuda" if str(dev).startswith("cuda") else dev)  # this rank's GPU
         net, tok = load_model(v.model, device=dev)
-        method, schedule = build_reduction(v.reduction, v.model, shape=model_shape(net))
+        method, schedule = v.reduction_for(model_shape(net))
         self._patched = ExitStack()
         self._patched.enter_context(reducing(net, method, schedule, tokenizer=tok,
                                              calibration_source=v.model.calibration_text))

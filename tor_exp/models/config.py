@@ -122,9 +122,9 @@ class ModelConfig:
         if self.locations is None:
             return
         locs = list(self.locations)
-        top = self.n_layer - 2 if self.n_layer is not None else None
-        if any((not isinstance(l, int)) or l < 0 or (top is not None and l > top) for l in locs):
-            raise ConfigError(f"model.locations={locs}: each must be an integer in [0, {top if top is not None else 'depth-2'}]")
+        # against the depth: tor_exp.models.schedule.resolve_locations, the one place that knows the depth
+        if any(not isinstance(l, int) for l in locs):
+            raise ConfigError(f"model.locations={locs}: each must be an integer")
         if sorted(set(locs)) != locs:
             raise ConfigError(f"model.locations={locs}: must be strictly increasing")
         self.locations = locs

@@ -173,13 +173,17 @@ def _unflatten_summary(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def _locations_from_config(reduction: dict[str, Any], model: dict[str, Any]) -> list[int]:
     """The schedule's locations from a resolved config (W&B keeps the config, not the schedule)."""
-    from types import SimpleNamespace
+    import dataclasses
 
     try:
+        from tor_exp.models.config import ModelConfig
         from tor_exp.models.schedule import resolve_locations
+        from tor_exp.reduction.base import ReductionConfig
 
-        return list(resolve_locations(SimpleNamespace(**reduction), SimpleNamespace(**model)))
-    except Exception:  # an incomplete config: fall back to the explicit keys
+        typed = [cls(**{f.name: part[f.name] for f in dataclasses.fields(cls) if f.name in part})
+                 for cls, part in ((ReductionConfig, reduction), (ModelConfig, model))]
+        return list(resolve_locations(*typed))
+    except Exception:  # an incomplete or older config: fall back to the explicit keys
         return list(reduction.get("locations") or model.get("locations") or [])
 
 
