@@ -160,37 +160,23 @@ def compose_dict(overrides: Sequence[str] = (), *, return_hydra_config: bool = F
     the sweep's primary config, see :func:`sweep_jobs`). Works inside and outside a running Hydra app: the global
     Hydra state of a running job is saved and restored.
     """
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
+    from tor_exp.compat.hydra import compose_config
 
     register_configs()
     overrides = expand_model_dirs(overrides)
-    hydra_global = GlobalHydra.instance()
-    saved = hydra_global.hydra if hydra_global.is_initialized() else None
-    hydra_global.clear()
     try:
-        try:
-            with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-                cfg = hydra_global.hydra.compose_config(  # type: ignore[union-attr]
-                    config_name="config", overrides=list(overrides), from_shell=False, with_log_configuration=False,
-                    run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
-        except Exception as err:
-            appended = _appended(err, overrides)
-            if appended is None:
-                raise
-            hydra_global.clear()
-            # the same override with '+': composes, and the schema names the key it lacks in tor_exp's words
-            check_keys(compose_dict(appended, return_hydra_config=True, multirun=multirun))
+        cfg = compose_config(config_dir(), overrides, multirun=multirun)
+    except Exception as err:
+        appended = _appended(err, overrides)
+        if appended is None:
             raise
-        if not return_hydra_config:
-            with open_dict(cfg):
-                del cfg["hydra"]
-        return cfg
-    finally:
-        hydra_global.clear()
-        if saved is not None:
-            hydra_global.initialize(saved)
+        # the same override with '+': composes, and the schema names the key it lacks in tor_exp's words
+        check_keys(compose_dict(appended, return_hydra_config=True, multirun=multirun))
+        raise
+    if not return_hydra_config:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
 
 
 def _appended(err: BaseException, overrides: Sequence[str]) -> Optional[list[str]]:
