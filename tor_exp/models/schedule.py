@@ -37,7 +37,13 @@ def resolve_locations(reduction: "ReductionConfig", model: "ModelConfig",
 
     ``shape``: the model's layers, when the model config does not state its depth (read from the checkpoint).
     """
-    n_layer = int(shape.n_layer if shape is not None else model.n_layer)
+    return location_list(reduction, int(shape.n_layer if shape is not None else model.n_layer), model.locations,
+                         shape)
+
+
+def location_list(reduction: "ReductionConfig", n_layer: int, model_locations: Optional[Sequence[int]],
+                  shape: Optional[ModelShape] = None) -> list[int]:
+    """:func:`resolve_locations` from the depth and the model's own locations alone (a record's config)."""
     if reduction.locations is not None:
         locs = [int(l) for l in reduction.locations]
         key = "reduction.locations"
@@ -47,7 +53,7 @@ def resolve_locations(reduction: "ReductionConfig", model: "ModelConfig",
         locs = list(range(int(reduction.location_start), stop, int(stride)))
         key = "reduction.location_start"
     else:
-        locs = [int(l) for l in (model.locations if model.locations is not None else
+        locs = [int(l) for l in (model_locations if model_locations is not None else
                                  default_locations(n_layer, shape))]
         key = "model.locations"
     check_depth(key, locs, n_layer)

@@ -176,13 +176,12 @@ def _locations_from_config(reduction: dict[str, Any], model: dict[str, Any]) -> 
     import dataclasses
 
     try:
-        from tor_exp.models.config import ModelConfig
-        from tor_exp.models.schedule import resolve_locations
+        from tor_exp.models.schedule import location_list
         from tor_exp.reduction.base import ReductionConfig
 
-        typed = [cls(**{f.name: part[f.name] for f in dataclasses.fields(cls) if f.name in part})
-                 for cls, part in ((ReductionConfig, reduction), (ModelConfig, model))]
-        return list(resolve_locations(*typed))
+        shared = ReductionConfig(**{f.name: reduction[f.name] for f in dataclasses.fields(ReductionConfig)
+                                    if f.name in reduction})
+        return location_list(shared, int(model["n_layer"]), model.get("locations"))
     except Exception:  # an incomplete or older config: fall back to the explicit keys
         return list(reduction.get("locations") or model.get("locations") or [])
 
