@@ -30,14 +30,24 @@ KNOWN_MAMBA_SSM_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+def known_config(model_cfg: Any) -> Any:
+    """The HF config of one of the paper's checkpoints named by its hub id (:data:`KNOWN_MAMBA_SSM_CONFIGS`; the
+    ``-hf`` copies have the same shape), None for any other path."""
+    from tor_exp.models.families.mamba_ssm import hf_config_from_mamba_ssm
+
+    key = (model_cfg.path or "").removesuffix("-hf")
+    if model_cfg.source == "tiny" or key not in KNOWN_MAMBA_SSM_CONFIGS:
+        return None
+    return hf_config_from_mamba_ssm(KNOWN_MAMBA_SSM_CONFIGS[key], model_cfg.family)
+
+
 def shape_config(model_cfg: Any) -> Any:
     """The HF config of ``model_cfg``'s architecture, without weights and without network access."""
-    from tor_exp.models.families.mamba_ssm import hf_config_from_mamba_ssm
     from tor_exp.models.loading import checkpoint_config
 
-    key = (model_cfg.path or "").removesuffix("-hf")  # the HF-format copies have the same shape
-    if model_cfg.source != "tiny" and key in KNOWN_MAMBA_SSM_CONFIGS:
-        return hf_config_from_mamba_ssm(KNOWN_MAMBA_SSM_CONFIGS[key], model_cfg.family)
+    config = known_config(model_cfg)
+    if config is not None:
+        return config
     config = checkpoint_config(model_cfg)
     if config is None:
         raise ConfigError(f"model.path={model_cfg.path!r}: shape unknown offline (known: "
