@@ -297,9 +297,14 @@ def _load_weights(cfg: ModelConfig, path: Optional[str], device: str | torch.dev
         torch.manual_seed(cfg.seed)
         model = adapter_for(cfg.family).model_class()(tiny_hf_config(cfg))
     elif cfg.source == "random":  # the checkpoint's shape, weights drawn with model.seed: no weight file is read
-        from tor_exp.models.random_model import random_model
+        from tor_exp.models.random_model import KNOWN_MAMBA_SSM_CONFIGS, random_model
 
-        model = random_model(cfg, device, cfg.dtype, seed=cfg.seed)
+        config = checkpoint_config(cfg)
+        if config is None:
+            raise ConfigError(f"model.path={cfg.path!r}: shape unknown offline (model.source=random reads config.json "
+                              f"of a local directory or of a hub id in the local cache, or knows "
+                              f"{', '.join(sorted(KNOWN_MAMBA_SSM_CONFIGS))})")
+        model = random_model(config, resolve_family(cfg, config), device, cfg.torch_dtype, seed=cfg.seed)
     elif cfg.source == "mamba_ssm":
         model = load_mamba_ssm_checkpoint(path, cfg.family)
     else:  # hf / local: HF format
