@@ -19,7 +19,8 @@ from tor_exp.models.refusals import check_not_refused
 
 #: the declared families (each family module's FAMILY_INFO, read without importing it); ``auto`` besides
 FAMILIES = family_names()
-SOURCES = ("hf", "mamba_ssm", "tiny", "local")
+#: ``random``: the shape of the checkpoint at ``path`` (its config.json only), weights drawn with ``seed``
+SOURCES = ("hf", "mamba_ssm", "tiny", "local", "random")
 #: families with attention layers (their FLOPs depend on the layer and the length; decode needs key bookkeeping)
 HYBRID_FAMILIES = tuple(name for name in FAMILIES if family_info(name).hybrid)
 DTYPES = ("float32", "bfloat16", "float16")
