@@ -107,7 +107,8 @@ def test_cli_failures_worded_turns_lm_eval_failures_into_one_line():
     from lm_eval.config.evaluate_config import EvaluatorConfig
 
     def patched():
-        return vars(EvaluatorConfig)["from_cli"], vars(EvaluatorConfig)["process_tasks"], vars(ConfigurableTask)["download"]
+        cls = EvaluatorConfig
+        return vars(cls)["from_cli"], vars(cls)["process_tasks"], vars(ConfigurableTask)["download"]
 
     before = patched()
     checked: list = []
