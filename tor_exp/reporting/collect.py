@@ -214,7 +214,8 @@ def results_from_wandb(config: dict[str, Any], summary: dict[str, Any], name: st
 
 
 def load_wandb_group(group: str, *, entity: Optional[str] = None, project: str = "tor_exp") -> list[dict[str, Any]]:
-    """Runs of a W&B group (needs network and a login), as results.json-shaped dicts."""
+    """Runs of a W&B group (needs network and a login), as results.json-shaped dicts. Each run's summary is read
+    through the public API's ``Run.summary_metrics`` (a plain dict; wandb 0.31.0)."""
     import wandb
 
     api = wandb.Api()
@@ -223,7 +224,7 @@ def load_wandb_group(group: str, *, entity: Optional[str] = None, project: str =
     for run in api.runs(path, filters={"group": group}):
         if getattr(run, "state", "finished") != "finished":
             continue
-        summary = dict(run.summary._json_dict) if hasattr(run.summary, "_json_dict") else dict(run.summary)
+        summary = dict(run.summary_metrics)
         out.append(results_from_wandb(dict(run.config), summary, name=run.name, url=getattr(run, "url", "")))
     return out
 
