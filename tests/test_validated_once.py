@@ -86,5 +86,6 @@ def test_the_validated_config_is_not_changed_afterwards() -> None:
     assert v.model.dtype == "float16" and v.eval.alignment == "exact"
     with pytest.raises(dataclasses.FrozenInstanceError):
         v.schedule = None  # type: ignore[misc]
-    assert compose(["model=tiny_mamba2", "dtype=float16", "reduction=utrc"]) is v  # validated once per text
+    again = compose(["model=tiny_mamba2", "dtype=float16", "reduction=utrc"])  # validated once per text: a copy
+    assert again == v and again.model is not v.model
     assert compose(["model=tiny_mamba2", "reduction=utrc"]).model.dtype == "float32"

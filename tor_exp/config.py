@@ -5,6 +5,7 @@ the group's YAML files start from it (``defaults: [<x>_schema, _self_]``).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,7 +365,8 @@ def validate(cfg: DictConfig, *, check_device: bool = True) -> ValidatedConfig:
 
     ``check_device``: ``device=cuda`` needs a GPU here (off where the job runs elsewhere: a Slurm launcher's
     login node has none). A config already validated in this process (the command line's precheck, then its
-    Hydra job) is not validated again: the same text, launch directory and ``check_device`` give the same object.
+    Hydra job) is not validated again: the same text, launch directory and ``check_device`` give an equal copy
+    of the first result.
     """
     from tor_exp.paths import launch_dir
 
@@ -377,7 +379,7 @@ def validate(cfg: DictConfig, *, check_device: bool = True) -> ValidatedConfig:
         cached = _validate(cfg, check_device=check_device)
         _validated.clear()  # one entry: a process runs one job (its precheck, then the job)
         _validated[key] = cached
-    return cached
+    return copy.deepcopy(cached)  # the groups' dataclasses are plain: no caller can change another's
 
 
 #: the last config :func:`validate` built, by its text (see there)
