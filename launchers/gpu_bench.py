@@ -1,11 +1,14 @@
-"""Driver of launchers/gpu_bench.sh: every bench preset at paper scale on one random-weight model, in one process.
+"""Driver of launchers/gpu_bench.sh: every bench preset at paper scale on random weights of a real model's shape.
 
-Each preset's config is composed exactly as ``python -m tor_exp task=bench model=<m> reduction=<r> bench=<preset>
-bench.batch_sizes=[16] ...`` composes it (tor_exp.config.compose, validated), with the paper-scale overrides below;
-what differs from that command is only that the model is built once, directly on the GPU, with random weights of
-the real shape, instead of loading a checkpoint per preset.
+Each preset is one ordinary job, run through :func:`tor_exp.run.run` exactly as
+``python -m tor_exp task=bench model=<m> model.source=random reduction=<r> bench=<preset> bench.batch_sizes=[16] ...``
+runs it (config composed with tor_exp.config.compose_dict, validated by the job), in ``<out>/<preset>/``: so each
+preset's results.json has the schema of every job (task=bench, checkpoint ``weights: random``, kernels, versions),
+beside bench_<preset>.md/.png. ``model.source=random`` builds the model of ``<m>``'s shape directly on the device
+with random weights drawn with ``model.seed`` (speed and memory do not depend on the weights; no checkpoint is
+downloaded or read); each job builds its own (seconds on a GPU).
 
-Writes <out>/<preset>/results.json (+ bench_<preset>.md/.png), <out>/summary.md and <out>/summary.json.
+Writes <out>/<preset>/ (the job's folder), <out>/summary.md and <out>/summary.json (from the jobs' results).
 ``--scale cpu`` runs the same code with tiny shapes (a check of this script on a machine without a GPU).
 """
 from __future__ import annotations
@@ -44,13 +47,23 @@ SCALES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def preset_config(model: str, method: str, preset: str, dtype: str, values: dict[str, Any]):
-    """The validated config of one preset run (``values``: bench keys → values, written as Hydra overrides)."""
-    from tor_exp.config import compose
-
-    overrides = [f"model={model}", f"reduction={method}", "task=bench", f"bench={preset}", f"model.dtype={dtype}"]
+def job_overrides(model: str, method: str, preset: str, dtype: str, device: str, tokenizer: str,
+                  values: dict[str, Any], extra: list[str]) -> list[str]:
+    """The Hydra overrides of one preset's job (``values``: bench keys → values, written as JSON)."""
+    overrides = [f"model={model}", "model.source=random", f"reduction={method}", "task=bench", f"bench={preset}",
+                 f"model.dtype={dtype}", f"device={device}", "logger=disk", "resume=false", "overwrite=true"]
+    if tokenizer:
+        overrides.append(f"model.tokenizer={tokenizer}")
     overrides += [f"bench.{key}={json.dumps(value)}" for key, value in values.items()]
-    return compose(overrides)
+    return overrides + list(extra)
+
+
+def run_preset(overrides: list[str], folder: Path) -> dict[str, Any]:
+    """One preset as one job (:func:`tor_exp.run.run`): its results dict, also in ``folder``/results.json."""
+    from tor_exp.config import compose_dict
+    from tor_exp.run import run
+
+    return run(compose_dict(overrides), out_dir=folder)
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -103,41 +116,30 @@ def write_summary(out: Path, env: dict[str, Any], model: str, method: str, dtype
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.environ.get("OUT", "outputs/gpu_bench"))
-    parser.add_argument("--model", default="mamba2_2.7b", help="a conf/model/ name (its shape, random weights)")
+    parser.add_argument("--model", default="mamba2_2.7b",
+                        help="a conf/model/ name or a checkpoint directory (its shape; random weights)")
     parser.add_argument("--method", default="utrc", help="a conf/reduction/ name")
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--scale", choices=sorted(SCALES), default="paper")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tokenizer", default="byte",
+                        help="model.tokenizer of the jobs (default byte: offline, and random weights need no real "
+                             "one; it only feeds calibrated methods' calibration text); '' = the model config's")
     parser.add_argument("--set", action="append", default=[], metavar="PRESET.KEY=JSON",
-                        help="extra override, e.g. generate.new_tokens=50 or prefill.batch_sizes=[1,16]")
+                        help="extra bench override, e.g. generate.new_tokens=50 or prefill.batch_sizes=[1,16]")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Hydra override for every preset's job, e.g. model.seed=1 or model.family=mamba2")
     args = parser.parse_args()
 
-    import torch
+    import logging
 
-    from tor_exp.bench import run_benchmark
-    from tor_exp.models.random_model import random_model
-    from tor_exp.models.kernels import kernels_used
-    from tor_exp.records.results import run_metadata, write_results
-
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment(args.device)
+    env["scale"], env["jobs"] = args.scale, {}
     print(json.dumps(env, indent=2), flush=True)
-
-    first = preset_config(args.model, args.method, PRESETS[0], args.dtype, {})
-    model_cfg, reduction_cfg = first.model, first.reduction
-
-    t0 = time.perf_counter()
-    model = random_model(model_cfg, args.device, args.dtype)
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-    env["model"] = {"name": model_cfg.name, "shape_of": model_cfg.path or "tiny", "weights": "random",
-                    "dtype": args.dtype, "parameters": sum(p.numel() for p in model.parameters()),
-                    "build_s": round(time.perf_counter() - t0, 2)}
-    print(f"[gpu_bench] model {env['model']}", flush=True)
-    env["kernels"] = kernels_used(model, args.device)
-    print(f"[gpu_bench] kernels {env['kernels']}", flush=True)
 
     extra: dict[str, dict[str, Any]] = {}
     for item in args.set:
@@ -148,12 +150,13 @@ def main() -> int:
     tables, summary, status = [], {}, {}
     for preset in [p for p in args.presets.split(",") if p]:
         data = {**SCALES[args.scale][preset], **extra.get(preset, {})}
-        bench_cfg = preset_config(args.model, args.method, preset, args.dtype, data).bench
+        overrides = job_overrides(args.model, args.method, preset, args.dtype, args.device, args.tokenizer, data,
+                                  args.override)
+        env["jobs"][preset] = overrides
+        print(f"\n[gpu_bench] {preset}: python -m tor_exp {' '.join(overrides)}", flush=True)
         t1 = time.perf_counter()
-        print(f"\n[gpu_bench] {preset}: {data}", flush=True)
         try:
-            res = run_benchmark(model, None, model_cfg, reduction_cfg, bench_cfg, out_dir=out / preset,
-                                device=args.device)
+            res = run_preset(overrides, out / preset)
             status[preset] = "ok"
         except Exception as exc:  # noqa: BLE001 - keep going: the other presets still produce tables
             traceback.print_exc()
@@ -163,21 +166,25 @@ def main() -> int:
             continue
         finally:
             if args.device == "cuda":
+                import torch
+
                 torch.cuda.empty_cache()
         seconds = time.perf_counter() - t1
-        results = {"task": "bench", "model": model_cfg.name, "method": reduction_cfg.method, "scale": args.scale,
-                   "bench_config": data, "environment": env, "seconds": seconds, **res,
-                   **run_metadata(), "kernels": env["kernels"]}
-        write_results(out / preset, results)
+        if "model" not in env:  # what every job ran on (the same shape, seed and dtype in each)
+            env["model"] = {"name": res["model"], "shape_of": res["config"]["model"].get("path"),
+                            "weights": res["checkpoint"].get("weights"), "seed": res["checkpoint"].get("seed"),
+                            "dtype": res["dtype"], "load_s": round(res["timings"].get("load_s", 0.0), 2)}
+            env["kernels"] = res.get("kernels")
+            print(f"[gpu_bench] model {env['model']}\n[gpu_bench] kernels {env['kernels']}", flush=True)
         summary.update(res["bench_summary"])
         tables.append(f"### {preset} ({seconds:.0f} s)\n\n" + res["bench"]["markdown"])
         if preset == "generate" and res["bench"]["rows"]:
             tables[-1] += f"\n\ndecode kernels: {res['bench']['rows'][0].get('decode_kernels')}"
         # written after every preset, so a run stopped by its time limit still leaves the finished tables
-        write_summary(out, env, model_cfg.name, reduction_cfg.method, args.dtype, status, tables, summary)
+        write_summary(out, env, args.model, args.method, args.dtype, status, tables, summary)
 
-    write_summary(out, env, model_cfg.name, reduction_cfg.method, args.dtype, status, tables, summary, final=True)
-    return 0 if all(v == "ok" for v in status.values()) else 1
+    write_summary(out, env, args.model, args.method, args.dtype, status, tables, summary, final=True)
+    return 0 if status and all(v == "ok" for v in status.values()) else 1
 
 
 if __name__ == "__main__":

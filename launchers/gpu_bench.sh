@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # ONE prepared GPU benchmark run (H100/H200, offline): every bench preset at paper scale on a random-weight
-# Mamba-2-2.7B-shaped model, `none` and UTRC at 10/20/30 % FLOPs in the same process.
+# Mamba-2-2.7B-shaped model (model.source=random), `none` and UTRC at 10/20/30 % FLOPs in the same process, each
+# preset one ordinary `task=bench` job (tor_exp.run.run) in $OUT/<preset>/.
 #
 # Before the GPU session, here:   bash launchers/prepare_gpu_carry.sh      (fills .whl/ and .vendor/)
 # Device tool call (docs/benchmarks.md):
 #   run(command="bash launchers/gpu_bench.sh", carry=[".whl", ".vendor"], timeout_s=560)
-# Results (files under $OUT come back): summary.md, summary.json, log.txt, <preset>/results.json,
-# <preset>/bench_<preset>.md and .png; with 2+ GPUs (or DP_BENCH=1) the data-parallel check: dp_summary.txt,
+# Results (files under $OUT come back): summary.md, summary.json, log.txt, <preset>/results.json (the schema of
+# every job), <preset>/bench_<preset>.md and .png, <preset>/tor_exp.log; with 2+ GPUs (or DP_BENCH=1) the data-parallel check: dp_summary.txt,
 # dp/n*/results.json, dp_n*.log. Extra arguments go to launchers/gpu_bench.py
-# (e.g. --presets prefill,generate, --set generate.new_tokens=50, --method utrc_official).
+# (e.g. --presets prefill,generate, --set generate.new_tokens=50, --method utrc_official, --override model.seed=1).
 #
 # What it does, each step tolerant of a missing piece (a fallback is printed, never silent):
 #  1. carried wheels (.whl/: transformers at this checkout's version, huggingface_hub 1.x, einops,

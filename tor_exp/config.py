@@ -5,15 +5,25 @@ the group's YAML files start from it (``defaults: [<x>_schema, _self_]``).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tor_exp.errors import ConfigError
+
+if TYPE_CHECKING:  # the groups' schemas, imported where they are registered (keeps this module light)
+    from tor_exp.bench.config import BenchConfig
+    from tor_exp.evaluation.config import EvalConfig
+    from tor_exp.models.config import ModelConfig
+    from tor_exp.models.locations import Schedule
+    from tor_exp.models.shape import ModelShape
+    from tor_exp.records.config import LoggerConfig
+    from tor_exp.reduction.base import ReductionConfig
 
 TASKS = ("eval", "bench", "generate")
 DEVICES = ("auto", "cpu", "cuda")
@@ -41,16 +51,34 @@ class Config:
     max_new_tokens: int = 32
 
 
-@dataclass
+@dataclass(frozen=True)
 class ValidatedConfig:
-    """The run's config as typed, validated objects (not DictConfigs)."""
+    """The run's config as typed, validated objects (not DictConfigs), built once by :func:`validate` and never
+    changed afterwards: values that validation resolves (a relative ``model.path``, ``dtype``, ``eval.alignment``)
+    are already resolved here.
 
-    model: Any
-    reduction: Any
-    eval: Any
-    bench: Any
-    logger: Any
+    ``schedule``: the reduction's locations and keep ratio solved during validation, when the config tells the
+    model's shape (None: a checkpoint whose shape is known once loaded); ``solved_on``: the shape it was solved on
+    (None: solved from the depth alone). :meth:`reduction_for` reuses it for the loaded model when it holds.
+    """
+
+    model: "ModelConfig"
+    reduction: "ReductionConfig"
+    eval: "EvalConfig"
+    bench: "BenchConfig"
+    logger: "LoggerConfig"
     root: Config = field(default_factory=Config)
+    schedule: Optional["Schedule"] = None
+    solved_on: Optional["ModelShape"] = None
+
+    def reduction_for(self, loaded: "ModelShape") -> tuple[Any, "Schedule"]:
+        """(method, schedule) on the loaded model: the schedule solved in validation when it holds for this
+        model (:func:`tor_exp.models.schedule.holds_for`), else solved now on the loaded shape."""
+        from tor_exp.models.schedule import build_reduction, holds_for
+
+        planned = self.schedule if self.schedule is not None and holds_for(
+            self.schedule, self.solved_on, self.reduction, self.model, loaded) else None
+        return build_reduction(self.reduction, self.model, shape=loaded, schedule=planned)
 
 
 _registered = False
@@ -133,37 +161,23 @@ def compose_dict(overrides: Sequence[str] = (), *, return_hydra_config: bool = F
     the sweep's primary config, see :func:`sweep_jobs`). Works inside and outside a running Hydra app: the global
     Hydra state of a running job is saved and restored.
     """
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
+    from tor_exp.compat.hydra import compose_config
 
     register_configs()
     overrides = expand_model_dirs(overrides)
-    hydra_global = GlobalHydra.instance()
-    saved = hydra_global.hydra if hydra_global.is_initialized() else None
-    hydra_global.clear()
     try:
-        try:
-            with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-                cfg = hydra_global.hydra.compose_config(  # type: ignore[union-attr]
-                    config_name="config", overrides=list(overrides), from_shell=False, with_log_configuration=False,
-                    run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
-        except Exception as err:
-            appended = _appended(err, overrides)
-            if appended is None:
-                raise
-            hydra_global.clear()
-            # the same override with '+': composes, and the schema names the key it lacks in tor_exp's words
-            check_keys(compose_dict(appended, return_hydra_config=True, multirun=multirun))
+        cfg = compose_config(config_dir(), overrides, multirun=multirun)
+    except Exception as err:
+        appended = _appended(err, overrides)
+        if appended is None:
             raise
-        if not return_hydra_config:
-            with open_dict(cfg):
-                del cfg["hydra"]
-        return cfg
-    finally:
-        hydra_global.clear()
-        if saved is not None:
-            hydra_global.initialize(saved)
+        # the same override with '+': composes, and the schema names the key it lacks in tor_exp's words
+        check_keys(compose_dict(appended, return_hydra_config=True, multirun=multirun))
+        raise
+    if not return_hydra_config:
+        with open_dict(cfg):
+            del cfg["hydra"]
+    return cfg
 
 
 def _appended(err: BaseException, overrides: Sequence[str]) -> Optional[list[str]]:
@@ -346,11 +360,40 @@ def _check_node(node: DictConfig, schema: type, path: str, label: str) -> None:
 def validate(cfg: DictConfig, *, check_device: bool = True) -> ValidatedConfig:
     """Instantiate every group's dataclass (running its value checks) and the cross-group checks: everything a
     job can know is wrong before it loads a model or takes its folder (the README's promise), so a sweep's
-    precheck refuses a bad job before the first one runs.
+    precheck refuses a bad job before the first one runs. The reduction's schedule is solved here when the
+    config tells the model's shape, and the job reuses it (:meth:`ValidatedConfig.reduction_for`).
 
     ``check_device``: ``device=cuda`` needs a GPU here (off where the job runs elsewhere: a Slurm launcher's
-    login node has none).
+    login node has none). A config already validated in this process (the command line's precheck, then its
+    Hydra job) is not validated again: the same text, launch directory and ``check_device`` give an equal copy
+    of the first result.
     """
+    from tor_exp.paths import launch_dir
+
+    try:
+        key = (OmegaConf.to_yaml(_without_hydra(cfg), resolve=True), launch_dir(), check_device)
+    except Exception:  # noqa: BLE001 - an interpolation that does not resolve: validation names it
+        return _validate(cfg, check_device=check_device)
+    cached = _validated.get(key)
+    if cached is None:
+        cached = _validate(cfg, check_device=check_device)
+        _validated.clear()  # one entry: a process runs one job (its precheck, then the job)
+        _validated[key] = cached
+    return copy.deepcopy(cached)  # the groups' dataclasses are plain: no caller can change another's
+
+
+#: the last config :func:`validate` built, by its text (see there)
+_validated: dict[tuple[str, str, bool], ValidatedConfig] = {}
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    """``cfg`` without its ``hydra`` node (the run's folders and launcher: not the job's settings)."""
+    if "hydra" not in cfg:
+        return cfg
+    return OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])  # type: ignore[arg-type]
+
+
+def _validate(cfg: DictConfig, *, check_device: bool) -> ValidatedConfig:
     check_keys(cfg)
     root = Config(**{k: cfg.get(k) for k in ("task", "seed", "device", "dtype", "run_name", "resume", "overwrite",
                                              "prompt", "max_new_tokens")})
@@ -371,48 +414,50 @@ def validate(cfg: DictConfig, *, check_device: bool = True) -> ValidatedConfig:
         raise ConfigError(f"max_new_tokens={root.max_new_tokens!r}: must be >= 1")
     if root.task == "generate" and not (root.prompt or "").strip():
         raise ConfigError(f"prompt={root.prompt!r}: task=generate needs a non-empty prompt")
-    validated = ValidatedConfig(
-        model=_to_object(cfg.get("model"), "model"),
-        reduction=_to_object(cfg.get("reduction"), "reduction"),
-        eval=_to_object(cfg.get("eval"), "eval"),
-        bench=_to_object(cfg.get("bench"), "bench"),
-        logger=_to_object(cfg.get("logger"), "logger"),
-        root=root,
-    )
-    _check_paths(validated)
+    model = _with_paths(_to_object(cfg.get("model"), "model"))
+    if root.dtype is not None:  # the root ``dtype`` override wins over the model's own
+        model = dataclasses.replace(model, dtype=root.dtype)
+    reduction = _to_object(cfg.get("reduction"), "reduction")
+    evaluation = _to_object(cfg.get("eval"), "eval")
+    bench = _to_object(cfg.get("bench"), "bench")
+    logger = _to_object(cfg.get("logger"), "logger")
     if root.task == "eval":
         from tor_exp.evaluation.config import check_task_names
 
-        check_task_names(list(validated.eval.tasks), list(validated.eval.include_paths))
+        check_task_names(list(evaluation.tasks), list(evaluation.include_paths))
     # auto ⇒ the concrete alignment for this method; exact with a parity method is refused here, before loading
     from tor_exp.evaluation.config import resolve_alignment
 
-    validated.eval.alignment = resolve_alignment(validated.eval.alignment, validated.reduction.method)
+    evaluation = dataclasses.replace(evaluation, alignment=resolve_alignment(evaluation.alignment, reduction.method))
     from tor_exp.models.families.registry import family_info
 
-    info = family_info(validated.model.family)  # None for auto: the checkpoint tells, after loading
-    if getattr(validated.reduction, "parity", False) and info is not None and not info.parity:
-        raise ConfigError(f"reduction={validated.reduction.method}: parity mode reproduces the released code, which "
-                          f"runs Mamba and Mamba-2 only, not model.family={validated.model.family}; use "
+    info = family_info(model.family)  # None for auto: the checkpoint tells, after loading
+    if reduction.parity and info is not None and not info.parity:
+        raise ConfigError(f"reduction={reduction.method}: parity mode reproduces the released code, which "
+                          f"runs Mamba and Mamba-2 only, not model.family={model.family}; use "
                           "the paper-mode method (utrc, evit, pumer)")
     # locations must lie inside the model's depth; ρ must be solvable (total scope needs the loaded model's
     # shape unless the config gives it, so that case is solved after loading).
-    from tor_exp.models.schedule import build_reduction, needs_shape
-
     from tor_exp.models.loading import shape_from_model_config
+    from tor_exp.models.schedule import build_reduction, needs_shape, resolve_locations
 
     shape = None
-    if needs_shape(validated.reduction, validated.model) or root.task == "bench":
-        shape = shape_from_model_config(validated.model)
-    if shape is not None or not needs_shape(validated.reduction, validated.model):
-        build_reduction(validated.reduction, validated.model, shape=shape)
-    # else a hub checkpoint not in the local cache: solved once it is loaded
+    if needs_shape(reduction, model) or root.task == "bench":
+        shape = shape_from_model_config(model)
+    schedule = None
+    if shape is not None or not needs_shape(reduction, model):
+        schedule = build_reduction(reduction, model, shape=shape)[1]
+    elif model.n_layer is not None:  # a hub checkpoint not in the local cache: ρ is solved once it is loaded,
+        resolve_locations(reduction, model)  # but its locations can be checked against the stated depth now
+    validated = ValidatedConfig(model=model, reduction=reduction, eval=evaluation, bench=bench, logger=logger,
+                                root=root, schedule=schedule,
+                                solved_on=shape if schedule is not None and needs_shape(reduction, model) else None)
     if root.task == "bench":
         _check_bench_targets(validated, shape)
     return validated
 
 
-def _check_paths(v: ValidatedConfig) -> None:
+def _with_paths(model: "ModelConfig") -> "ModelConfig":
     """``model.path`` and ``model.calibration_text`` as the job will read them: relative to the directory the
     user launched from, and existing (a missing directory is never looked up on the hub; a missing calibration
     file would surface after a whole ``none`` baseline)."""
@@ -422,16 +467,19 @@ def _check_paths(v: ValidatedConfig) -> None:
     from tor_exp.paths import PKG_PREFIX, launch_dir, resolve_pkg_path
 
     base = launch_dir()
-    if v.model.path and v.model.source != "tiny":
-        v.model.path = resolve_model_path(v.model.path, v.model.source, base)
-    text = v.model.calibration_text
+    path, text = model.path, model.calibration_text
+    if path and model.source != "tiny":
+        path = resolve_model_path(path, model.source, base)
     if text:
         full = resolve_pkg_path(text, "model.calibration_text") if text.startswith(PKG_PREFIX) else \
             os.path.normpath(os.path.join(base, os.path.expanduser(text)))
         if not os.path.isfile(full):
             raise ConfigError(f"model.calibration_text={text}: no such file ({full})")
         if not text.startswith(PKG_PREFIX):
-            v.model.calibration_text = full
+            text = full
+    if (path, text) == (model.path, model.calibration_text):
+        return model
+    return dataclasses.replace(model, path=path, calibration_text=text)
 
 
 def _check_bench_targets(v: ValidatedConfig, shape: Any) -> None:

@@ -337,7 +337,6 @@ def _run_in(folder: Optional[RunFolder], v: ValidatedConfig, resolved: dict[str,
     else:
         out_dir, chash = folder.path, folder.config_hash
     from tor_exp.models import load_model, model_shape, partial_weights
-    from tor_exp.models.schedule import build_reduction
     from tor_exp.models.kernels import kernels_used
     from tor_exp.records.checkpoint import checkpoint_record
 
@@ -346,13 +345,11 @@ def _run_in(folder: Optional[RunFolder], v: ValidatedConfig, resolved: dict[str,
              out_dir)
     torch.manual_seed(v.root.seed)
     device = resolve_device(v.root.device)
-    if v.root.dtype is not None:
-        v.model.dtype = v.root.dtype
     t0 = time.perf_counter()
     model, tokenizer = load_model(v.model, device=device)
     load_s = time.perf_counter() - t0
     checkpoint = checkpoint_record(resolved["model"])  # the weights just loaded, part of the record's identity
-    method, schedule = build_reduction(v.reduction, v.model, shape=model_shape(model))
+    method, schedule = v.reduction_for(model_shape(model))  # validation's schedule when it holds for this model
     job = Job(v, model, tokenizer, device, out_dir, method, schedule, {"load_s": load_s})
     job.folder = folder
     log.info("model %s on %s (%s), loaded in %.1f s; keep ratio %.4f at locations %s", v.model.name, device,

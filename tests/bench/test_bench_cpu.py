@@ -13,7 +13,7 @@ from tor_exp.bench import run_benchmark
 from tor_exp.bench.config import BenchConfig
 from tor_exp.models.static_decode import StaticDecoder, states_from_cache
 from tor_exp.bench.overhead import ReduceTimer
-from tor_exp.bench.runner import Variant, build_variants, forward_fn
+from tor_exp.bench.variants import Variant, build_variants, forward_fn
 from tor_exp.errors import ConfigError
 from tor_exp.models import ModelConfig, TinyModelConfig, load_model, patch, unpatch
 from tor_exp.reduction import registered_methods
@@ -52,11 +52,15 @@ def expected_proxy(n: int, rho: float, protected_last: bool = False) -> float:
     return 1.0 - sum(counts) / (N_LAYER * n)
 
 
-def test_prefill_rows_consistent(tiny, tmp_path):
+def test_prefill_rows_consistent(tiny, tmp_path, monkeypatch):
+    from tor_exp.bench.report import plot_png
+
     model, tok, cfg = tiny
+    monkeypatch.chdir(tmp_path)
     bench = BenchConfig(kind="prefill", batch_sizes=[2], seq_lens=[40], flops_targets=[0.2, 0.3], warmup=0,
                         repeats=2)
-    out = run_benchmark(model, tok, cfg, utrc_cfg(), bench, out_dir=tmp_path, device="cpu")
+    out = run_benchmark(model, tok, cfg, utrc_cfg(), bench, device="cpu")
+    assert not list(tmp_path.iterdir())  # the bench package writes nothing (the job's folder does)
     rows = out["bench"]["rows"]
     assert [r["variant"] for r in rows] == ["none", "utrc@20%", "utrc@30%"]
     base = rows[0]
@@ -73,8 +77,8 @@ def test_prefill_rows_consistent(tiny, tmp_path):
     summary = out["bench_summary"]
     assert summary["prefill.f30.speedup"] == pytest.approx(rows[2]["speedup"])
     assert all(isinstance(v, float) for v in summary.values())
-    assert (tmp_path / "bench_prefill.png").stat().st_size > 1000
-    md = (tmp_path / "bench_prefill.md").read_text()
+    assert len(plot_png("prefill", rows)) > 1000
+    md = out["bench"]["markdown"]
     assert len(md.strip().splitlines()) == 5 and "utrc@30%" in md
 
 
@@ -206,7 +210,7 @@ def test_non_hf_model_is_a_config_error():
 
 
 def test_hf_and_static_decode_paths_agree(tiny):
-    from tor_exp.bench.runner import _Decoders
+    from tor_exp.bench.presets import _Decoders
 
     model, _, cfg = tiny
     ids = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(4))

@@ -4,7 +4,8 @@ import math
 import pytest
 
 from tor_exp.bench import ratios
-from tor_exp.bench.runner import add_generate_ratios, add_memory_ratios, add_prefill_ratios, summarise
+from tor_exp.bench.presets import add_generate_ratios, add_memory_ratios, add_prefill_ratios
+from tor_exp.bench.runner import summarise
 from tor_exp.bench.timing import TimingStats, time_call
 from tor_exp.errors import ConfigError
 
@@ -108,7 +109,7 @@ def test_timing_stats_and_call_counts():
 
 
 def test_run_order_interleaves_variants():
-    from tor_exp.bench.runner import run_order
+    from tor_exp.bench.loop import run_order
 
     assert run_order(3, 2) == [0, 1, 2, 0, 1, 2]
     assert run_order(3, 2, interleave=False) == [0, 0, 1, 1, 2, 2]

@@ -1,14 +1,12 @@
 """Analytic FLOPs vs FlopCounterMode, the ρ solver's reference values, schedules and realised reductions."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
 import pytest
 import torch
 from flop_count import counting_flops
 
 from tor_exp.errors import ConfigError
+from tor_exp.reduction.base import ReductionConfig
 from tor_exp.models.config import ModelConfig
 from tor_exp.models.families import model_shape
 from tor_exp.models.shape import Mamba1, ModelShape
@@ -107,16 +105,9 @@ def test_realised_reduction_from_real_counts(model, family):
     assert last["total"] == pytest.approx(1 - model_flops(shape, counts, 1) / model_flops(shape, [32] * 8, 1))
 
 
-@dataclass
-class _Red:
-    method: str = "utrc"
-    target_flops: Optional[float] = 0.2
-    keep_ratio: Optional[float] = None
-    flops_scope: str = "backbone"
-    locations: Optional[list] = None
-    location_start: Optional[int] = None
-    location_stride: Optional[int] = None
-    location_stop: Optional[int] = None
+def _Red(**values) -> ReductionConfig:
+    """The keys every method shares (the schema build_schedule is typed on), for method utrc."""
+    return ReductionConfig(**{"method": "utrc", **values})
 
 
 def _model64() -> ModelConfig:

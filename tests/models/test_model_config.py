@@ -68,7 +68,7 @@ def test_every_yaml_validates():
     ({"dtype": "int8"}, "model.dtype"),
     ({"backend": "jax"}, "model.backend"),
     ({"source": "hf", "path": None}, "model.path"),
-    ({"locations": [3, 15]}, "model.locations"),
+    ({"locations": [3, 4.5]}, "model.locations"),
     ({"locations": [7, 3]}, "model.locations"),
     ({"n_layer": 12}, "model.n_layer"),
     ({"tiny": TinyModelConfig(head_dim=48)}, "model.tiny.head_dim"),
@@ -78,3 +78,16 @@ def test_validation_names_the_key(changes, key):
     base = dict(name="t", family="mamba2", source="tiny", n_layer=16, locations=[4, 7, 10, 13])
     with pytest.raises(ConfigError, match="^" + re.escape(key) + "="):
         ModelConfig(**(base | changes))
+
+
+def test_locations_against_the_depth_are_checked_once_by_validation():
+    """The schema checks what it knows alone (integers, increasing); the depth rule lives in resolve_locations,
+    which validation runs: the same one line for model.locations and reduction.locations."""
+    from tor_exp.config import compose
+
+    with pytest.raises(ConfigError, match=re.escape("model.locations=[3, 15]: locations [15] outside [0, 14] for a "
+                                                    "16-layer model")):
+        compose(["model=tiny_mamba2", "model.locations=[3,15]"])
+    with pytest.raises(ConfigError, match=re.escape("reduction.locations=[15]: locations [15] outside [0, 14]")):
+        compose(["model=tiny_mamba2", "reduction=utrc", "reduction.locations=[15]"])
+    assert ModelConfig(name="t", family="mamba2", source="tiny", n_layer=16, locations=[3, 15]).locations == [3, 15]

@@ -2,7 +2,6 @@
 made in memory, so a job writes it through its output folder like every other file."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 _COLUMNS: dict[str, list[tuple[str, str, str]]] = {
@@ -50,16 +49,6 @@ def markdown_table(kind: str, rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(k), f) for k, _, f in cols) + " |")
     return "\n".join(lines)
-
-
-def plot_rows(kind: str, rows: list[dict[str, Any]], path: str | Path) -> Optional[str]:
-    """:func:`plot_png` written to ``path`` (atomically: a failed write leaves no partial file); returns the path."""
-    from tor_exp.records.files import atomic_write
-
-    png = plot_png(kind, rows)
-    if png is None:
-        return None
-    return str(atomic_write(path, png))
 
 
 def plot_png(kind: str, rows: list[dict[str, Any]]) -> Optional[bytes]:

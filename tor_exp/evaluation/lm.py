@@ -9,13 +9,13 @@ Scoring follows lm-eval's causal recipe and reuses its request plumbing (``Colla
 sequences). Per batch: :func:`~tor_exp.evaluation.scoring.pack` → :meth:`TorExpLM._model_call` (the one place
 scoring calls the model) → :func:`~tor_exp.evaluation.scoring.score_continuations` (the alignment rule,
 METHOD.md §5) → per-task statistics, including the realised backbone FLOPs reduction from the real per-layer token
-counts. Generation calls the model in :meth:`TorExpLM._model_generate` only (lm-eval's HFLM has the same pair).
+counts, kept in the backend's :class:`~tor_exp.evaluation.ledger.Ledger`. Generation calls the model in
+:meth:`TorExpLM._model_generate` only (lm-eval's HFLM has the same pair).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from lm_eval import utils as lm_utils
@@ -32,9 +32,9 @@ from tqdm import tqdm
 from tor_exp import distributed
 from tor_exp.errors import ConfigError
 from tor_exp.evaluation.config import AUTO, batch_size_setting, resolve_alignment
-from tor_exp.evaluation.scoring import PackedBatch, Scores, pack, protected_mask, score_continuations
+from tor_exp.evaluation.ledger import UNKNOWN_TASK, Ledger, request_tasks
+from tor_exp.evaluation.scoring import pack, protected_mask, score_continuations
 from tor_exp.models.families import adapter_of, model_shape
-from tor_exp.models.flops import backbone_flops_rows
 from tor_exp.models.patching import ReducedOutput, reduced_forward
 
 log = logging.getLogger(__name__)
@@ -42,79 +42,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_LENGTH = 2048
 #: our progress bars' label; the runner keeps these and silences lm-eval's own bars unless eval.verbose
 PROGRESS_PREFIX = "tor_exp scoring"
-UNKNOWN_TASK = "<unknown>"
 #: lm-eval's HFLM starts its batch size search here when no max_batch_size is given
 DEFAULT_MAX_BATCH_SIZE = 64
-
-
-def per_row_layer_counts(tokens_per_layer: torch.Tensor, batch: int, layers: int) -> torch.Tensor:
-    """The tokens each row's layer l processed, as float64 [B, L].
-
-    Accepts [B, L] (the contract) and [B, L+1] (last entry = tokens reaching the final norm, dropped)."""
-    t = torch.as_tensor(tokens_per_layer).detach().to("cpu", torch.float64)
-    if t.dim() != 2 or t.shape[0] != batch or t.shape[1] not in (layers, layers + 1):
-        raise ValueError(f"tokens_per_layer of shape {tuple(t.shape)}: expected [{batch}, {layers}]")
-    return t[:, :layers]
-
-
-# ----------------------------------------------------------------------------------------------- statistics
-@dataclass
-class TaskStats:
-    """Per-task request accounting. ``realised_reduction`` = 1 − Σ backbone FLOPs at the real per-layer token counts
-    / Σ backbone FLOPs unreduced (the model's FLOP shape: equal to the token ratio ``realised_tokens`` when every
-    layer costs the same per token, FLOP-weighted in a hybrid)."""
-
-    requests: int = 0
-    loglikelihood_requests: int = 0
-    rolling_requests: int = 0
-    generate_requests: int = 0
-    input_tokens: int = 0
-    layer_tokens_full: float = 0.0
-    layer_tokens_real: float = 0.0
-    flops_full: float = 0.0
-    flops_real: float = 0.0
-    offset_short: int = 0
-    offset_empty: int = 0
-    offset_misaligned: int = 0
-
-    @property
-    def realised_tokens(self) -> float:
-        if self.layer_tokens_full <= 0:
-            return 0.0
-        return 1.0 - self.layer_tokens_real / self.layer_tokens_full
-
-    @property
-    def realised_reduction(self) -> float:
-        if self.flops_full <= 0:
-            return self.realised_tokens
-        return 1.0 - self.flops_real / self.flops_full
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "realised_reduction": self.realised_reduction, "realised_tokens": self.realised_tokens}
-
-    @classmethod
-    def total(cls, parts: list["TaskStats"]) -> "TaskStats":
-        """The ledger of several ranks' shards of one task: every count summed (exact: the counts and the FLOPs
-        are whole numbers far below 2**53)."""
-        out = cls()
-        for part in parts:
-            for key, value in asdict(part).items():
-                setattr(out, key, getattr(out, key) + value)
-        return out
-
-
-def request_tasks(requests: list[Any]) -> list[Optional[str]]:
-    """Each request's task, None for the copies lm-eval's evaluator appends in a data-parallel run so that every
-    rank gets as many requests as the busiest one (the same ``Instance`` object again beyond its ``repeats``):
-    they are scored (the evaluator expects answers) but kept out of the per-task ledger, which therefore sums
-    to the single-process one over the ranks."""
-    seen: dict[int, int] = {}
-    out: list[Optional[str]] = []
-    for req in requests:
-        n = seen[id(req)] = seen.get(id(req), 0) + 1
-        padding = distributed.world_size() > 1 and n > max(1, int(getattr(req, "repeats", 1) or 1))
-        out.append(None if padding else (getattr(req, "task_name", None) or UNKNOWN_TASK))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- the backend
@@ -188,9 +117,8 @@ class TorExpLM(TemplateLM):
         self.add_bos_token = add_bos_token
         self.custom_prefix_token_id = prefix_token_id
         self.layers = adapter_of(model).num_layers(model)
-        self.shape = model_shape(model)
-        self.stats: dict[str, TaskStats] = {}
-        self._task_names: Optional[list[Optional[str]]] = None
+        #: the per-task FLOPs/token ledger of this process's requests (its shard in a data-parallel run)
+        self.ledger = Ledger(model_shape(model), self.layers)
         # data parallel (torchrun / accelerate launch / Slurm tasks): lm-eval's evaluator gives this rank its
         # shard of the requests and gathers the per-rank results through the three methods below
         self._rank, self._world_size = distributed.rank(), distributed.world_size()
@@ -251,36 +179,40 @@ class TorExpLM(TemplateLM):
 
     # ------------------------------------------------------------------ statistics
     def reset_stats(self) -> None:
-        self.stats = {}
+        self.ledger.clear()
 
     def stats_dict(self) -> dict[str, dict[str, Any]]:
-        return {task: s.to_dict() for task, s in sorted(self.stats.items())}
+        return self.ledger.as_dict()
 
     def gathered_stats_dict(self) -> dict[str, dict[str, Any]]:
         """:meth:`stats_dict` over every rank's shard, on rank 0 (every rank must call it; others get {}).
         One process: :meth:`stats_dict` itself."""
-        parts = self.gather_object(self.stats, dst=0)
-        if parts is None:
-            return {}
-        tasks = sorted({task for part in parts for task in part})
-        return {task: TaskStats.total([part[task] for part in parts if task in part]).to_dict() for task in tasks}
-
-    def _stat(self, task: str) -> TaskStats:
-        return self.stats.setdefault(task, TaskStats())
+        return self.ledger.gathered(lambda shard: self.gather_object(shard, dst=0))
 
     # ------------------------------------------------------------------ lm-eval entry points
-    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        self._task_names = request_tasks(requests)
-        try:
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        finally:
-            self._task_names = None
+    def _encode_request(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context tokens, continuation tokens) by lm-eval's rule (``TemplateLM.loglikelihood``, lm-eval 0.4.13;
+        tests/evaluation/test_task_ledger.py holds the two equal): an empty context becomes the prefix token (BOS/EOS),
+        or the continuation's first token when that already is the prefix token."""
+        if context == "":
+            cont = self.tok_encode(continuation, add_special_tokens=False)
+            return ([self.prefix_token_id], cont) if self.prefix_token_id != cont[0] else (cont[:1], cont[1:])
+        return self._encode_pair(context, continuation)
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, *, task_names=None,
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """lm-eval's loglikelihood, tokenized here so that each request's task goes to the ledger with it."""
+        encoded = [(tuple(req.args), *self._encode_request(*req.args)) for req in requests]
+        return self._loglikelihood_tokens(encoded, disable_tqdm=disable_tqdm,
+                                          task_names=request_tasks(requests, self.world_size))
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, *,
+                              task_names: Optional[Sequence[Optional[str]]] = None,
                               score_all: bool = False) -> list[tuple[float, bool]]:
-        """Score (context, continuation) token pairs; ``score_all`` marks rolling windows (all protected)."""
+        """Score (context, continuation) token pairs; ``score_all`` marks rolling windows (all protected).
+        ``task_names``: each pair's task for the ledger (None: a padding copy, not counted); not given, every pair
+        is counted under ``UNKNOWN_TASK``."""
         if task_names is None:
-            task_names = self._task_names or [UNKNOWN_TASK] * len(requests)
+            task_names = [UNKNOWN_TASK] * len(requests)
         items = list(zip(range(len(requests)), requests, task_names))
 
         def _sort_key(item):
@@ -335,43 +267,16 @@ class TorExpLM(TemplateLM):
         out = self._model_call(batch.input_ids, batch.valid, protected_mask(batch, alignment, score_all=score_all))
         scores = score_continuations(out.logits, out.positions, out.valid, batch, alignment)
         if count:
-            self._count(chunk, batch, scores, out.tokens_per_layer, score_all)
+            self.ledger.count_scored([task for _, _, task in chunk], batch.input_lengths[:len(chunk)],
+                                     out.tokens_per_layer, rolling=score_all,
+                                     offset=scores if alignment == "offset" else None)
         return [(float(lp), bool(g)) for lp, g in zip(scores.logprob.tolist(), scores.greedy.tolist())]
-
-    def _count(self, chunk, batch: PackedBatch, scores: Scores, tokens_per_layer: torch.Tensor,
-               score_all: bool) -> None:
-        """Per-task request accounting: layer-tokens for the realised FLOPs, the offset rule's flags."""
-        counts = per_row_layer_counts(tokens_per_layer, len(chunk), self.layers)
-        real = counts.sum(1)
-        lengths = torch.as_tensor([float(n) for n in batch.input_lengths[:len(chunk)]], dtype=torch.float64)
-        flops_real = backbone_flops_rows(self.shape, counts)
-        flops_full = backbone_flops_rows(self.shape, lengths[:, None].expand(-1, self.layers))
-        for i, (_, _, task) in enumerate(chunk):
-            if task is None:  # lm-eval's padding copy (data parallel): answered, not counted
-                continue
-            st = self._stat(task)
-            st.requests += 1
-            if score_all:
-                st.rolling_requests += 1
-            else:
-                st.loglikelihood_requests += 1
-            n_input = int(batch.input_lengths[i])
-            st.input_tokens += n_input
-            st.layer_tokens_full += float(self.layers * n_input)
-            st.layer_tokens_real += float(real[i])
-            st.flops_full += float(flops_full[i])
-            st.flops_real += float(flops_real[i])
-            if self.alignment == "offset" and not score_all:
-                short = bool(scores.short[i])
-                st.offset_short += int(short)
-                st.offset_empty += int(short and bool(scores.empty[i]))
-                st.offset_misaligned += int(scores.misaligned[i])
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Perplexity-style scoring. Every position is scored, so every position is protected: nothing is
         reducible and the realised reduction is 0 for these requests (in both alignments)."""
         windows, owners, tasks = [], [], []
-        for n, (req, task) in enumerate(zip(requests, request_tasks(requests))):
+        for n, (req, task) in enumerate(zip(requests, request_tasks(requests, self.world_size))):
             (string,) = req.args
             for ctx, cont in map(
                 lm_utils.make_disjoint_window,
@@ -407,7 +312,7 @@ class TorExpLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Generation with lm-eval's stop handling through :meth:`_model_generate`: a patched model reduces the
         prefill only (METHOD.md §5). Requests are counted; their FLOPs are not measured (no token counts)."""
-        reorder = Collator(list(zip([r.args for r in requests], request_tasks(requests))),
+        reorder = Collator(list(zip([r.args for r in requests], request_tasks(requests, self.world_size))),
                            sort_fn=lambda x: (-len(self.tok_encode(x[0][0])), x[0][0]),
                            group_by="gen_kwargs", group_fn=lambda x: x[0][1])
         eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
@@ -435,10 +340,7 @@ class TorExpLM(TemplateLM):
             for row, (args, task), ctx_tokens in zip(sequences.tolist(), chunk, encoded):
                 text = postprocess_generated_text(self.tok_decode(row[width:]), until, None)
                 results.append(text)
-                if task is not None:  # not lm-eval's padding copy
-                    st = self._stat(task)
-                    st.requests += 1
-                    st.generate_requests += 1
+                self.ledger.count_generated([task])
                 self.cache_hook.add_partial("generate_until", args, text)
             pbar.update(len(chunk))
         pbar.close()

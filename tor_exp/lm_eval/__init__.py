@@ -27,13 +27,13 @@ them); the command line prints it as one line ``error: ...`` and exits 2, before
 from __future__ import annotations
 
 import contextlib
-import inspect
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import lm_eval.models  # noqa: F401  (fills lm-eval's lazy model registry before ours is added)
 from lm_eval.api.registry import register_model
 
+from tor_exp.compat import lm_eval_harness as compat_lm_eval
 from tor_exp.errors import ConfigError, fail
 from tor_exp.evaluation.lm import TorExpLM
 
@@ -112,7 +112,7 @@ class TorExpByName(TorExpLM):
         import torch
 
         from tor_exp.models import load_model, model_shape
-        from tor_exp.models.schedule import build_reduction, reducing
+        from tor_exp.models.schedule import reducing
 
         from tor_exp import distributed
 
@@ -126,7 +126,7 @@ class TorExpByName(TorExpLM):
             ("cuda" if torch.cuda.is_available() else "cpu")
         dev = distributed.local_device("cuda" if str(dev).startswith("cuda") else dev)  # this rank's GPU
         net, tok = load_model(v.model, device=dev)
-        method, schedule = build_reduction(v.reduction, v.model, shape=model_shape(net))
+        method, schedule = v.reduction_for(model_shape(net))
         self._patched = ExitStack()
         self._patched.enter_context(reducing(net, method, schedule, tokenizer=tok,
                                              calibration_source=v.model.calibration_text))
@@ -149,27 +149,20 @@ def task_folders() -> list[str]:
 @contextlib.contextmanager
 def bundled_tasks() -> Iterator[None]:
     """Every lm-eval ``TaskManager`` built inside searches the bundled task folders too (before the caller's
-    ``include_path``, which therefore wins on a name clash). lm-eval's ``run``, ``ls`` and ``validate`` commands
-    each build their own TaskManager from ``--include_path``, which holds one folder: extending the constructor is
-    the one place all of them share."""
-    from lm_eval.tasks import TaskManager
-
-    original = TaskManager.__init__
-    signature = inspect.signature(original)
-    ours = task_folders()
-
-    def init(self, *args: Any, **kwargs: Any) -> None:
-        bound = signature.bind(self, *args, **kwargs)
-        given = bound.arguments.get("include_path")
-        given = [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
-        bound.arguments["include_path"] = ours + [str(p) for p in given if str(p) not in ours]
-        original(*bound.args, **bound.kwargs)
-
-    TaskManager.__init__ = init  # type: ignore[method-assign]
-    try:
+    ``include_path``, which therefore wins on a name clash): lm-eval's ``run``, ``ls`` and ``validate`` commands
+    then find them (the patch: :func:`tor_exp.compat.lm_eval_harness.task_manager_searching`)."""
+    with compat_lm_eval.task_manager_searching(task_folders()):
         yield
-    finally:
-        TaskManager.__init__ = original  # type: ignore[method-assign]
+
+
+def _check_tor_exp_model_args(source: Any) -> bool:
+    """``check_model_args`` on ``source.model_args`` when ``source`` (the parsed command line or lm-eval's
+    ``EvaluatorConfig``) runs ``--model tor_exp`` with them as a dict; False when there is nothing to check yet."""
+    args = getattr(source, "model_args", None) or {}
+    if getattr(source, "model", None) != "tor_exp" or not isinstance(args, dict):
+        return False
+    check_model_args(args)
+    return True
 
 
 @contextlib.contextmanager
@@ -177,37 +170,10 @@ def model_args_checked_early() -> Iterator[None]:
     """``--model tor_exp``'s ``model_args`` are checked as soon as lm-eval has read them (command line and
     ``--config`` file merged into its ``EvaluatorConfig``), before it indexes its tasks (~15 s) or logs anything
     about the run: a bad override then ends the command at once. Where lm-eval has no such step (another
-    version), nothing is hooked and the same error comes from the backend when lm-eval builds it."""
-    try:
-        from lm_eval.config.evaluate_config import EvaluatorConfig
-    except ImportError:
+    version), nothing is hooked and the same error comes from the backend when lm-eval builds it (the patch:
+    :func:`tor_exp.compat.lm_eval_harness.evaluator_config_checked`)."""
+    with compat_lm_eval.evaluator_config_checked(_check_tor_exp_model_args):
         yield
-        return
-    original = EvaluatorConfig.__dict__.get("from_cli")
-    if not isinstance(original, classmethod):
-        yield
-        return
-
-    def check(source: Any) -> bool:
-        args = getattr(source, "model_args", None) or {}
-        if getattr(source, "model", None) != "tor_exp" or not isinstance(args, dict):
-            return False
-        check_model_args(args)
-        return True
-
-    def from_cli(cls, namespace: Any, *args: Any, **kwargs: Any) -> Any:
-        # the command line alone, before lm-eval logs a line; with a --config file, once it is merged in
-        checked = not getattr(namespace, "config", None) and check(namespace)
-        config = original.__func__(cls, namespace, *args, **kwargs)
-        if not checked:
-            check(config)
-        return config
-
-    EvaluatorConfig.from_cli = classmethod(from_cli)  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        EvaluatorConfig.from_cli = original  # type: ignore[method-assign]
 
 
 def check_cli_args(args: Any) -> None:
@@ -277,59 +243,10 @@ def cli_args_checked_early() -> Iterator[None]:
     """The command line's own arguments checked before lm-eval acts on them (:func:`check_cli_args`; lm-eval's own
     argument errors become one line too); an unknown ``--tasks`` name and a task whose Hub dataset cannot be
     reached end the command with one line naming the task (:class:`ConfigError`) instead of a traceback. Where
-    lm-eval has no such step (another version), nothing is hooked."""
-    try:
-        from lm_eval.api.task import ConfigurableTask
-        from lm_eval.config.evaluate_config import EvaluatorConfig
-    except ImportError:
+    lm-eval has no such step (another version), nothing is hooked (the patch:
+    :func:`tor_exp.compat.lm_eval_harness.cli_failures_worded`)."""
+    with compat_lm_eval.cli_failures_worded(check_cli_args, _missing_tasks_line, _dataset_failure_line):
         yield
-        return
-    from_cli_before = EvaluatorConfig.__dict__.get("from_cli")
-    process_tasks = EvaluatorConfig.__dict__.get("process_tasks")
-    download = ConfigurableTask.__dict__.get("download")
-    if not isinstance(from_cli_before, classmethod) or process_tasks is None or download is None:
-        yield
-        return
-
-    def from_cli(cls, namespace: Any, *args: Any, **kwargs: Any) -> Any:
-        if not getattr(namespace, "config", None):  # the command line alone: before lm-eval logs a line
-            check_cli_args(namespace)
-        try:
-            config = from_cli_before.__func__(cls, namespace, *args, **kwargs)
-        except ConfigError:
-            raise
-        except (ValueError, TypeError, FileNotFoundError) as err:  # lm-eval's own argument checks
-            raise ConfigError(str(err).strip().splitlines()[0] or type(err).__name__) from err
-        check_cli_args(config)  # with a --config file merged in
-        return config
-
-    def checked_tasks(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return process_tasks(self, *args, **kwargs)
-        except ValueError as err:
-            line = _missing_tasks_line(err)
-            if line is None:
-                raise
-            raise ConfigError(line) from err
-
-    def checked_download(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return download(self, *args, **kwargs)
-        except Exception as err:
-            line = _dataset_failure_line(self, err)
-            if line is None:
-                raise
-            raise ConfigError(line) from err
-
-    EvaluatorConfig.from_cli = classmethod(from_cli)  # type: ignore[method-assign]
-    EvaluatorConfig.process_tasks = checked_tasks  # type: ignore[method-assign]
-    ConfigurableTask.download = checked_download  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        EvaluatorConfig.from_cli = from_cli_before  # type: ignore[method-assign]
-        EvaluatorConfig.process_tasks = process_tasks  # type: ignore[method-assign]
-        ConfigurableTask.download = download  # type: ignore[method-assign]
 
 
 def main(argv: Optional[list[str]] = None) -> None:

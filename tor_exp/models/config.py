@@ -19,7 +19,8 @@ from tor_exp.models.refusals import check_not_refused
 
 #: the declared families (each family module's FAMILY_INFO, read without importing it); ``auto`` besides
 FAMILIES = family_names()
-SOURCES = ("hf", "mamba_ssm", "tiny", "local")
+#: ``random``: the shape of the checkpoint at ``path`` (its config.json only), weights drawn with ``seed``
+SOURCES = ("hf", "mamba_ssm", "tiny", "local", "random")
 #: families with attention layers (their FLOPs depend on the layer and the length; decode needs key bookkeeping)
 HYBRID_FAMILIES = tuple(name for name in FAMILIES if family_info(name).hybrid)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -122,9 +123,9 @@ class ModelConfig:
         if self.locations is None:
             return
         locs = list(self.locations)
-        top = self.n_layer - 2 if self.n_layer is not None else None
-        if any((not isinstance(l, int)) or l < 0 or (top is not None and l > top) for l in locs):
-            raise ConfigError(f"model.locations={locs}: each must be an integer in [0, {top if top is not None else 'depth-2'}]")
+        # against the depth: tor_exp.models.schedule.resolve_locations, the one place that knows the depth
+        if any(not isinstance(l, int) for l in locs):
+            raise ConfigError(f"model.locations={locs}: each must be an integer")
         if sorted(set(locs)) != locs:
             raise ConfigError(f"model.locations={locs}: must be strictly increasing")
         self.locations = locs

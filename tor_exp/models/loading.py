@@ -63,9 +63,16 @@ def _config_file(path: str) -> Optional[str]:
 def checkpoint_config(cfg: ModelConfig) -> Optional[Any]:
     """The HF config of ``cfg``'s model without its weights and without network access (None when unknown):
     tiny configs, local directories, hub ids whose config.json is in the local cache; mamba_ssm layouts are
-    translated."""
+    translated; ``source: random`` also knows the paper's checkpoints by their hub id
+    (:data:`~tor_exp.models.random_model.KNOWN_MAMBA_SSM_CONFIGS`)."""
     if cfg.source == "tiny":
         return tiny_hf_config(cfg)
+    if cfg.source == "random":
+        from tor_exp.models.random_model import known_config
+
+        known = known_config(cfg)
+        if known is not None:
+            return known
     path = resolve_path(cfg.path) if cfg.path else None
     cfg_file = _config_file(path) if path else None
     if cfg_file is None:
@@ -233,7 +240,7 @@ def load_model(cfg: ModelConfig, device: str | torch.device = "cpu"):
     """
     quiet_kernel_fallbacks()
     path = resolve_path(cfg.path) if cfg.path else None
-    if cfg.source != "tiny" and path is not None:
+    if cfg.source not in ("tiny", "random") and path is not None:  # random reads config.json only (or knows it)
         check_available(path)
     with loading_errors("model.path", cfg.path):
         model = _load_weights(cfg, path, device)
@@ -289,6 +296,15 @@ def _load_weights(cfg: ModelConfig, path: Optional[str], device: str | torch.dev
     if cfg.source == "tiny":
         torch.manual_seed(cfg.seed)
         model = adapter_for(cfg.family).model_class()(tiny_hf_config(cfg))
+    elif cfg.source == "random":  # the checkpoint's shape, weights drawn with model.seed: no weight file is read
+        from tor_exp.models.random_model import KNOWN_MAMBA_SSM_CONFIGS, random_model
+
+        config = checkpoint_config(cfg)
+        if config is None:
+            raise ConfigError(f"model.path={cfg.path!r}: shape unknown offline (model.source=random reads config.json "
+                              f"of a local directory or of a hub id in the local cache, or knows "
+                              f"{', '.join(sorted(KNOWN_MAMBA_SSM_CONFIGS))})")
+        model = random_model(config, resolve_family(cfg, config), device, cfg.torch_dtype, seed=cfg.seed)
     elif cfg.source == "mamba_ssm":
         model = load_mamba_ssm_checkpoint(path, cfg.family)
     else:  # hf / local: HF format

@@ -6,7 +6,7 @@ Below the backbone loop, which reads it at every location; :mod:`tor_exp.models.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.shape import ModelShape
@@ -28,6 +28,15 @@ class Schedule:
     def ratio(self, index: int) -> float:
         """The keep ratio of the ``index``-th location."""
         return self.keep_ratios[index] if self.keep_ratios else self.keep_ratio
+
+
+def check_depth(key: str, locations: Sequence[int], n_layer: int) -> None:
+    """The one rule for locations against a model's depth: "reduce after block l" needs a block after l, so
+    every l lies in [0, n_layer - 2] (config keys and a schedule handed to ``patch`` alike)."""
+    bad = [l for l in locations if not 0 <= l <= n_layer - 2]
+    if bad:
+        raise ConfigError(f"{key}={list(locations)}: locations {bad} outside [0, {n_layer - 2}] for a "
+                          f"{n_layer}-layer model")
 
 
 def location_keep(schedule: Schedule, index: int, state: Any, max_fraction: Optional[float]) -> Any:

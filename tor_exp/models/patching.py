@@ -17,11 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.utils import ModelOutput
 
-from tor_exp.errors import ConfigError
 from tor_exp.models.backbone import decode, forward
 from tor_exp.models.families import adapter_of, model_shape
 from tor_exp.models.flops import realised_flops_reduction
-from tor_exp.models.locations import importance_sources
+from tor_exp.models.locations import check_depth, importance_sources
 from tor_exp.models.tokens import protect_last
 from tor_exp.reduction.base import ReductionObserver
 
@@ -194,9 +193,7 @@ def patch(model: nn.Module, method: Any, schedule: Any) -> nn.Module:
     except TypeError as err:
         raise TypeError(f"patch() expects a causal LM of a supported family: {err}") from None
     n_layer = adapter.num_layers(model)
-    bad = [l for l in schedule.locations if not 0 <= l < n_layer - 1]
-    if bad:
-        raise ConfigError(f"reduction.locations={schedule.locations}: {bad} outside [0, {n_layer - 2}]")
+    check_depth("reduction.locations", schedule.locations, n_layer)
     importance_sources(method, schedule, adapter.shape(model))  # a location with nothing to rank on: refused here
     info = get_patch(model)
     original = info.original_class if info is not None else model.__class__

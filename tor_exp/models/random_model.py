@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from tor_exp.errors import ConfigError
 
 #: config.json of the paper's checkpoints (public, mamba_ssm format), keyed by hub id.
 KNOWN_MAMBA_SSM_CONFIGS: dict[str, dict[str, Any]] = {
@@ -30,37 +29,28 @@ KNOWN_MAMBA_SSM_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def shape_config(model_cfg: Any) -> Any:
-    """The HF config of ``model_cfg``'s architecture, without weights and without network access."""
+def known_config(model_cfg: Any) -> Any:
+    """The HF config of one of the paper's checkpoints named by its hub id (:data:`KNOWN_MAMBA_SSM_CONFIGS`; the
+    ``-hf`` copies have the same shape), None for any other path."""
     from tor_exp.models.families.mamba_ssm import hf_config_from_mamba_ssm
-    from tor_exp.models.loading import checkpoint_config
 
-    key = (model_cfg.path or "").removesuffix("-hf")  # the HF-format copies have the same shape
-    if model_cfg.source != "tiny" and key in KNOWN_MAMBA_SSM_CONFIGS:
-        return hf_config_from_mamba_ssm(KNOWN_MAMBA_SSM_CONFIGS[key], model_cfg.family)
-    config = checkpoint_config(model_cfg)
-    if config is None:
-        raise ConfigError(f"model.path={model_cfg.path!r}: shape unknown offline (known: "
-                          f"{', '.join(sorted(KNOWN_MAMBA_SSM_CONFIGS))}, a local directory with config.json, or "
-                          "a hub id whose config.json is in the local cache)")
-    return config
+    key = (model_cfg.path or "").removesuffix("-hf")
+    if model_cfg.source == "tiny" or key not in KNOWN_MAMBA_SSM_CONFIGS:
+        return None
+    return hf_config_from_mamba_ssm(KNOWN_MAMBA_SSM_CONFIGS[key], model_cfg.family)
 
 
-def random_model(model_cfg: Any, device: str | torch.device = "cuda", dtype: str | None = None,
-                 seed: int = 0) -> Any:
-    """A causal LM of ``model_cfg``'s family and shape with random weights, in eval mode on ``device``."""
+def random_model(config: Any, family: str, device: str | torch.device = "cuda",
+                 dtype: torch.dtype = torch.float32, seed: int = 0) -> Any:
+    """The family's causal LM of HF config ``config`` with weights drawn with ``seed`` (the model's own
+    initialisation, as a tiny model draws it), built directly on ``device``, in eval mode.
+
+    ``model.source=random`` jobs get it from :func:`tor_exp.models.loading.load_model`, which reads ``config``.
+    """
     from tor_exp.models.families import adapter_for
-    from tor_exp.models.loading import resolve_family
 
-    config = shape_config(model_cfg)
-    adapter = adapter_for(resolve_family(model_cfg, config))
-    depth = adapter.config_shape(config).n_layer
-    if model_cfg.n_layer is not None and depth != model_cfg.n_layer:
-        raise ConfigError(f"model.n_layer={model_cfg.n_layer}: the shape has {depth} layers")
-    cls = adapter.model_class()
+    cls = adapter_for(family).model_class()
     torch.manual_seed(seed)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        dtype or model_cfg.dtype]
     with torch.device(device):
         model = cls(config)
-    return model.to(dtype=torch_dtype).eval()
+    return model.to(dtype=dtype).eval()

@@ -13,52 +13,57 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 from torch import nn
 
 from tor_exp.errors import ConfigError
 from tor_exp.models.flops import flops_reduction, kept_lengths_reduction
-from tor_exp.models.locations import Schedule, importance_sources
+from tor_exp.models.locations import Schedule, check_depth, importance_sources
 from tor_exp.models.shape import ModelShape
+
+if TYPE_CHECKING:  # the typed configs (tor_exp.config validates them); not imported at run time
+    from tor_exp.models.config import ModelConfig
+    from tor_exp.reduction.base import ReductionConfig
 
 log = logging.getLogger(__name__)
 
 
-def resolve_locations(reduction_cfg: Any, model_cfg: Any, shape: Optional[ModelShape] = None) -> list[int]:
+def resolve_locations(reduction: "ReductionConfig", model: "ModelConfig",
+                      shape: Optional[ModelShape] = None) -> list[int]:
     """Explicit list, or start/stride/stop (stop defaults to the depth), or the model's default (its config's list,
-    else :func:`default_locations` for its depth and layers).
+    else :func:`default_locations` for its depth and layers). The one place locations are checked against the
+    depth (the schemas check what they can know without it).
 
     ``shape``: the model's layers, when the model config does not state its depth (read from the checkpoint).
     """
-    n_layer = int(shape.n_layer if shape is not None else model_cfg.n_layer)
-    locs = getattr(reduction_cfg, "locations", None)
-    start = getattr(reduction_cfg, "location_start", None)
-    if locs is not None:
-        locs = [int(l) for l in locs]
+    return location_list(reduction, int(shape.n_layer if shape is not None else model.n_layer), model.locations,
+                         shape)
+
+
+def location_list(reduction: "ReductionConfig", n_layer: int, model_locations: Optional[Sequence[int]],
+                  shape: Optional[ModelShape] = None) -> list[int]:
+    """:func:`resolve_locations` from the depth and the model's own locations alone (a record's config)."""
+    if reduction.locations is not None:
+        locs = [int(l) for l in reduction.locations]
         key = "reduction.locations"
-    elif start is not None:
-        stride = getattr(reduction_cfg, "location_stride", None) or 1
-        stop = getattr(reduction_cfg, "location_stop", None)
-        stop = n_layer - 1 if stop is None else int(stop)
-        if stride <= 0:
-            raise ConfigError(f"reduction.location_stride={stride!r}: must be > 0")
-        locs = list(range(int(start), stop, int(stride)))
+    elif reduction.location_start is not None:
+        stride = reduction.location_stride or 1
+        stop = n_layer - 1 if reduction.location_stop is None else int(reduction.location_stop)
+        locs = list(range(int(reduction.location_start), stop, int(stride)))
         key = "reduction.location_start"
     else:
-        locs = [int(l) for l in (model_cfg.locations if model_cfg.locations is not None else
+        locs = [int(l) for l in (model_locations if model_locations is not None else
                                  default_locations(n_layer, shape))]
         key = "model.locations"
-    bad = [l for l in locs if l < 0 or l > n_layer - 2]
-    if bad:
-        raise ConfigError(f"{key}={locs}: locations {bad} outside [0, {n_layer - 2}] for a {n_layer}-layer model")
+    check_depth(key, locs, n_layer)
     if len(set(locs)) != len(locs):
         raise ConfigError(f"{key}={locs}: duplicate locations")
-    rho, target = getattr(reduction_cfg, "keep_ratio", None), getattr(reduction_cfg, "target_flops", None)
-    reduces = getattr(reduction_cfg, "method", "none") != "none" and (
+    rho, target = reduction.keep_ratio, reduction.target_flops
+    reduces = reduction.method != "none" and (
         (rho is not None and rho < 1.0) or (rho is None and (target or 0.0) > 0.0))
     if not locs and reduces:
-        raise ConfigError(f"{key}={locs}: no reduction locations, so reduction={reduction_cfg.method} cannot reduce "
+        raise ConfigError(f"{key}={locs}: no reduction locations, so reduction={reduction.method} cannot reduce "
                           "anything; give at least one location (or reduction=none)")
     return sorted(locs)
 
@@ -92,10 +97,10 @@ def solve_keep_ratio(
     logits: str = "all",
     tol: float = 1e-10,
 ) -> float:
-    """ρ in (0, 1] whose schedule removes ``target_flops`` of the FLOPs (bisection; f is monotone in ρ)."""
-    if not 0.0 <= target_flops < 1.0:
-        raise ConfigError(f"reduction.target_flops={target_flops!r}: must be in [0, 1)")
-    if target_flops == 0.0 or not locations:
+    """ρ in (0, 1] whose schedule removes ``target_flops`` of the FLOPs (bisection; f is monotone in ρ). The
+    range of ``target_flops`` is the schema's rule (:class:`~tor_exp.reduction.base.ReductionConfig`); this
+    checks only what needs the model: whether the locations can reach it."""
+    if target_flops <= 0.0 or not locations:
         if target_flops > 0.0:
             raise ConfigError(f"reduction.locations=[]: no reduction locations to reach "
                               f"reduction.target_flops={target_flops}")
@@ -116,14 +121,26 @@ def solve_keep_ratio(
     return 0.5 * (lo + hi)
 
 
-def needs_shape(reduction_cfg: Any, model_cfg: Any) -> bool:
+def needs_shape(reduction: "ReductionConfig", model: "ModelConfig") -> bool:
     """Solving ρ needs the model's shape: total-scope FLOPs, a hybrid whose layers cost differently, or a
     chunk-aligned schedule (the chunk size)."""
     from tor_exp.models.families.registry import family_info
 
-    info = family_info(getattr(model_cfg, "family", None) or "auto")  # None for auto: any family may come
-    return (getattr(reduction_cfg, "flops_scope", "backbone") == "total" or info is None or info.hybrid
-            or bool(getattr(reduction_cfg, "chunk_align", False)) or getattr(model_cfg, "n_layer", 1) is None)
+    info = family_info(model.family)  # None for auto: any family may come
+    return (reduction.flops_scope == "total" or info is None or info.hybrid or reduction.chunk_align
+            or model.n_layer is None)
+
+
+def holds_for(schedule: Schedule, solved_on: Optional[ModelShape], reduction: "ReductionConfig",
+              model: "ModelConfig", loaded: ModelShape) -> bool:
+    """Whether a schedule solved before loading (:func:`tor_exp.config.validate`) is the one the loaded model
+    gets, so the job reuses it instead of solving again: solved on the very same shape, or solved without one
+    (``solved_on`` None: :func:`needs_shape` was false) for a model of the loaded depth whose layers are all alike
+    and all rank tokens, where the shape does not enter the solution (backbone FLOPs are the token average)."""
+    if solved_on is not None:
+        return solved_on == loaded
+    return (not needs_shape(reduction, model) and model.n_layer == loaded.n_layer and loaded.uniform
+            and len(loaded.ranking_layers()) == loaded.n_layer)
 
 
 #: a chunk-aligned schedule meets its FLOPs target within this (absolute, in reduction units)
@@ -207,8 +224,8 @@ def align_schedule(schedule: Schedule, n_layer: int, chunk: int, seq_len: int, *
 
 
 def build_schedule(
-    reduction_cfg: Any,
-    model_cfg: Any,
+    reduction: "ReductionConfig",
+    model: "ModelConfig",
     seq_len: Optional[int] = None,
     shape: Optional[ModelShape] = None,
     logits: str = "all",
@@ -216,43 +233,41 @@ def build_schedule(
     """Locations + ρ for a run: ``keep_ratio`` if given, else solved from ``target_flops``, else 1 (no-op).
 
     Total-scope FLOPs and hybrids need ``shape`` (``tor_exp.models.model_shape(model)`` once loaded); tiny and local
-    model configs provide it themselves (:func:`tor_exp.models.loading.shape_from_model_config`).
+    model configs provide it themselves (:func:`tor_exp.models.loading.shape_from_model_config`). The values'
+    ranges are the schemas' rules (checked when the configs were built); this checks what needs the model.
     """
-    if shape is None and needs_shape(reduction_cfg, model_cfg):
+    if shape is None and needs_shape(reduction, model):
         from tor_exp.models.loading import shape_from_model_config
 
-        shape = shape_from_model_config(model_cfg)
-    if shape is None and model_cfg.n_layer is None:
-        raise ConfigError(f"model.n_layer=null: the depth of model.path={model_cfg.path!r} is known once it is loaded "
+        shape = shape_from_model_config(model)
+    if shape is None and model.n_layer is None:
+        raise ConfigError(f"model.n_layer=null: the depth of model.path={model.path!r} is known once it is loaded "
                           "(or its config.json is in the local cache)")
-    n_layer = shape.n_layer if shape is not None else model_cfg.n_layer
-    locations = resolve_locations(reduction_cfg, model_cfg, shape)
-    if getattr(reduction_cfg, "method", None) == "none":
+    n_layer = int(shape.n_layer if shape is not None else model.n_layer)
+    locations = resolve_locations(reduction, model, shape)
+    if reduction.method == "none":
         return Schedule(locations=locations, keep_ratio=1.0, target_flops=0.0)
-    rho = getattr(reduction_cfg, "keep_ratio", None)
-    target = getattr(reduction_cfg, "target_flops", None)
+    rho, target = reduction.keep_ratio, reduction.target_flops
     if rho is not None:
-        if not 0.0 < rho <= 1.0:
-            raise ConfigError(f"reduction.keep_ratio={rho!r}: must be in (0, 1]")
         return Schedule(locations=locations, keep_ratio=float(rho), target_flops=target)
     if target is None:
         return Schedule(locations=locations, keep_ratio=1.0, target_flops=None)
-    scope = getattr(reduction_cfg, "flops_scope", "backbone")
-    rho = solve_keep_ratio(int(n_layer), locations, float(target), scope, shape, seq_len, logits)
+    scope = reduction.flops_scope
+    rho = solve_keep_ratio(n_layer, locations, float(target), scope, shape, seq_len, logits)
     schedule = Schedule(locations=locations, keep_ratio=rho, target_flops=float(target))
-    if getattr(reduction_cfg, "chunk_align", False):
-        schedule = _aligned(schedule, reduction_cfg, int(n_layer), shape, seq_len, scope, logits)
+    if reduction.chunk_align:
+        schedule = _aligned(schedule, reduction.method, n_layer, shape, seq_len, scope, logits)
     return schedule
 
 
-def _aligned(schedule: Schedule, reduction_cfg: Any, n_layer: int, shape: Optional[ModelShape],
+def _aligned(schedule: Schedule, method: str, n_layer: int, shape: Optional[ModelShape],
              seq_len: Optional[int], scope: str, logits: str) -> Schedule:
     from tor_exp.models.flops import DEFAULT_SEQ_LEN
     from tor_exp.reduction import registered_methods
 
-    method_cls = registered_methods()[reduction_cfg.method][1]
+    method_cls = registered_methods()[method][1]
     if not method_cls.counts_from_ratio:
-        raise ConfigError(f"reduction.chunk_align=true: reduction={reduction_cfg.method} does not set its removal "
+        raise ConfigError(f"reduction.chunk_align=true: reduction={method} does not set its removal "
                           "counts from the keep ratio, so they cannot be aligned to chunks")
     chunk = shape.chunk if shape is not None else 0
     if not chunk:
@@ -262,13 +277,19 @@ def _aligned(schedule: Schedule, reduction_cfg: Any, n_layer: int, shape: Option
                           logits=logits, max_fraction=method_cls.max_fraction)
 
 
-def build_reduction(reduction_cfg: Any, model_cfg: Any, *, shape: Optional[ModelShape] = None,
-                    seq_len: Optional[int] = None, logits: str = "all") -> tuple[Any, Schedule]:
-    """(method, schedule) for a validated reduction config on a model; the method is None for ``none``."""
+def build_reduction(reduction: "ReductionConfig", model: "ModelConfig", *, shape: Optional[ModelShape] = None,
+                    seq_len: Optional[int] = None, logits: str = "all",
+                    schedule: Optional[Schedule] = None) -> tuple[Any, Schedule]:
+    """(method, schedule) for a validated reduction config on a model; the method is None for ``none``.
+
+    ``schedule``: one already solved for this model (:attr:`tor_exp.config.ValidatedConfig.schedule`, when
+    :func:`holds_for` says it holds), used as it is instead of solving again.
+    """
     from tor_exp.reduction import build_method
 
-    schedule = build_schedule(reduction_cfg, model_cfg, seq_len=seq_len, shape=shape, logits=logits)
-    method = None if reduction_cfg.method == "none" else build_method(reduction_cfg)
+    if schedule is None:
+        schedule = build_schedule(reduction, model, seq_len=seq_len, shape=shape, logits=logits)
+    method = None if reduction.method == "none" else build_method(reduction)
     importance_sources(method, schedule, shape)
     return method, schedule
 

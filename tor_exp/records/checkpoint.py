@@ -8,7 +8,9 @@ fingerprint of what is at the path now.
 Cheap for multi-GB checkpoints: small files (config.json, the weight index, tokenizer files: at most
 :data:`WHOLE_FILE_MAX` bytes) are hashed whole; a weight file by its name, size and its first and last MiB (a
 safetensors file's header, with every tensor's name, dtype, shape and offsets, is at its start). A random tiny
-model (``model.source: tiny``) has no files: its fingerprint is its model config.
+model (``model.source: tiny``) has no files: its fingerprint is its model config. Random weights at a checkpoint's
+shape (``model.source: random``) read its config.json only: their fingerprint is the model config and that file's
+digest (no weight file is hashed, none is read), and the record says ``weights: random``.
 """
 from __future__ import annotations
 
@@ -90,6 +92,8 @@ def checkpoint_record(model: Mapping[str, Any]) -> dict[str, Any]:
     """``{path, fingerprint, files}`` of the checkpoint ``model`` (a resolved ``model`` config node) names, as a
     record stores it: ``files`` maps each file to its size. A random tiny model's fingerprint is its model config
     (``files`` empty); a checkpoint not on this machine has fingerprint None (it matches no record)."""
+    if model.get("source") == "random":
+        return random_record(model)
     folder = checkpoint_dir(model)
     if model.get("source") == "tiny" or not model.get("path"):
         blob = json.dumps(dict(model), sort_keys=True, default=str)
@@ -100,6 +104,22 @@ def checkpoint_record(model: Mapping[str, Any]) -> dict[str, Any]:
     files = checkpoint_files(folder)
     blob = json.dumps(files, sort_keys=True)
     return {"path": str(folder), "fingerprint": hashlib.sha256(blob.encode()).hexdigest()[:16],
+            "files": {name: size for name, (size, _) in files.items()}}
+
+
+def random_record(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The record of random weights at the shape of ``model.path`` (``model.source: random``): the shape's
+    config.json (when on this machine; the paper's hub ids are known without it) is the only file read, so it is
+    the only file fingerprinted, with the model config (its seed draws the weights)."""
+    folder = checkpoint_dir(model)
+    shape_file = folder / "config.json" if folder is not None else None
+    files = {}
+    if shape_file is not None and shape_file.is_file():
+        size = shape_file.stat().st_size
+        files["config.json"] = (size, _file_digest(shape_file, size))
+    blob = json.dumps({"model": dict(model), "files": files}, sort_keys=True, default=str)
+    return {"path": str(folder) if folder is not None else str(model.get("path")), "weights": "random",
+            "seed": model.get("seed"), "fingerprint": "random-" + hashlib.sha256(blob.encode()).hexdigest()[:16],
             "files": {name: size for name, (size, _) in files.items()}}
 
 

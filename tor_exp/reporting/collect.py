@@ -173,13 +173,16 @@ def _unflatten_summary(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def _locations_from_config(reduction: dict[str, Any], model: dict[str, Any]) -> list[int]:
     """The schedule's locations from a resolved config (W&B keeps the config, not the schedule)."""
-    from types import SimpleNamespace
+    import dataclasses
 
     try:
-        from tor_exp.models.schedule import resolve_locations
+        from tor_exp.models.schedule import location_list
+        from tor_exp.reduction.base import ReductionConfig
 
-        return list(resolve_locations(SimpleNamespace(**reduction), SimpleNamespace(**model)))
-    except Exception:  # an incomplete config: fall back to the explicit keys
+        shared = ReductionConfig(**{f.name: reduction[f.name] for f in dataclasses.fields(ReductionConfig)
+                                    if f.name in reduction})
+        return location_list(shared, int(model["n_layer"]), model.get("locations"))
+    except Exception:  # an incomplete or older config: fall back to the explicit keys
         return list(reduction.get("locations") or model.get("locations") or [])
 
 
@@ -211,7 +214,8 @@ def results_from_wandb(config: dict[str, Any], summary: dict[str, Any], name: st
 
 
 def load_wandb_group(group: str, *, entity: Optional[str] = None, project: str = "tor_exp") -> list[dict[str, Any]]:
-    """Runs of a W&B group (needs network and a login), as results.json-shaped dicts."""
+    """Runs of a W&B group (needs network and a login), as results.json-shaped dicts. Each run's summary is read
+    through the public API's ``Run.summary_metrics`` (a plain dict; wandb 0.31.0)."""
     import wandb
 
     api = wandb.Api()
@@ -220,7 +224,7 @@ def load_wandb_group(group: str, *, entity: Optional[str] = None, project: str =
     for run in api.runs(path, filters={"group": group}):
         if getattr(run, "state", "finished") != "finished":
             continue
-        summary = dict(run.summary._json_dict) if hasattr(run.summary, "_json_dict") else dict(run.summary)
+        summary = dict(run.summary_metrics)
         out.append(results_from_wandb(dict(run.config), summary, name=run.name, url=getattr(run, "url", "")))
     return out
 
