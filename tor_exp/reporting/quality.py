@@ -384,10 +384,12 @@ def render_agreement(rows_by_model: dict[str, list[dict[str, Any]]]) -> str:
                   "resolved, and on which models: the only relations in the order that a paired interval backs.", ""]
         for key in dict.fromkeys(o["key"] for o in orders):
             lines += [f"#### {key.replace('/', ': ', 1)}", "",
-                      "| target | " + " | ".join(f"order on `{m}`" for m in models) + " | same order | resolved vs UTRC |",
+                      "| target | " + " | ".join(f"order on `{m}`" for m in models)
+                      + " | same order | resolved vs UTRC |",
                       "|---|" + "---|" * (len(models) + 2)]
             for o in (o for o in orders if o["key"] == key):
-                relations = "; ".join(r for m, diffs in o["vs_reference"].items() if (r := _relation(m, diffs))) or "–"
+                relations = "; ".join(r for m, diffs in o["vs_reference"].items()
+                                      if (r := _relation(m, diffs))) or "–"
                 lines.append(f"| {_target(o['target'])} | " + " | ".join(o["order"][m] for m in models)
                              + f" | {'yes' if o['same'] else 'no'} | {relations} |")
             lines.append("")
