@@ -173,3 +173,20 @@ def test_write_quality_orders_models_by_name_whatever_the_records_order(tmp_path
     assert "- Δ vs none: 2 cells: 1 agree (all resolved), 1 agree (none resolved)." in text
     assert "- Δ vs UTRC: 1 cells: 1 agree (all resolved)." in text
     assert "| 20 % | utrc < evit | utrc < evit | utrc < evit | yes | evit > utrc on all |" in text
+
+
+def test_a_metric_the_first_model_lacks_is_still_compared_on_the_others():
+    """A reports only u/acc, B and C only t/acc: t/acc is compared on B and C (A's columns empty), u/acc on no one."""
+    from tor_exp.reporting.quality import agreement_cells, render_agreement
+
+    models = three_models()
+    for r in models["A"]:
+        r["values"] = {"u/acc": 0.5}
+        r["vs_none"] = {"u/acc": v for v in r["vs_none"].values()}
+        r["vs_utrc"] = {}
+    cells = {(c["key"], c["method"], c["target"]): c for c in agreement_cells(models)}
+    assert {k[0] for k in cells} == {KEY}
+    ltmp = cells[(KEY, "ltmp", 0.2)]  # + on A no longer counts; B unresolved, C resolved −
+    assert ltmp["vs_none"]["A"] is None and ltmp["verdict_none"] == "same sign where resolved (1 of 2)"
+    text = render_agreement(models)
+    assert "### t: acc" in text and "### u: acc" not in text

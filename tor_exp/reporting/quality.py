@@ -244,9 +244,10 @@ def verdict_kind(text: str) -> str:
 
 
 def _shared_keys(rows_by_model: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """The (task/metric) keys of the first model that at least one other model reports too."""
+    """The (task/metric) keys that at least two models report, in the order they first appear."""
     models = list(rows_by_model.values())
-    return [k for k in models[0][0]["values"] if sum(k in rows[0]["values"] for rows in models) >= 2]
+    keys = dict.fromkeys(k for rows in models for k in rows[0]["values"])
+    return [k for k in keys if sum(k in rows[0]["values"] for rows in models) >= 2]
 
 
 def agreement_cells(rows_by_model: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
