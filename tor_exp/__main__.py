@@ -29,9 +29,9 @@ def _split_argv(argv: list[str]) -> tuple[list[str], bool]:
 def check_output_dir(path: str, key: str) -> None:
     """The output dir can be created and takes a file (tried, not guessed from permissions: root may lack the
     right to write in /proc, and a full disk has the permission but no room)."""
-    from tor_exp.records.files import unwritable
+    from tor_exp.paths import unwritable_folder
 
-    problem = unwritable(path)
+    problem = unwritable_folder(path, keep=False)
     if problem is not None:
         fail(f"{key}={path}: {problem}")
 

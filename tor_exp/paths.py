@@ -27,35 +27,38 @@ def resolve_pkg_path(path: str, key: str) -> str:
 
 
 def unwritable_folder(path: Path, *, keep: bool = True) -> Optional[str]:
-    """Why files cannot be written into the folder ``path`` (created if missing), or None when they can; checked
-    by writing a probe file, since permission bits say nothing for root or on a read-only mount. Folders it created
-    are removed again after a refusal, and also after success unless ``keep`` (the work that writes there may
-    still be refused later, and must leave nothing behind)."""
+    """Why files cannot be written into the folder ``path``, or None when they can: the one check of an output
+    folder, for every entry point. Checked by writing and syncing one byte into a probe file, since permission bits
+    say nothing for root or on a read-only mount (``/proc``), and a full disk still takes a new name but not its
+    bytes. ``keep``: the folder is created (and stays, unless refused); otherwise nothing is created, and the probe goes into the
+    nearest folder that exists (the work that writes there may still be refused later, and must leave nothing
+    behind; another process may be creating the same parents)."""
     import os
     import tempfile
 
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        return "exists and is not a folder"
-    missing = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
-
-    def remove_created() -> None:
-        for folder in missing:
+    path = Path(path).expanduser().absolute()
+    where = path if keep else next((p for p in (path, *path.parents) if p.exists()), path)
+    if where.exists() and not where.is_dir():
+        return f"{where} is a file, not a folder"
+    missing = [p for p in (path, *path.parents) if not p.exists()] if keep else []  # deepest first
+    try:
+        if keep:
+            path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".tor_exp-write-test-")
+        try:
+            os.write(fd, b"\0")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        for folder in missing:  # a refused folder leaves nothing behind
             try:
                 folder.rmdir()
             except OSError:
-                return
-
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".tor_exp-write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        remove_created()
-        return err.strerror or str(err)
-    if not keep:
-        remove_created()
+                break
+        where = next((p for p in (where, *where.parents) if p.exists()), where)
+        return f"cannot write in {where} ({err.strerror or str(err) or type(err).__name__})"
     return None
 
 

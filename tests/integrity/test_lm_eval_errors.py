@@ -128,7 +128,7 @@ def _parsed(monkeypatch, *args: str):
     (["--limit", "-3"], "--limit=-3.0: must be > 0"),
     (["--log_samples"], "--log_samples: needs --output_path"),
     (["--predict_only"], "--predict_only: needs --output_path"),
-    (["--output_path", "{file}"], "exists and is not a folder"),
+    (["--output_path", "{file}"], "is a file, not a folder"),
     (["--output_path", "{file}/sub/results.json"], "cannot write the results there"),
 ], ids=["limit_0", "limit_negative", "log_samples", "predict_only", "output_is_a_file", "output_below_a_file"])
 def test_bad_command_line_arguments_are_refused_before_lm_eval_reads_them(args, needle, tmp_path, monkeypatch):

@@ -44,19 +44,3 @@ def reason(err: OSError) -> str:
     """An OSError as a few words for a one-line message (``No space left on device``)."""
     return err.strerror or str(err) or type(err).__name__
 
-
-def unwritable(path: str | os.PathLike) -> str | None:
-    """Why ``path`` (a folder, existing or not) could not take a file, else None. Writes one byte into an unnamed
-    temporary file in its nearest existing folder, so nothing ever appears there and a full disk is caught too."""
-    target = Path(path).expanduser().absolute()
-    ancestor = next(p for p in (target, *target.parents) if p.exists())
-    if not ancestor.is_dir():
-        return f"{ancestor} is a file, not a folder"
-    try:
-        with tempfile.TemporaryFile(dir=ancestor) as fh:
-            fh.write(b"\0")
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as err:
-        return f"cannot write in {ancestor} ({reason(err)})"
-    return None

@@ -208,29 +208,203 @@ def agreement(a: Optional[dict[str, Any]], b: Optional[dict[str, Any]]) -> str:
     return "only first resolved" if sa else "only second resolved"
 
 
+#: the verdict kinds of :func:`verdict`, in the order the summary counts them
+VERDICTS = ("agree (all resolved)", "agree (none resolved)", "same sign where resolved", "**disagree**")
+_NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+
+
+def _resolved_sign(d: dict[str, Any]) -> int:
+    return 1 if d["low"] > 0 else (-1 if d["high"] < 0 else 0)
+
+
+def verdict(diffs: dict[str, Optional[dict[str, Any]]]) -> str:
+    """Whether N models' paired differences of one cell say the same (the models without the cell left out): all
+    resolved with one sign (``agree (all resolved)``), none resolved (``agree (none resolved)``), the resolved ones
+    sharing a sign (``same sign where resolved (k of N)``), or two resolved with opposite signs (``**disagree**``,
+    naming the models on each side); ``–`` with fewer than two models to compare."""
+    present = {model: d for model, d in diffs.items() if d}
+    if len(present) < 2:
+        return "–"
+    signs = {model: _resolved_sign(d) for model, d in present.items()}
+    up = [f"`{m}`" for m, s in signs.items() if s > 0]
+    down = [f"`{m}`" for m, s in signs.items() if s < 0]
+    if up and down:
+        return f"**disagree** (+ {', '.join(up)}; − {', '.join(down)})"
+    resolved = len(up) + len(down)
+    if resolved == 0:
+        return "agree (none resolved)"
+    if resolved == len(present):
+        return "agree (all resolved)"
+    return f"same sign where resolved ({resolved} of {len(present)})"
+
+
+def verdict_kind(text: str) -> str:
+    """The entry of :data:`VERDICTS` a :func:`verdict` belongs to (its counts and model names dropped)."""
+    return next((kind for kind in VERDICTS if text.startswith(kind)), text)
+
+
+def _shared_keys(rows_by_model: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The (task/metric) keys that at least two models report, in the order they first appear."""
+    models = list(rows_by_model.values())
+    keys = dict.fromkeys(k for rows in models for k in rows[0]["values"])
+    return [k for k in keys if sum(k in rows[0]["values"] for rows in models) >= 2]
+
+
+def agreement_cells(rows_by_model: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One entry per (task/metric, method, target) that at least two models ran (``none`` excepted), in the first
+    model's row order then the other models' extra rows: each model's Δ vs none and vs UTRC (None where it lacks
+    the cell) and the :func:`verdict` of each."""
+    ref = f"vs_{REFERENCE_METHOD}"
+    index = {model: {(r["method"], r["target"]): r for r in rows} for model, rows in rows_by_model.items()}
+    order = list(dict.fromkeys((r["method"], r["target"]) for rows in rows_by_model.values() for r in rows))
+    cells = []
+    for key in _shared_keys(rows_by_model):
+        for cell in order:
+            found = {model: rows[cell] for model, rows in index.items() if cell in rows}
+            if cell[0] == "none" or len(found) < 2:
+                continue
+            vs_none = {model: (found[model]["vs_none"].get(key) if model in found else None) for model in index}
+            vs_ref = {model: (found[model][ref].get(key) if model in found else None) for model in index}
+            cells.append({"key": key, "method": cell[0], "target": cell[1], "vs_none": vs_none, ref: vs_ref,
+                          "verdict_none": verdict(vs_none), f"verdict_{REFERENCE_METHOD}": verdict(vs_ref)})
+    return cells
+
+
+def method_orders(rows_by_model: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per (task/metric, target): the paper-mode methods (``none`` and parity modes left out) that every model ran,
+    ordered by ascending Δ vs none on each model (ties, equal to the shown 3 digits, grouped with ``=``); whether
+    that order is the same on every model; and each method's Δ to UTRC per model (the one pairwise relation that
+    has a paired interval; an order between two other methods is a point estimate only)."""
+    from tor_exp.reduction.parity import is_parity
+
+    ref = f"vs_{REFERENCE_METHOD}"
+    models = list(rows_by_model)
+    targets = set(r["target"] for rows in rows_by_model.values() for r in rows if r["method"] != "none")
+    orders = []
+    for key in _shared_keys(rows_by_model):
+        for target in sorted(targets, key=lambda t: (t is None, t or 0.0)):
+            per_model = {model: {r["method"]: r for r in rows if r["target"] == target and r["method"] != "none"
+                                 and not is_parity(r["method"]) and key in r["vs_none"]}
+                         for model, rows in rows_by_model.items()}
+            common = sorted(set.intersection(*(set(found) for found in per_model.values())))
+            if len(common) < 2:
+                continue
+            groups: dict[str, list[list[str]]] = {}
+            for model in models:
+                deltas = {m: round(per_model[model][m]["vs_none"][key]["delta"], 3) for m in common}
+                ranked = sorted(common, key=lambda m: (deltas[m], m))
+                groups[model] = []
+                for m in ranked:
+                    if groups[model] and deltas[groups[model][-1][0]] == deltas[m]:
+                        groups[model][-1].append(m)
+                    else:
+                        groups[model].append([m])
+            relations = {m: {model: per_model[model][m][ref].get(key) for model in models}
+                         for m in common if m != REFERENCE_METHOD}
+            orders.append({"key": key, "target": target, "methods": common,
+                           "order": {model: " < ".join(" = ".join(g) for g in groups[model]) for model in models},
+                           "same": all(groups[model] == groups[models[0]] for model in models),
+                           "vs_reference": relations})
+    return orders
+
+
+def _relation(method: str, diffs: dict[str, Optional[dict[str, Any]]]) -> str:
+    """``evit < utrc on all`` / ``… on `a`, `b``` (the models where the Δ to UTRC is resolved), ``**disagree**``
+    where two models resolve it with opposite signs; empty where no model resolves it."""
+    signs = {model: _resolved_sign(d) for model, d in diffs.items() if d}
+    up = [m for m, s in signs.items() if s > 0]
+    down = [m for m, s in signs.items() if s < 0]
+    if up and down:
+        return f"{method} vs {REFERENCE_METHOD}: **disagree** (> on {', '.join(f'`{m}`' for m in up)}; < on " \
+               f"{', '.join(f'`{m}`' for m in down)})"
+    if not (up or down):
+        return ""
+    where = "all" if len(up) + len(down) == len(diffs) else ", ".join(f"`{m}`" for m in up + down)
+    return f"{method} {'>' if up else '<'} {REFERENCE_METHOD} on {where}"
+
+
+def _target(target: Any) -> str:
+    return "–" if target is None else f"{100 * target:.0f} %"
+
+
+def _counts(cells: list[dict[str, Any]], field: str) -> str:
+    kinds = [verdict_kind(c[field]) for c in cells if c[field] != "–"]
+    shown = [f"{kinds.count(kind)} {kind}" for kind in VERDICTS if kinds.count(kind)]
+    return f"{len(kinds)} cells: " + (", ".join(shown) if shown else "none to compare")
+
+
+def agreement_summary(rows_by_model: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The section's answer in one place: cells per verdict (vs none and vs UTRC), every resolved disagreement,
+    and whether the paper-mode methods' order by Δ vs none is the same on every model."""
+    cells = agreement_cells(rows_by_model)
+    orders = method_orders(rows_by_model)
+    ref = REFERENCE_METHOD
+    lines = [f"- Δ vs none: {_counts(cells, 'verdict_none')}.",
+             f"- Δ vs UTRC: {_counts(cells, f'verdict_{ref}')}."]
+    disagree = [f"{c['key']}, {c['method']} at {_target(c['target'])}, vs {label}: {c[field]}"
+                for c in cells for label, field in (("none", "verdict_none"), ("UTRC", f"verdict_{ref}"))
+                if verdict_kind(c[field]) == "**disagree**"]
+    lines.append("- Resolved disagreements: " + ("none." if not disagree else f"{len(disagree)}:"))
+    lines += [f"  - {d}" for d in disagree]
+    if orders:
+        same = [o for o in orders if o["same"]]
+        lines.append(f"- Order of the paper-mode methods by Δ vs none: the same on every model in {len(same)} of "
+                     f"{len(orders)} (task/metric, target) groups"
+                     + ("." if len(same) == len(orders) else "; different in "
+                        + "; ".join(f"{o['key']} at {_target(o['target'])}" for o in orders if not o["same"]) + "."))
+        claimed = [f"{o['key']} at {_target(o['target'])}: {rel}" for o in orders
+                   for m, diffs in o["vs_reference"].items() if (rel := _relation(m, diffs)) and " on all" in rel]
+        conflicts = sum(verdict_kind(c[f"verdict_{ref}"]) == "**disagree**" for c in cells)
+        lines.append("  An order is a point estimate: only a method's relation to UTRC has a paired interval. "
+                     "Relations to UTRC resolved with the same sign on every model: "
+                     + ("none" if not claimed else "; ".join(claimed)) + ". "
+                     + ("No relation to UTRC is resolved with opposite signs on two models, so where the orders "
+                        "differ they differ in unresolved relations only." if not conflicts else
+                        f"{conflicts} relation(s) to UTRC resolved with opposite signs on two models (listed "
+                        "above): there the order differs between architectures."))
+    return lines
+
+
 def render_agreement(rows_by_model: dict[str, list[dict[str, Any]]]) -> str:
-    """Per method and target, each metric's Δ vs none and vs UTRC on the first two models, and whether they agree."""
-    (first, rows_a), (second, rows_b) = list(rows_by_model.items())[:2]
-    by_key = {(r["method"], r["target"]): r for r in rows_b}
-    shared = [k for k in rows_a[0]["values"] if k in rows_b[0]["values"]]
-    lines = [f"## Do the two architectures agree? (`{first}` first, `{second}` second)", "",
-             "For each method and target: the difference to `none` and to UTRC on each model, and whether both "
-             "models resolve it with the same sign (*agree*), neither resolves it (*agree (neither resolved)*), only "
-             "one does, or they resolve it with opposite signs (**disagree**).", ""]
-    for key in shared:
+    """Per method and target, each metric's Δ vs none and vs UTRC on every model (in ``rows_by_model``'s order), the
+    :func:`verdict` across them, a summary above (:func:`agreement_summary`) and the methods' order on each model."""
+    models = list(rows_by_model)
+    ref = f"vs_{REFERENCE_METHOD}"
+    names = ", ".join(f"`{m}`" for m in models)
+    lines = [f"## Do the {_NUMBER_WORDS.get(len(models), len(models))} architectures agree? ({names})", "",
+             "For each method and target: the difference to `none` and to UTRC on each model, and whether the models "
+             "resolve it with the same sign: all of them (*agree (all resolved)*), none (*agree (none resolved)*), "
+             "only some, the others' intervals including 0 (*same sign where resolved (k of N)*), or two models with "
+             "opposite signs (**disagree**, + and − name the models on each side). A model that lacks a cell is "
+             "left out of its verdict.", "", "### Summary", "", *agreement_summary(rows_by_model), ""]
+    orders = method_orders(rows_by_model)
+    if orders:
+        lines += ["### Order of the paper-mode methods", "",
+                  "Per target, the paper-mode methods every model ran, by ascending Δ vs none on each model (`=`: "
+                  "equal to 3 digits). *resolved vs UTRC* lists each method whose Δ to UTRC at that target is "
+                  "resolved, and on which models: the only relations in the order that a paired interval backs.", ""]
+        for key in dict.fromkeys(o["key"] for o in orders):
+            lines += [f"#### {key.replace('/', ': ', 1)}", "",
+                      "| target | " + " | ".join(f"order on `{m}`" for m in models)
+                      + " | same order | resolved vs UTRC |",
+                      "|---|" + "---|" * (len(models) + 2)]
+            for o in (o for o in orders if o["key"] == key):
+                relations = "; ".join(r for m, diffs in o["vs_reference"].items()
+                                      if (r := _relation(m, diffs))) or "–"
+                lines.append(f"| {_target(o['target'])} | " + " | ".join(o["order"][m] for m in models)
+                             + f" | {'yes' if o['same'] else 'no'} | {relations} |")
+            lines.append("")
+    cells = agreement_cells(rows_by_model)
+    for key in _shared_keys(rows_by_model):
         task, metric = key.split("/", 1)
         lines += [f"### {task}: {metric}", "",
-                  f"| method | target | Δ vs none `{first}` | Δ vs none `{second}` | vs none | Δ vs UTRC `{first}` | "
-                  f"Δ vs UTRC `{second}` | vs UTRC |", "|---|---|---|---|---|---|---|---|"]
-        for row in rows_a:
-            other = by_key.get((row["method"], row["target"]))
-            if row["method"] == "none" or other is None:
-                continue
-            ref = f"vs_{REFERENCE_METHOD}"
-            a_none, b_none = row["vs_none"].get(key), other["vs_none"].get(key)
-            a_ref, b_ref = row[ref].get(key), other[ref].get(key)
-            lines.append(f"| {row['method']} | {100 * row['target']:.0f} % | {_cell(a_none)} | {_cell(b_none)} | "
-                         f"{agreement(a_none, b_none)} | {_cell(a_ref)} | {_cell(b_ref)} | {agreement(a_ref, b_ref)} |")
+                  "| method | target | " + " | ".join(f"Δ vs none `{m}`" for m in models) + " | vs none | "
+                  + " | ".join(f"Δ vs UTRC `{m}`" for m in models) + " | vs UTRC |",
+                  "|---|---|" + "---|" * (2 * len(models) + 2)]
+        for c in (c for c in cells if c["key"] == key):
+            lines.append(f"| {c['method']} | {_target(c['target'])} | "
+                         + " | ".join(_cell(c["vs_none"][m]) for m in models) + f" | {c['verdict_none']} | "
+                         + " | ".join(_cell(c[ref][m]) for m in models) + f" | {c[f'verdict_{REFERENCE_METHOD}']} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -239,9 +413,10 @@ def write_quality(records: Sequence[dict[str, Any]], prefix: Path, *, title: str
                   iters: int = 1000) -> dict[str, Path]:
     """``<prefix>.md``, ``<prefix>.json`` and ``<prefix>.png`` for the sweep's records (with :func:`provenance`
     notes after the given ones). A sweep over several models gets one section per model (and ``<prefix>.<model>.png``
-    beyond the first) and a section on whether the first two agree."""
+    beyond the first) and a section on whether all of them agree (:func:`render_agreement`). Models come in the
+    order of their names, so the document does not depend on the order the records were read in."""
     by_model: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
+    for record in sorted(records, key=lambda r: str(r.get("model"))):  # stable: each model's records keep their order
         by_model.setdefault(str(record.get("model")), []).append(record)
     rows_by_model = {model: quality_rows(group, iters=iters) for model, group in by_model.items()}
     prefix.parent.mkdir(parents=True, exist_ok=True)
