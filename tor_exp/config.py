@@ -441,17 +441,17 @@ def _validate(cfg: DictConfig, *, check_device: bool) -> ValidatedConfig:
     from tor_exp.models.loading import shape_from_model_config
     from tor_exp.models.schedule import build_reduction, needs_shape, resolve_locations
 
-    shape = None
-    if needs_shape(reduction, model) or root.task == "bench":
+    shape, needed = None, needs_shape(reduction, model)
+    if needed or root.task == "bench":
         shape = shape_from_model_config(model)
     schedule = None
-    if shape is not None or not needs_shape(reduction, model):
+    if shape is not None or not needed:
         schedule = build_reduction(reduction, model, shape=shape)[1]
     elif model.n_layer is not None:  # a hub checkpoint not in the local cache: ρ is solved once it is loaded,
         resolve_locations(reduction, model)  # but its locations can be checked against the stated depth now
     validated = ValidatedConfig(model=model, reduction=reduction, eval=evaluation, bench=bench, logger=logger,
                                 root=root, schedule=schedule,
-                                solved_on=shape if schedule is not None and needs_shape(reduction, model) else None)
+                                solved_on=shape if schedule is not None and needed else None)
     if root.task == "bench":
         _check_bench_targets(validated, shape)
     return validated
